@@ -1,0 +1,174 @@
+//! The on-disk format of one entry: a 64-byte header, then the content.
+//!
+//! ```text
+//! offset size  field
+//!      0    8  magic "FCACHE\r\n"
+//!      8    4  format version (1), little-endian
+//!     12    4  flags (0; any other value is refused)
+//!     16    8  content length in bytes, little-endian
+//!     24    4  CRC32C of the content, little-endian
+//!     28    4  CRC32C of the header (bytes 0..28 and 32..64), little-endian
+//!     32   32  the entry's key
+//!     64    …  content
+//! ```
+//!
+//! CRC32C (Castagnoli) is computed with the SSE4.2/ARMv8 instructions where the CPU has them,
+//! chosen by measurement (see BENCHMARKS.md): faster than XXH3 in a portable build, and as a CRC
+//! it detects every error burst of up to 32 bits, so every single flipped byte, with certainty.
+//! The header carries its own CRC and the key, so a damaged header is caught before any content
+//! is read, and a file moved under another key's name is refused.
+
+use crate::Key;
+
+/// Size of the header in bytes.
+pub const HEADER_LEN: usize = 64;
+/// The header's first bytes.
+pub const MAGIC: [u8; 8] = *b"FCACHE\r\n";
+/// The only format version this build reads and writes.
+pub const VERSION: u32 = 1;
+
+/// A decoded entry header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The content's length in bytes.
+    pub len: u64,
+    /// CRC32C of the content.
+    pub crc: u32,
+    /// The key the entry was written under.
+    pub key: Key,
+}
+
+/// Why a header was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Not an entry file (or the magic is damaged).
+    BadMagic,
+    /// A format version this build does not know.
+    UnknownVersion(u32),
+    /// Reserved flags were set.
+    UnknownFlags(u32),
+    /// The header's own checksum does not match.
+    BadHeaderChecksum,
+}
+
+impl HeaderError {
+    /// A short description, for logs and error values.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HeaderError::BadMagic => "not an entry (bad magic)",
+            HeaderError::UnknownVersion(_) => "unknown format version",
+            HeaderError::UnknownFlags(_) => "unknown flags in header",
+            HeaderError::BadHeaderChecksum => "header checksum mismatch",
+        }
+    }
+}
+
+fn header_crc(bytes: &[u8; HEADER_LEN]) -> u32 {
+    let crc = crc32c::crc32c(&bytes[..28]);
+    crc32c::crc32c_append(crc, &bytes[32..])
+}
+
+impl Header {
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&0u32.to_le_bytes());
+        b[16..24].copy_from_slice(&self.len.to_le_bytes());
+        b[24..28].copy_from_slice(&self.crc.to_le_bytes());
+        b[32..64].copy_from_slice(self.key.as_bytes());
+        let hcrc = header_crc(&b);
+        b[28..32].copy_from_slice(&hcrc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a header. The caller still has to check `len` against the file's size
+    /// and `key` against the key it asked for.
+    pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        if b[..8] != MAGIC {
+            return Err(HeaderError::BadMagic);
+        }
+        if u32_at(28) != header_crc(b) {
+            return Err(HeaderError::BadHeaderChecksum);
+        }
+        match u32_at(8) {
+            VERSION => {}
+            v => return Err(HeaderError::UnknownVersion(v)),
+        }
+        match u32_at(12) {
+            0 => {}
+            f => return Err(HeaderError::UnknownFlags(f)),
+        }
+        Ok(Header {
+            len: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+            crc: u32_at(24),
+            key: Key::new(b[32..64].try_into().expect("32 bytes")),
+        })
+    }
+}
+
+/// The checksum of content, computed incrementally.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checksum(u32);
+
+impl Checksum {
+    /// Adds `bytes` to the checksum.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0 = crc32c::crc32c_append(self.0, bytes);
+    }
+    /// The checksum so far.
+    pub fn value(&self) -> u32 {
+        self.0
+    }
+    /// The checksum of `bytes`.
+    pub fn of(bytes: &[u8]) -> u32 {
+        crc32c::crc32c(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let h = Header {
+            len: 12345,
+            crc: 0xdead_beef,
+            key: Key::digest(b"k"),
+        };
+        assert_eq!(Header::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn every_single_byte_flip_of_the_header_is_refused() {
+        let h = Header {
+            len: 77,
+            crc: Checksum::of(b"content"),
+            key: Key::digest(b"k"),
+        };
+        let good = h.encode();
+        for i in 0..HEADER_LEN {
+            for bit in 0..8 {
+                let mut bad = good;
+                bad[i] ^= 1 << bit;
+                assert!(Header::decode(&bad).is_err(), "flip of bit {bit} in byte {i} accepted");
+            }
+            let mut bad = good;
+            bad[i] = bad[i].wrapping_add(0x5a);
+            assert!(Header::decode(&bad).is_err(), "change of byte {i} accepted");
+        }
+    }
+
+    #[test]
+    fn incremental_checksum_matches_whole() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut c = Checksum::default();
+        for chunk in data.chunks(333) {
+            c.update(chunk);
+        }
+        assert_eq!(c.value(), Checksum::of(&data));
+    }
+}

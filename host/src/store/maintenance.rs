@@ -1,0 +1,190 @@
+//! Whole-cache maintenance: stats, gc, verify, clear.
+
+use serde::Serialize;
+
+use super::namespace::EntryInfo;
+use super::{FileCache, Namespace, NamespaceOptions};
+use crate::{Error, Key, Result};
+
+/// Entries and bytes of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamespaceStats {
+    /// The namespace's name.
+    pub name: String,
+    /// Whether it is reserved for the host (its name starts with `.`).
+    pub reserved: bool,
+    /// How many entries it holds.
+    pub entries: u64,
+    /// Bytes on disk, headers included.
+    pub bytes: u64,
+}
+
+/// What [`FileCache::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Entries removed to get under the size.
+    pub removed_entries: u64,
+    /// Bytes those entries took.
+    pub removed_bytes: u64,
+    /// Bytes left in the whole cache.
+    pub remaining_bytes: u64,
+    /// Temporary files of dead writers reclaimed.
+    pub temporary_files: u64,
+}
+
+/// What [`FileCache::verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Entries read and checked.
+    pub checked: u64,
+    /// Entries that passed.
+    pub ok: u64,
+    /// Entries that failed and were removed.
+    pub removed: u64,
+}
+
+/// Progress of a long operation, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Units done.
+    pub done: u64,
+    /// Units in all.
+    pub total: u64,
+}
+
+fn maintenance_options() -> NamespaceOptions {
+    NamespaceOptions {
+        quota: u64::MAX,
+        max_entry_size: u64::MAX,
+        ..NamespaceOptions::default()
+    }
+}
+
+impl FileCache {
+    /// Entries and bytes per namespace. Changes nothing on disk.
+    pub fn stats(&self) -> Result<Vec<NamespaceStats>> {
+        let read_only = NamespaceOptions {
+            read_only: true,
+            ..maintenance_options()
+        };
+        self.namespace_names()?
+            .into_iter()
+            .map(|name| {
+                let scan = self.open_existing(&name, read_only)?.scan(0)?;
+                Ok(NamespaceStats {
+                    reserved: name.starts_with('.'),
+                    name,
+                    entries: scan.entries,
+                    bytes: scan.used,
+                })
+            })
+            .collect()
+    }
+
+    /// Evicts least recently used entries, across all namespaces, until the whole cache takes
+    /// at most `max_size` bytes; reclaims temporary files of dead writers.
+    pub fn gc(&self, max_size: u64, progress: &mut dyn FnMut(Progress)) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let mut all: Vec<(usize, EntryInfo)> = Vec::new();
+        let mut namespaces = Vec::new();
+        for name in self.namespace_names()? {
+            let ns = self.open_existing(&name, maintenance_options())?;
+            report.temporary_files += ns.reclaim_temporary_files()?;
+            let scan = ns.recount()?;
+            report.remaining_bytes += scan.used;
+            namespaces.push(ns);
+        }
+        if report.remaining_bytes <= max_size {
+            return Ok(report);
+        }
+        for (i, ns) in namespaces.iter().enumerate() {
+            all.extend(ns.scan(usize::MAX)?.oldest.into_iter().map(|e| (i, e)));
+        }
+        all.sort_by_key(|(_, e)| e.mtime);
+        let mut excess = report.remaining_bytes - max_size;
+        let mut victims: Vec<Vec<EntryInfo>> = vec![Vec::new(); namespaces.len()];
+        for (i, e) in all {
+            if excess == 0 {
+                break;
+            }
+            excess = excess.saturating_sub(e.size);
+            victims[i].push(e);
+        }
+        let total: u64 = victims.iter().map(|v| v.len() as u64).sum();
+        let mut done = 0;
+        for (ns, victims) in namespaces.iter().zip(victims) {
+            for chunk in victims.chunks(256) {
+                let (entries, bytes) = ns.remove_if_unchanged(chunk)?;
+                report.removed_entries += entries;
+                report.removed_bytes += bytes;
+                done += chunk.len() as u64;
+                progress(Progress { done, total });
+            }
+        }
+        report.remaining_bytes = report.remaining_bytes.saturating_sub(report.removed_bytes);
+        Ok(report)
+    }
+
+    /// Reads every entry of every namespace, checks it, and removes those that fail.
+    pub fn verify(&self, progress: &mut dyn FnMut(Progress)) -> Result<VerifyReport> {
+        let mut work: Vec<(Namespace, Vec<Key>)> = Vec::new();
+        for name in self.namespace_names()? {
+            let ns = match self.open_existing(&name, maintenance_options()) {
+                Ok(ns) => ns,
+                // A cache we may not write to can still be checked.
+                Err(Error::Io { .. }) => self.open_existing(
+                    &name,
+                    NamespaceOptions {
+                        read_only: true,
+                        ..maintenance_options()
+                    },
+                )?,
+                Err(e) => return Err(e),
+            };
+            let mut keys = Vec::new();
+            ns.for_each_entry_file(|key, _| {
+                keys.push(key);
+                Ok(())
+            })?;
+            work.push((ns, keys));
+        }
+        let total = work.iter().map(|(_, k)| k.len() as u64).sum();
+        let mut report = VerifyReport::default();
+        for (ns, keys) in work {
+            for key in keys {
+                if ns.verify_entry(&key)? {
+                    report.ok += 1;
+                } else {
+                    report.removed += 1;
+                }
+                report.checked += 1;
+                progress(Progress {
+                    done: report.checked,
+                    total,
+                });
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes every entry of one namespace, or of all of them (reserved ones included).
+    /// Returns how many entries were removed.
+    pub fn clear(&self, namespace: Option<&str>) -> Result<u64> {
+        let names = match namespace {
+            Some(name) => {
+                super::validate_namespace_name(name).or_else(|e| super::validate_reserved_name(name).map_err(|_| e))?;
+                if self.namespace_names()?.iter().any(|n| n == name) {
+                    vec![name.to_string()]
+                } else {
+                    vec![]
+                }
+            }
+            None => self.namespace_names()?,
+        };
+        let mut removed = 0;
+        for name in names {
+            removed += self.open_existing(&name, maintenance_options())?.clear()?;
+        }
+        Ok(removed)
+    }
+}

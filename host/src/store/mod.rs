@@ -1,0 +1,306 @@
+//! The store: content by key, in namespaces, on disk.
+//!
+//! [`FileCache`] is the cache root: the one place where a path from the outside world is opened
+//! (with cap-std's ambient authority, in [`FileCache::open`]). Everything below works through
+//! [`cap_std::fs::Dir`] handles, so no key, file name or planted symlink can reach outside it.
+//! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`Store`].
+
+mod maintenance;
+mod namespace;
+#[cfg(test)]
+mod store_tests;
+
+use std::io;
+use std::path::Path;
+
+use cap_fs_ext::DirExt;
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+
+pub use maintenance::{GcReport, NamespaceStats, Progress, VerifyReport};
+pub use namespace::{EntryInfo, FileReader, FileWriter, MAX_READ_CHUNK, Namespace};
+
+use crate::error::IoContext;
+use crate::{Error, Key, Result};
+
+/// The operations every cache tier offers: whole and streamed reads and writes, delete, contains.
+///
+/// Implemented by [`Namespace`] (the local, on-disk tier). Every method checks the entry's
+/// integrity: a damaged entry is removed and answered as a miss (or, for a reader that has
+/// already returned bytes, as [`Error::Corrupt`] on the read that reaches its end).
+pub trait Store: Send + Sync {
+    /// The content stored under `key`, or `None` on a miss.
+    fn get(&self, key: &Key) -> Result<Option<Vec<u8>>>;
+    /// A reader over the content stored under `key`, or `None` on a miss.
+    fn open(&self, key: &Key) -> Result<Option<Box<dyn EntryReader>>>;
+    /// Stores `content` under `key`, atomically, replacing any earlier entry.
+    fn add(&self, key: &Key, content: &[u8]) -> Result<()>;
+    /// Starts streaming a new entry for `key`; nothing is visible before
+    /// [`EntryWriter::commit`].
+    fn create(&self, key: &Key) -> Result<Box<dyn EntryWriter>>;
+    /// Removes the entry under `key`; a missing key is not an error.
+    fn delete(&self, key: &Key) -> Result<()>;
+    /// Whether an entry is stored under `key` (its header is checked, its content is not read).
+    fn contains(&self, key: &Key) -> Result<bool>;
+}
+
+/// A stream over one entry's content that verifies as it goes.
+pub trait EntryReader: Send {
+    /// The content's length in bytes.
+    fn size(&self) -> u64;
+    /// Reads at most `max` bytes; an empty vector means the end. The read that reaches the end
+    /// of a damaged entry fails with [`Error::Corrupt`] instead of returning its bytes.
+    fn read_chunk(&mut self, max: usize) -> Result<Vec<u8>>;
+}
+
+/// A new entry being written. Dropping it without [`EntryWriter::commit`] discards it.
+pub trait EntryWriter: Send {
+    /// Appends bytes. After an error the writer is spent: every later call fails the same way.
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Makes the entry visible under its key, atomically.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Whether writes are made durable before they become visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// No fsync: an entry may be lost on power loss, but a torn one is never served (its
+    /// checksum fails and it is removed). The default, as for most caches.
+    #[default]
+    Relaxed,
+    /// fsync the entry before the rename that publishes it, and its directory after.
+    Sync,
+}
+
+/// The limits and settings of a namespace, as seen by the process that opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceOptions {
+    /// The largest content an entry may have, in bytes (default 64 MiB).
+    pub max_entry_size: u64,
+    /// The most bytes on disk the namespace's entries may take, headers included (default 1 GiB).
+    /// Least recently used entries are evicted to make room.
+    pub quota: u64,
+    /// Refuse `add`, `create` and `delete` (default false). Nothing on disk is changed, not even
+    /// recency.
+    pub read_only: bool,
+    /// Whether to fsync (default [`Durability::Relaxed`]).
+    pub durability: Durability,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        NamespaceOptions {
+            max_entry_size: 64 << 20,
+            quota: 1 << 30,
+            read_only: false,
+            durability: Durability::Relaxed,
+        }
+    }
+}
+
+/// The name of the namespace a plugin gets when none is chosen.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Checks a plugin namespace name: 1–64 characters of `[a-z0-9._-]`, not starting with `.`
+/// (such names are reserved for the host's own use).
+///
+/// ```
+/// use filecache_host::store::validate_namespace_name;
+/// assert!(validate_namespace_name("my-plugin.v2").is_ok());
+/// assert!(validate_namespace_name("..").is_err());
+/// assert!(validate_namespace_name("a/b").is_err());
+/// assert!(validate_namespace_name(".compiled").is_err());
+/// ```
+pub fn validate_namespace_name(name: &str) -> Result<()> {
+    let refuse = |reason| {
+        Err(Error::InvalidNamespace {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.starts_with('.') {
+        return refuse("names starting with '.' are reserved for the host");
+    }
+    validate_chars(name).or_else(refuse)
+}
+
+fn validate_chars(name: &str) -> std::result::Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("a name has 1 to 64 characters, this one is empty");
+    }
+    if name.len() > 64 {
+        return Err("a name has 1 to 64 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("a name may only hold lowercase ASCII letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+fn validate_reserved_name(name: &str) -> Result<()> {
+    let refuse = |reason| {
+        Err(Error::InvalidNamespace {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if !name.starts_with('.') {
+        return refuse("a reserved namespace name starts with '.'");
+    }
+    if name == "." || name == ".." {
+        return refuse("'.' and '..' are not names");
+    }
+    validate_chars(name).or_else(refuse)
+}
+
+/// A cache root directory holding namespaces.
+///
+/// ```no_run
+/// use filecache_host::{FileCache, Key, NamespaceOptions, Store};
+/// let cache = FileCache::open("/var/cache/my-host")?;
+/// let ns = cache.namespace("my-plugin", NamespaceOptions::default())?;
+/// let key = Key::digest(b"input");
+/// ns.add(&key, b"expensive result")?;
+/// assert_eq!(ns.get(&key)?.as_deref(), Some(&b"expensive result"[..]));
+/// # Ok::<(), filecache_host::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct FileCache {
+    root: Dir,
+}
+
+impl FileCache {
+    /// Opens (creating it if needed) the cache root at `path`.
+    ///
+    /// This is the only place the store uses ambient authority: everything else goes through
+    /// the directory handle opened here. If the directory cannot be created (a read-only
+    /// filesystem, say) but exists, it is opened as it is.
+    pub fn open(path: impl AsRef<Path>) -> Result<FileCache> {
+        let path = path.as_ref();
+        let created = Dir::create_ambient_dir_all(path, ambient_authority());
+        let root = Dir::open_ambient_dir(path, ambient_authority()).map_err(|e| {
+            let e = match created {
+                Err(c) if e.kind() == io::ErrorKind::NotFound => c,
+                _ => e,
+            };
+            Error::io(format!("cannot open cache directory {}", path.display()), e)
+        })?;
+        let cache = FileCache { root };
+        cache.write_cachedir_tag();
+        Ok(cache)
+    }
+
+    /// Uses an already opened directory as the cache root.
+    pub fn from_dir(root: Dir) -> FileCache {
+        FileCache { root }
+    }
+
+    /// The root directory handle.
+    pub fn root(&self) -> &Dir {
+        &self.root
+    }
+
+    /// Marks the root as a cache for backup tools (<https://bford.info/cachedir/>). Best effort.
+    fn write_cachedir_tag(&self) {
+        const TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+            # This file is a cache directory tag created by filecache.\n\
+            # For information about cache directory tags see https://bford.info/cachedir/\n";
+        if !self.root.exists("CACHEDIR.TAG") {
+            let _ = self.root.write("CACHEDIR.TAG", TAG);
+        }
+    }
+
+    /// Opens (creating it if needed, unless read-only) the plugin namespace `name`.
+    /// The name is checked with [`validate_namespace_name`]; nothing is created for a bad name.
+    pub fn namespace(&self, name: &str, options: NamespaceOptions) -> Result<Namespace> {
+        validate_namespace_name(name)?;
+        self.open_namespace(name, options)
+    }
+
+    /// Opens a namespace reserved for the host (a name starting with `.`, which no plugin can
+    /// name), e.g. for compiled code.
+    pub fn reserved_namespace(&self, name: &str, options: NamespaceOptions) -> Result<Namespace> {
+        validate_reserved_name(name)?;
+        self.open_namespace(name, options)
+    }
+
+    fn open_namespace(&self, name: &str, options: NamespaceOptions) -> Result<Namespace> {
+        let dir = match self.root.open_dir_nofollow(name) {
+            Ok(dir) => Some(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if options.read_only {
+                    None
+                } else {
+                    match self.root.create_dir(name) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(Error::io(format!("cannot create namespace {name:?}"), e)),
+                    }
+                    Some(
+                        self.root
+                            .open_dir_nofollow(name)
+                            .context(|| format!("cannot open namespace {name:?}"))?,
+                    )
+                }
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("cannot open namespace {name:?} (a namespace must be a real directory, not a symlink)"),
+                    e,
+                ));
+            }
+        };
+        Namespace::with_dir(name.to_string(), dir, options)
+    }
+
+    /// The names of the namespaces present, plugin and reserved, sorted.
+    pub fn namespace_names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in self
+            .root
+            .entries()
+            .context(|| "cannot list the cache directory".into())?
+        {
+            let entry = entry.context(|| "cannot list the cache directory".into())?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir && (validate_namespace_name(&name).is_ok() || validate_reserved_name(&name).is_ok()) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Opens an existing namespace of either kind for maintenance.
+    pub(crate) fn open_existing(&self, name: &str, options: NamespaceOptions) -> Result<Namespace> {
+        if validate_namespace_name(name).is_err() {
+            validate_reserved_name(name)?;
+        }
+        self.open_namespace(name, options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_names() {
+        for ok in ["default", "a", "my-plugin_v2.0", &"x".repeat(64)] {
+            validate_namespace_name(ok).unwrap();
+        }
+        for bad in ["", "..", ".", "a/b", ".hidden", "A", "é", "a b", "a\0", &"x".repeat(65)] {
+            assert!(validate_namespace_name(bad).is_err(), "{bad:?} accepted");
+        }
+        validate_reserved_name(".compiled").unwrap();
+        for bad in [".", "..", "compiled", "./x", ".A"] {
+            assert!(validate_reserved_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

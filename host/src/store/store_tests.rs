@@ -1,0 +1,461 @@
+//! Tests of the store against real files in temporary directories.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::entry::HEADER_LEN;
+
+fn cache() -> (tempfile::TempDir, FileCache) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = FileCache::open(dir.path().join("cache")).unwrap();
+    (dir, cache)
+}
+
+fn ns(cache: &FileCache) -> Namespace {
+    cache.namespace("test", NamespaceOptions::default()).unwrap()
+}
+
+fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3] ^ seed)
+        .collect()
+}
+
+fn entry_path(root: &Path, ns: &str, key: &Key) -> PathBuf {
+    let hex = key.to_string();
+    root.join("cache").join(ns).join(&hex[..2]).join(hex)
+}
+
+fn tmp_files(root: &Path, ns: &str) -> usize {
+    std::fs::read_dir(root.join("cache").join(ns).join("tmp"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn add_get_round_trip_at_many_sizes() {
+    let (_d, cache) = cache();
+    let ns = ns(&cache);
+    for (i, len) in [0usize, 1, 63, 64, 65, 4095, 65536, (1 << 20) + 7]
+        .into_iter()
+        .enumerate()
+    {
+        let key = Key::digest(len.to_le_bytes());
+        let data = content(i as u8, len);
+        assert_eq!(ns.get(&key).unwrap(), None);
+        assert!(!ns.contains(&key).unwrap());
+        ns.add(&key, &data).unwrap();
+        assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&data[..]), "len {len}");
+        assert!(ns.contains(&key).unwrap());
+        let mut r = ns.open(&key).unwrap().unwrap();
+        assert_eq!(r.size(), len as u64);
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+}
+
+#[test]
+fn replace_delete_and_persistence_across_reopen() {
+    let (d, cache) = cache();
+    let key = Key::digest(b"k");
+    {
+        let ns = ns(&cache);
+        ns.add(&key, b"first").unwrap();
+        ns.add(&key, b"second, longer").unwrap();
+        assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&b"second, longer"[..]));
+        ns.delete(&Key::digest(b"missing")).unwrap();
+    }
+    drop(cache);
+    let cache = FileCache::open(d.path().join("cache")).unwrap();
+    let ns = ns(&cache);
+    assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&b"second, longer"[..]));
+    ns.delete(&key).unwrap();
+    assert_eq!(ns.get(&key).unwrap(), None);
+    assert!(!entry_path(d.path(), "test", &key).exists());
+}
+
+#[test]
+fn namespaces_are_isolated() {
+    let (_d, cache) = cache();
+    let a = cache.namespace("a", NamespaceOptions::default()).unwrap();
+    let b = cache.namespace("b", NamespaceOptions::default()).unwrap();
+    let key = Key::digest(b"shared");
+    a.add(&key, b"in a").unwrap();
+    assert_eq!(b.get(&key).unwrap(), None);
+    assert!(!b.contains(&key).unwrap());
+}
+
+#[test]
+fn streamed_entry_is_invisible_until_commit_and_dropped_writer_leaves_nothing() {
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let key = Key::digest(b"stream");
+    let data = content(3, 3 << 20);
+    let mut w = ns.create(&key).unwrap();
+    for chunk in data.chunks(100_000) {
+        w.write_all(chunk).unwrap();
+        assert_eq!(ns.get(&key).unwrap(), None);
+        assert!(!ns.contains(&key).unwrap());
+    }
+    w.commit().unwrap();
+    assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&data[..]));
+    assert_eq!(tmp_files(d.path(), "test"), 0);
+
+    let other = Key::digest(b"dropped");
+    let mut w = ns.create(&other).unwrap();
+    w.write_all(b"never committed").unwrap();
+    assert_eq!(tmp_files(d.path(), "test"), 1);
+    drop(w);
+    assert_eq!(tmp_files(d.path(), "test"), 0);
+    assert_eq!(ns.get(&other).unwrap(), None);
+}
+
+#[test]
+fn entry_size_limit_for_add_and_stream() {
+    let (d, cache) = cache();
+    let ns = cache
+        .namespace(
+            "small",
+            NamespaceOptions {
+                max_entry_size: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let key = Key::digest(b"big");
+    ns.add(&key, &[1; 1000]).unwrap();
+    let other = Key::digest(b"bigger");
+    assert!(matches!(
+        ns.add(&other, &[1; 1001]),
+        Err(Error::TooLarge { limit: 1000 })
+    ));
+    let mut w = ns.create(&other).unwrap();
+    w.write(&[0; 600]).unwrap();
+    assert!(matches!(w.write(&[0; 600]), Err(Error::TooLarge { limit: 1000 })));
+    assert_eq!(
+        tmp_files(d.path(), "small"),
+        0,
+        "the spent writer's file is gone at once"
+    );
+    assert!(matches!(w.write(&[0; 1]), Err(Error::TooLarge { limit: 1000 })));
+    assert!(matches!(w.commit(), Err(Error::TooLarge { limit: 1000 })));
+    assert!(!ns.contains(&other).unwrap());
+}
+
+#[test]
+fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
+    let (_d, cache) = cache();
+    let per = 1000 + HEADER_LEN as u64;
+    let ns = cache
+        .namespace(
+            "q",
+            NamespaceOptions {
+                quota: per * 4,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let keys: Vec<Key> = (0..6u8).map(|i| Key::digest([i])).collect();
+    for k in &keys[..4] {
+        ns.add(k, &[7; 1000]).unwrap();
+    }
+    // Use the oldest: now keys[1] is the least recently used.
+    assert!(ns.get(&keys[0]).unwrap().is_some());
+    ns.add(&keys[4], &[7; 1000]).unwrap();
+    assert!(ns.contains(&keys[0]).unwrap(), "a hit refreshes recency");
+    assert!(!ns.contains(&keys[1]).unwrap(), "the least recently used goes first");
+    assert!(ns.contains(&keys[2]).unwrap(), "only as much as needed is evicted");
+    // A reader counts as a hit too.
+    drop(ns.open(&keys[2]).unwrap().unwrap());
+    ns.add(&keys[5], &[7; 1000]).unwrap();
+    assert!(!ns.contains(&keys[3]).unwrap());
+    assert!(ns.contains(&keys[2]).unwrap());
+    let stats = cache.stats().unwrap();
+    assert_eq!(stats[0].bytes, per * 4);
+
+    let huge = Key::digest(b"huge");
+    assert!(matches!(
+        ns.add(&huge, &vec![0; (per * 4) as usize]),
+        Err(Error::QuotaExceeded { .. })
+    ));
+    assert!(!ns.contains(&huge).unwrap());
+    assert_eq!(cache.stats().unwrap()[0].entries, 4, "a refused entry evicts nothing");
+}
+
+#[test]
+fn quota_holds_across_two_handles_on_one_namespace() {
+    // Two opens of the namespace stand for two processes: they share the usage counter on disk.
+    let (_d, cache) = cache();
+    let opts = NamespaceOptions {
+        quota: 10 * 1064,
+        ..Default::default()
+    };
+    let a = cache.namespace("shared", opts).unwrap();
+    let b = cache.namespace("shared", opts).unwrap();
+    for i in 0..50u32 {
+        let ns = if i % 2 == 0 { &a } else { &b };
+        ns.add(&Key::digest(i.to_le_bytes()), &[1; 1000]).unwrap();
+        let s = &cache.stats().unwrap()[0];
+        assert!(s.bytes <= 10 * 1064, "over quota after {i}: {}", s.bytes);
+    }
+    assert_eq!(cache.stats().unwrap()[0].entries, 10);
+}
+
+#[test]
+fn read_only_refuses_writes_and_creates_nothing() {
+    let (d, cache) = cache();
+    let key = Key::digest(b"x");
+    ns(&cache).add(&key, b"v").unwrap();
+    let ro = cache
+        .namespace(
+            "test",
+            NamespaceOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(matches!(ro.add(&key, b"w"), Err(Error::ReadOnly)));
+    assert!(matches!(ro.create(&key), Err(Error::ReadOnly)));
+    assert!(matches!(ro.delete(&key), Err(Error::ReadOnly)));
+    assert_eq!(ro.get(&key).unwrap().as_deref(), Some(&b"v"[..]));
+    let missing = cache
+        .namespace(
+            "never-written",
+            NamespaceOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(missing.get(&key).unwrap(), None);
+    assert!(!d.path().join("cache/never-written").exists());
+}
+
+#[test]
+fn bad_namespace_names_create_nothing() {
+    let (d, cache) = cache();
+    for bad in ["..", ".", "a/b", ".hidden", "", &"x".repeat(65), "../escape"] {
+        assert!(matches!(
+            cache.namespace(bad, NamespaceOptions::default()),
+            Err(Error::InvalidNamespace { .. })
+        ));
+    }
+    let listed: Vec<_> = std::fs::read_dir(d.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(listed, vec![std::ffi::OsString::from("CACHEDIR.TAG")]);
+    assert!(!d.path().join("escape").exists());
+}
+
+#[test]
+fn every_byte_flip_and_truncation_is_a_miss_and_removed() {
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let key = Key::digest(b"victim");
+    let data = content(9, 200);
+    ns.add(&key, &data).unwrap();
+    let path = entry_path(d.path(), "test", &key);
+    let good = std::fs::read(&path).unwrap();
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x41;
+        std::fs::write(&path, &bad).unwrap();
+        assert_eq!(ns.get(&key).unwrap(), None, "flip at {i} served");
+        assert!(!path.exists(), "flip at {i} not removed");
+    }
+    for len in 0..good.len() {
+        std::fs::write(&path, &good[..len]).unwrap();
+        assert_eq!(ns.get(&key).unwrap(), None, "truncation to {len} served");
+        assert!(!path.exists());
+    }
+    // A reader: flips in the content are caught on the read that reaches the end.
+    for i in HEADER_LEN..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x01;
+        std::fs::write(&path, &bad).unwrap();
+        let mut r = ns.open(&key).unwrap().expect("the header is intact");
+        let mut got = Vec::new();
+        let err = loop {
+            match r.read_chunk(64) {
+                Ok(c) if c.is_empty() => panic!("damaged content read to the end at {i}"),
+                Ok(c) => got.extend(c),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(got.len() < data.len());
+        assert!(!path.exists());
+    }
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&data[..]));
+}
+
+#[test]
+fn a_file_under_another_keys_name_is_refused() {
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let (a, b) = (Key::digest(b"a"), Key::digest(b"b"));
+    ns.add(&a, b"content of a").unwrap();
+    let pb = entry_path(d.path(), "test", &b);
+    std::fs::create_dir_all(pb.parent().unwrap()).unwrap();
+    std::fs::copy(entry_path(d.path(), "test", &a), &pb).unwrap();
+    assert_eq!(ns.get(&b).unwrap(), None);
+}
+
+#[test]
+fn symlinks_hard_links_and_fifos_are_never_followed() {
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let outside = d.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+
+    // An entry file that is a symlink to a file outside.
+    let key = Key::digest(b"link");
+    let p = entry_path(d.path(), "test", &key);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    symlink(outside.join("secret"), &p).unwrap();
+    assert_eq!(ns.get(&key).unwrap(), None);
+    assert!(ns.open(&key).unwrap().is_none());
+    assert!(std::fs::symlink_metadata(&p).is_err(), "the planted symlink is removed");
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+
+    // A hard link to a file outside.
+    let key = Key::digest(b"hard");
+    let p = entry_path(d.path(), "test", &key);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::hard_link(outside.join("secret"), &p).unwrap();
+    assert_eq!(ns.get(&key).unwrap(), None);
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+
+    // A FIFO must not hang the reader.
+    let key = Key::digest(b"fifo");
+    let p = entry_path(d.path(), "test", &key);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &p,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from(0o600),
+        0,
+    )
+    .unwrap();
+    assert_eq!(ns.get(&key).unwrap(), None);
+
+    // A fan-out directory that is a symlink to a directory outside.
+    let key = Key::digest(b"shard");
+    let hex = key.to_string();
+    let shard = d.path().join("cache/test").join(&hex[..2]);
+    if shard.exists() {
+        std::fs::remove_dir_all(&shard).unwrap();
+    }
+    std::fs::write(outside.join(&hex), b"planted").unwrap();
+    symlink(&outside, &shard).unwrap();
+    assert!(
+        !matches!(ns.get(&key), Ok(Some(_))),
+        "an entry reached through a symlinked directory was served"
+    );
+    let listing = |p: &Path| {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    };
+    let before = listing(&outside);
+    let _ = ns.add(&key, b"x");
+    let _ = ns.delete(&key);
+    assert_eq!(listing(&outside), before, "a file was created or removed outside");
+    assert_eq!(
+        std::fs::read(outside.join(&hex)).unwrap(),
+        b"planted",
+        "a file outside was changed"
+    );
+
+    // A namespace directory that is a symlink.
+    symlink(&outside, d.path().join("cache/evil")).unwrap();
+    assert!(cache.namespace("evil", NamespaceOptions::default()).is_err());
+}
+
+#[test]
+fn temporary_files_of_dead_writers_are_reclaimed_on_open_but_live_ones_are_not() {
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let key = Key::digest(b"live");
+    let mut live = ns.create(&key).unwrap();
+    live.write_all(b"still writing").unwrap();
+    // A writer that died: its file exists, nobody holds its lock.
+    std::fs::write(d.path().join("cache/test/tmp/dead.1.0.tmp"), b"partial").unwrap();
+    assert_eq!(tmp_files(d.path(), "test"), 2);
+    let again = cache.namespace("test", NamespaceOptions::default()).unwrap();
+    assert_eq!(tmp_files(d.path(), "test"), 1);
+    live.commit().unwrap();
+    assert_eq!(again.get(&key).unwrap().as_deref(), Some(&b"still writing"[..]));
+}
+
+#[test]
+fn concurrent_writers_of_one_key_never_tear() {
+    let (_d, cache) = cache();
+    let ns = ns(&cache);
+    let key = Key::digest(b"contended");
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let ns = ns.clone();
+            s.spawn(move || {
+                for _ in 0..50 {
+                    ns.add(&key, &vec![t; 50_000]).unwrap();
+                    let got = ns.get(&key).unwrap().unwrap();
+                    assert!(got.len() == 50_000 && got.iter().all(|&b| b == got[0]));
+                }
+            });
+        }
+    });
+    let s = &cache.stats().unwrap()[0];
+    assert_eq!((s.entries, s.bytes), (1, 50_000 + HEADER_LEN as u64));
+}
+
+#[test]
+fn stats_gc_verify_clear() {
+    let (d, cache) = cache();
+    let a = cache.namespace("a", NamespaceOptions::default()).unwrap();
+    let b = cache.namespace("b", NamespaceOptions::default()).unwrap();
+    for i in 0..10u8 {
+        a.add(&Key::digest([i]), &[i; 1000]).unwrap();
+        b.add(&Key::digest([i, i]), &[i; 1000]).unwrap();
+    }
+    let stats = cache.stats().unwrap();
+    assert_eq!(
+        stats.iter().map(|s| (s.name.as_str(), s.entries)).collect::<Vec<_>>(),
+        [("a", 10), ("b", 10)]
+    );
+
+    // Damage two entries; verify finds and removes exactly those.
+    for key in [Key::digest([3]), Key::digest([4])] {
+        let p = entry_path(d.path(), "a", &key);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[500] ^= 0xff;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    let report = cache.verify(&mut |_| {}).unwrap();
+    assert_eq!((report.checked, report.ok, report.removed), (20, 18, 2));
+    assert_eq!(cache.verify(&mut |_| {}).unwrap().removed, 0);
+
+    // gc to 10 entries' worth removes the 8 oldest, across both namespaces.
+    let per = 1000 + HEADER_LEN as u64;
+    let report = cache.gc(per * 10, &mut |_| {}).unwrap();
+    assert_eq!(report.removed_entries, 8);
+    assert_eq!(report.remaining_bytes, per * 10);
+    let total: u64 = cache.stats().unwrap().iter().map(|s| s.bytes).sum();
+    assert_eq!(total, per * 10);
+    assert!(b.contains(&Key::digest([9, 9])).unwrap(), "the newest survive");
+
+    let before = cache.stats().unwrap()[0].entries;
+    assert_eq!(cache.clear(Some("a")).unwrap(), before);
+    assert_eq!(cache.stats().unwrap()[0].entries, 0);
+    cache.clear(None).unwrap();
+    assert!(cache.stats().unwrap().iter().all(|s| s.entries == 0));
+}
