@@ -12,7 +12,7 @@ use filecache_host::store::{DEFAULT_NAMESPACE, Progress, validate_namespace_name
 use filecache_host::{Durability, FileCache, FileCacheCtx, FileCacheView, NamespaceOptions};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::p2::bindings::sync::Command;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// Run WebAssembly components with a persistent, sandboxed cache.
@@ -210,11 +210,23 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 
     let engine = Engine::default();
     let component = load_component(&engine, &args.component)?;
-
-    let cache = FileCache::open(&cache_dir)?;
-    let namespace = cache
-        .namespace(&args.namespace, options)
-        .with_context(|| format!("cannot open namespace {:?} in {}", args.namespace, cache_dir.display()))?;
+    let mut linker = Linker::<Host>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    filecache_host::add_to_linker(&mut linker, |h: &mut Host| {
+        FileCacheView::new(&mut h.cache, &mut h.table)
+    })?;
+    // Resolve the imports before anything is created, so a component that cannot run changes nothing.
+    let pre = linker
+        .instantiate_pre(&component)
+        .and_then(CommandPre::new)
+        .map_err(|e| anyhow!("{e:#}"))
+        .with_context(|| {
+            format!(
+                "cannot instantiate {}: it must be a wasi:cli command component whose imports are WASI \
+                 0.2 and filecache:cache/cache",
+                args.component.display()
+            )
+        })?;
 
     let mut wasi = WasiCtx::builder();
     wasi.inherit_stdio();
@@ -244,12 +256,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow!("cannot open --dir {}: {e:#}", host.display()))?;
     }
 
-    let mut linker = Linker::<Host>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    filecache_host::add_to_linker(&mut linker, |h: &mut Host| {
-        FileCacheView::new(&mut h.cache, &mut h.table)
-    })?;
-
+    let cache = FileCache::open(&cache_dir)?;
+    let namespace = cache
+        .namespace(&args.namespace, options)
+        .with_context(|| format!("cannot open namespace {:?} in {}", args.namespace, cache_dir.display()))?;
     let host = Host {
         wasi: wasi.build(),
         cache: FileCacheCtx::builder()
@@ -259,15 +269,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         table: ResourceTable::new(),
     };
     let mut store = Store::new(&engine, host);
-    let command = Command::instantiate(&mut store, &component, &linker)
+    let command = pre
+        .instantiate(&mut store)
         .map_err(|e| anyhow!("{e:#}"))
-        .with_context(|| {
-            format!(
-                "cannot instantiate {}: it must be a wasi:cli command component whose imports are WASI \
-                 0.2 and filecache:cache/cache",
-                args.component.display()
-            )
-        })?;
+        .with_context(|| format!("cannot instantiate {}", args.component.display()))?;
     match command.wasi_cli_run().call_run(&mut store) {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
         Ok(Err(())) => Ok(ExitCode::FAILURE),

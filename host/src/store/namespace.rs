@@ -384,6 +384,11 @@ impl Namespace {
 
     /// A reader over the content stored under `key`, or `None` on a miss.
     pub fn open(&self, key: &Key) -> Result<Option<FileReader>> {
+        self.open_reader(key, true)
+    }
+
+    /// Opens a reader; `is_use` tells whether this counts as a use for LRU (`verify` does not).
+    fn open_reader(&self, key: &Key, is_use: bool) -> Result<Option<FileReader>> {
         let hk = key.hex();
         let Some((file, meta)) = self.open_entry_file(&hk)? else {
             return Ok(None);
@@ -399,7 +404,9 @@ impl Namespace {
             self.discard_path(&hk, Some(&meta), "content checksum mismatch");
             return Ok(None);
         }
-        self.touch(&file);
+        if is_use {
+            self.touch(&file);
+        }
         Ok(Some(FileReader {
             ns: self.clone(),
             key: *key,
@@ -757,7 +764,7 @@ impl Namespace {
     /// the namespace is read-only); a file that vanished meanwhile counts as sound.
     pub(crate) fn verify_entry(&self, key: &Key) -> Result<bool> {
         let before = self.inner.discarded.load(Ordering::Relaxed);
-        let Some(mut reader) = self.open(key)? else {
+        let Some(mut reader) = self.open_reader(key, false)? else {
             return Ok(self.inner.discarded.load(Ordering::Relaxed) == before);
         };
         loop {

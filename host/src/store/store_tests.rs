@@ -459,3 +459,32 @@ fn stats_gc_verify_clear() {
     cache.clear(None).unwrap();
     assert!(cache.stats().unwrap().iter().all(|s| s.entries == 0));
 }
+
+#[test]
+fn verify_and_stats_do_not_count_as_use() {
+    let (_d, cache) = cache();
+    let per = 100 + HEADER_LEN as u64;
+    let ns = cache
+        .namespace(
+            "lru",
+            NamespaceOptions {
+                quota: per * 8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let keys: Vec<Key> = (0..9u8).map(|i| Key::digest([i])).collect();
+    for k in &keys[..8] {
+        ns.add(k, &[0; 100]).unwrap();
+    }
+    cache.verify(&mut |_| {}).unwrap();
+    cache.stats().unwrap();
+    ns.add(&keys[8], &[0; 100]).unwrap();
+    assert!(
+        !ns.contains(&keys[0]).unwrap(),
+        "the oldest by use goes, whatever verify read last"
+    );
+    for k in &keys[1..] {
+        assert!(ns.contains(k).unwrap());
+    }
+}

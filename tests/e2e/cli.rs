@@ -1,0 +1,230 @@
+//! The `filecache` CLI end to end: real guest components built from tests/programs, run by the
+//! real binary against real cache directories.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn contract_basics_and_handles_pass() {
+    let cache = TestCache::new();
+    cache.contract(&[], &["basics"]);
+    cache.contract(&[], &["handles"]);
+}
+
+#[test]
+fn entries_persist_across_processes_and_namespaces_are_isolated() {
+    let cache = TestCache::new();
+    cache.contract(&["--namespace", "alpha"], &["put", "persist", "100000"]);
+    cache.contract(&["--namespace", "alpha"], &["put-stream", "streamed", "3MiB"]);
+    cache.contract(&["--namespace", "alpha"], &["check", "persist", "100000"]);
+    cache.contract(&["--namespace", "alpha"], &["check", "streamed", "3MiB"]);
+    cache.contract(&["--namespace", "beta"], &["absent", "persist"]);
+    cache.contract(&[], &["absent", "persist"]);
+}
+
+#[test]
+fn max_entry_size_is_enforced() {
+    let cache = TestCache::new();
+    cache.contract(&["--max-entry-size", "4096"], &["too-large", "4096"]);
+    cache.contract(&["--max-entry-size", "1MiB"], &["too-large", "1048576"]);
+}
+
+#[test]
+fn quota_evicts_least_recently_used() {
+    let cache = TestCache::new();
+    cache.contract(&["--quota", "10KiB"], &["quota", "10240"]);
+    let stats = cache.cli("stats", &["--json"]);
+    assert_success(&stats, "stats");
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert!(json["total"]["bytes"].as_u64().unwrap() <= 10240, "{json}");
+}
+
+#[test]
+fn read_only_namespace() {
+    let cache = TestCache::new();
+    cache.contract(&[], &["put", "ro", "5000"]);
+    cache.contract(&["--read-only"], &["read-only"]);
+    cache.contract(&["--read-only"], &["read-only-check", "ro", "5000"]);
+}
+
+#[test]
+fn durable_mode_works() {
+    let cache = TestCache::new();
+    cache.contract(&["--durable"], &["put-stream", "durable", "2MiB"]);
+    cache.contract(&[], &["check", "durable", "2MiB"]);
+}
+
+#[test]
+fn damage_on_disk_is_a_miss_and_removed() {
+    let cache = TestCache::new();
+    cache.contract(&[], &["put", "victim", "50000"]);
+    let path = cache.entry_file("default", "victim");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[30000] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    cache.contract(&[], &["corrupt-check", "victim"]);
+    assert!(!path.exists());
+
+    cache.contract(&[], &["put", "victim2", "3MiB"]);
+    let path = cache.entry_file("default", "victim2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    cache.contract(&[], &["corrupt-stream", "victim2"]);
+    assert!(!path.exists());
+}
+
+#[test]
+fn hostile_guest_gets_error_values() {
+    let cache = TestCache::new();
+    for scenario in [
+        &["many-handles"][..],
+        &["huge-add"],
+        &["write-after-too-large"],
+        &["miss-loop", "20000"],
+        &["drop-all"],
+    ] {
+        let out = cache.run(hostile_wasm(), &[], scenario);
+        assert_success(&out, &format!("hostile {scenario:?}"));
+        assert!(
+            stdout(&out).contains(&format!("ok {}", scenario[0])),
+            "{}",
+            stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn maintenance_commands() {
+    let cache = TestCache::new();
+    for i in 0..5 {
+        cache.contract(&["--namespace", "one"], &["put", &format!("s{i}"), "10000"]);
+    }
+    cache.contract(&["--namespace", "two"], &["put", "t", "10000"]);
+    let out = cache.cli("stats", &[]);
+    assert_success(&out, "stats");
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("one") && l.split_whitespace().nth(1) == Some("5")),
+        "{text}"
+    );
+
+    // Damage one entry: verify reports and removes it.
+    let path = cache.entry_file("one", "s2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = cache.cli("verify", &[]);
+    assert_success(&out, "verify");
+    assert!(
+        stdout(&out).contains("checked 6 entries: 5 ok, 1 corrupt"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!path.exists());
+
+    // gc down to two entries' worth keeps the two newest.
+    let out = cache.cli("gc", &["--max-size", &(2 * 10064).to_string()]);
+    assert_success(&out, "gc");
+    assert!(stdout(&out).contains("removed 3 entries"), "{}", stdout(&out));
+    cache.contract(&["--namespace", "two"], &["check", "t", "10000"]);
+    cache.contract(&["--namespace", "one"], &["check", "s4", "10000"]);
+    cache.contract(&["--namespace", "one"], &["absent", "s0"]);
+
+    let out = cache.cli("clear", &["--namespace", "two"]);
+    assert_success(&out, "clear");
+    assert!(
+        stdout(&out).contains("removed 1 entries from namespace two"),
+        "{}",
+        stdout(&out)
+    );
+    cache.contract(&["--namespace", "two"], &["absent", "t"]);
+    let out = cache.cli("clear", &[]);
+    assert_success(&out, "clear all");
+    let json: serde_json::Value = serde_json::from_slice(&cache.cli("stats", &["--json"]).stdout).unwrap();
+    assert_eq!(json["total"]["entries"], 0);
+}
+
+#[test]
+fn cache_dir_comes_from_the_environment() {
+    let cache = TestCache::new();
+    let out = filecache()
+        .env("FILECACHE_DIR", cache.dir())
+        .args(["run"])
+        .arg(contract_wasm())
+        .args(["put", "env", "10"])
+        .output()
+        .unwrap();
+    assert_success(&out, "run with FILECACHE_DIR");
+    cache.contract(&[], &["check", "env", "10"]);
+}
+
+#[test]
+fn guest_arguments_and_exit_code_pass_through() {
+    let cache = TestCache::new();
+    // A failing scenario is a guest panic: a trap, reported, and a non-zero exit.
+    let out = cache.run(contract_wasm(), &[], &["check", "never-added", "10"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("never-added") || stderr(&out).contains("check"),
+        "{}",
+        stderr(&out)
+    );
+    // The demo plugin exits with 1 on bad usage.
+    let out = cache.run(brotli_assets_wasm(), &[], &["--quality", "99", "/in", "/out"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_creates_nothing() {
+    let cache = TestCache::new();
+    let wasm = contract_wasm();
+    let check = |out: std::process::Output, needle: &str| {
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
+    };
+    for ns in ["..", "a/b", ".hidden", "", &"x".repeat(65), "UPPER"] {
+        check(
+            cache.run(wasm, &["--namespace", ns], &["basics"]),
+            "invalid namespace name",
+        );
+    }
+    check(
+        cache.run(&cache.tmp.path().join("missing.wasm"), &[], &[]),
+        "cannot read component",
+    );
+    let junk = cache.tmp.path().join("junk.wasm");
+    std::fs::write(&junk, b"this is not wasm").unwrap();
+    check(cache.run(&junk, &[], &[]), "not a valid WebAssembly component");
+    let core = cache.tmp.path().join("core.wasm");
+    std::fs::write(&core, wat::parse_str("(module)").unwrap()).unwrap();
+    check(cache.run(&core, &[], &[]), "core WebAssembly module, not a component");
+    let unsatisfied = cache.tmp.path().join("unsatisfied.wasm");
+    std::fs::write(
+        &unsatisfied,
+        wat::parse_str(r#"(component (import "example:missing/thing" (instance)))"#).unwrap(),
+    )
+    .unwrap();
+    check(cache.run(&unsatisfied, &[], &[]), "cannot instantiate");
+    check(
+        cache.run(wasm, &["--max-entry-size", "lots"], &["basics"]),
+        "invalid size",
+    );
+    check(
+        cache.run(wasm, &["--dir", "/definitely/not/here::/x"], &["basics"]),
+        "not a directory",
+    );
+    assert!(!cache.dir().exists(), "a refused run created the cache directory");
+}
+
+#[test]
+fn sizes_are_accepted_in_all_forms() {
+    let cache = TestCache::new();
+    for size in ["1048576", "64MiB", "1GiB"] {
+        cache.contract(&["--max-entry-size", size, "--quota", size], &["put", "s", "1000"]);
+    }
+}

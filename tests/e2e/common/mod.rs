@@ -1,0 +1,87 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use filecache_tests::{brotli_assets_wasm, contract_wasm, demo_assets_dir, hostile_wasm};
+
+/// The `filecache` binary built for these tests.
+pub fn filecache() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_filecache"));
+    cmd.env_remove("FILECACHE_DIR").env("FILECACHE_LOG", "warn");
+    cmd
+}
+
+/// A fresh cache directory (inside a temporary directory that also holds other test files).
+pub struct TestCache {
+    pub tmp: tempfile::TempDir,
+}
+
+impl TestCache {
+    pub fn new() -> TestCache {
+        TestCache {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn dir(&self) -> PathBuf {
+        self.tmp.path().join("cache")
+    }
+    /// `filecache run --cache-dir DIR FLAGS... WASM ARGS...`
+    pub fn run(&self, wasm: &Path, flags: &[&str], args: &[&str]) -> Output {
+        filecache()
+            .arg("run")
+            .arg("--cache-dir")
+            .arg(self.dir())
+            .args(flags)
+            .arg(wasm)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+    /// Runs a contract scenario and requires it to pass.
+    pub fn contract(&self, flags: &[&str], args: &[&str]) -> Output {
+        let out = self.run(contract_wasm(), flags, args);
+        assert_success(&out, &format!("contract {args:?} with {flags:?}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("ok {}", args[0])),
+            "no `ok {}` line in:\n{stdout}",
+            args[0]
+        );
+        out
+    }
+    /// `filecache SUBCOMMAND --cache-dir DIR ARGS...`
+    pub fn cli(&self, subcommand: &str, args: &[&str]) -> Output {
+        filecache()
+            .arg(subcommand)
+            .arg("--cache-dir")
+            .arg(self.dir())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+    /// The file of the entry for `seed` (key = SHA-256 of the seed string) in `namespace`.
+    pub fn entry_file(&self, namespace: &str, seed: &str) -> PathBuf {
+        let key = filecache_host::Key::digest(seed.as_bytes()).to_string();
+        self.dir().join(namespace).join(&key[..2]).join(key)
+    }
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

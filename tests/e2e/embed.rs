@@ -1,0 +1,131 @@
+//! Embedding the host bindings in a Rust host, as an embedder would: synchronously, and
+//! asynchronously on tokio. Both run the contract guest's full scenario.
+
+mod common;
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use filecache_host::{FileCache, FileCacheCtx, FileCacheView, NamespaceOptions};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+struct Host {
+    wasi: WasiCtx,
+    cache: FileCacheCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn host(cache: FileCacheCtx, args: &[&str], stdout: &MemoryOutputPipe) -> Host {
+    let mut wasi = WasiCtx::builder();
+    wasi.arg("contract").args(args).stdout(stdout.clone()).inherit_stderr();
+    Host {
+        wasi: wasi.build(),
+        cache,
+        table: ResourceTable::new(),
+    }
+}
+
+fn view(h: &mut Host) -> FileCacheView<'_> {
+    FileCacheView::new(&mut h.cache, &mut h.table)
+}
+
+#[test]
+fn sync_embedding_runs_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = FileCache::open(tmp.path()).unwrap();
+    let engine = Engine::default();
+    let component = Component::from_file(&engine, common::contract_wasm()).unwrap();
+    let mut linker = Linker::<Host>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
+    filecache_host::add_to_linker(&mut linker, view).unwrap();
+
+    for args in [&["all"][..], &["put", "sync", "70000"], &["check", "sync", "70000"]] {
+        let ns = cache.namespace("embedded", NamespaceOptions::default()).unwrap();
+        let ctx = FileCacheCtx::builder().namespace(ns).build().unwrap();
+        let stdout = MemoryOutputPipe::new(1 << 20);
+        let mut store = Store::new(&engine, host(ctx, args, &stdout));
+        let command = wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, &component, &linker).unwrap();
+        let result = command.wasi_cli_run().call_run(&mut store).unwrap();
+        assert_eq!(result, Ok(()), "{args:?}");
+        let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
+        assert!(out.contains(&format!("ok {}", args[0])), "{out}");
+        assert_eq!(store.data().cache.open_handles(), 0, "every handle was given back");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_embedding_runs_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::default();
+    let component = Component::from_file(&engine, common::contract_wasm()).unwrap();
+    let mut linker = Linker::<Host>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    filecache_host::add_to_linker(&mut linker, view).unwrap();
+
+    // This time the context is built on a namespace directory handle, with limits.
+    std::fs::create_dir(tmp.path().join("ns")).unwrap();
+    for (args, read_only) in [
+        (&["all"][..], false),
+        (&["put", "async", "2MiB"], false),
+        (&["read-only"], true),
+        (&["read-only-check", "async", "2MiB"], true),
+    ] {
+        let dir = Dir::open_ambient_dir(tmp.path().join("ns"), ambient_authority()).unwrap();
+        let ctx = FileCacheCtx::builder()
+            .namespace_dir(dir)
+            .read_only(read_only)
+            .build()
+            .unwrap();
+        let stdout = MemoryOutputPipe::new(1 << 20);
+        let mut store = Store::new(&engine, host(ctx, args, &stdout));
+        let command = wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, &component, &linker)
+            .await
+            .unwrap();
+        let result = command.wasi_cli_run().call_run(&mut store).await.unwrap();
+        assert_eq!(result, Ok(()), "{args:?}");
+        let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
+        assert!(out.contains(&format!("ok {}", args[0])), "{out}");
+    }
+}
+
+#[test]
+fn many_instances_share_one_namespace_concurrently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = FileCache::open(tmp.path()).unwrap();
+    let ns = cache.namespace("shared", NamespaceOptions::default()).unwrap();
+    let engine = Engine::default();
+    let component = Component::from_file(&engine, common::contract_wasm()).unwrap();
+    let mut linker = Linker::<Host>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
+    filecache_host::add_to_linker(&mut linker, view).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let (ns, engine, component, linker) = (ns.clone(), &engine, &component, &linker);
+            s.spawn(move || {
+                for i in 0..3 {
+                    let seed = format!("t{t}-{i}");
+                    for args in [["put", &seed, "300000"], ["check", &seed, "300000"]] {
+                        let ctx = FileCacheCtx::builder().namespace(ns.clone()).build().unwrap();
+                        let stdout = MemoryOutputPipe::new(1 << 16);
+                        let mut store = Store::new(engine, host(ctx, &args, &stdout));
+                        let command =
+                            wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, component, linker)
+                                .unwrap();
+                        assert_eq!(command.wasi_cli_run().call_run(&mut store).unwrap(), Ok(()));
+                    }
+                }
+            });
+        }
+    });
+}

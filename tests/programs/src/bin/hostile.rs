@@ -1,0 +1,250 @@
+//! `hostile SCENARIO [ARGS...]`: a guest that pushes the host's limits. None of these may trap
+//! the host or make it misbehave; each prints `ok SCENARIO` on success and panics (naming the
+//! step) otherwise.
+
+use filecache_test_programs::{
+    Ctx, Error, MAX_HANDLES, MIB, Reader, Writer, add, arg, args, contains, content, create, delete, get, key_for,
+    open, parse_size,
+};
+
+const USAGE: &str = "hostile SCENARIO; scenarios: many-handles | huge-add [SIZE [LIMIT]] | \
+    write-after-too-large [LIMIT] | miss-loop N | drop-all";
+
+/// The default `--max-entry-size`.
+const DEFAULT_LIMIT: u64 = 64 * MIB;
+
+fn main() {
+    let args = args();
+    let scenario = arg(&args, 0, USAGE).to_owned();
+    let rest = &args[1..];
+    let opt_size = |i: usize, default: u64| rest.get(i).map_or(default, |s| parse_size(s));
+    match scenario.as_str() {
+        "many-handles" => many_handles(Ctx::new("hostile", "many-handles")),
+        "huge-add" => huge_add(
+            Ctx::new("hostile", "huge-add"),
+            opt_size(0, 70 * MIB),
+            opt_size(1, DEFAULT_LIMIT),
+        ),
+        "write-after-too-large" => {
+            write_after_too_large(Ctx::new("hostile", "write-after-too-large"), opt_size(0, DEFAULT_LIMIT))
+        }
+        "miss-loop" => miss_loop(
+            Ctx::new("hostile", "miss-loop"),
+            parse_size(arg(rest, 0, "miss-loop N")),
+        ),
+        "drop-all" => drop_all(Ctx::new("hostile", "drop-all")),
+        other => panic!("unknown scenario {other:?}; usage: {USAGE}"),
+    }
+    println!("ok {scenario}");
+}
+
+#[allow(dead_code)] // the handles are held, never used
+enum Handle {
+    R(Reader),
+    W(Writer),
+}
+
+fn open_or_create(cx: Ctx, i: usize, rkey: &[u8]) -> Result<Handle, Error> {
+    if i.is_multiple_of(2) {
+        match open(rkey)? {
+            Some(r) => Ok(Handle::R(r)),
+            None => cx.fail(format_args!("open #{i}"), "expected a reader, got none"),
+        }
+    } else {
+        create(&key_for(&format!("hostile/writer/{}", i % 128))).map(Handle::W)
+    }
+}
+
+fn setup_reader_entry(cx: Ctx) -> Vec<u8> {
+    let rkey = key_for("hostile/reader");
+    cx.ok("setup: add", add(&rkey, b"hostile reader entry"));
+    rkey
+}
+
+fn many_handles(cx: Ctx) {
+    const ATTEMPTS: usize = 100_000;
+    let rkey = setup_reader_entry(cx);
+    let mut held = Vec::new();
+    let mut refused = 0usize;
+    for i in 0..ATTEMPTS {
+        match open_or_create(cx, i, &rkey) {
+            Ok(h) => {
+                cx.check(
+                    format_args!("attempt #{i}"),
+                    held.len() < MAX_HANDLES && refused == 0,
+                    format_args!(
+                        "got handle number {} (after {refused} refusals); at most {MAX_HANDLES} \
+                         may be open",
+                        held.len() + 1
+                    ),
+                );
+                held.push(h);
+            }
+            Err(Error::TooManyHandles) => {
+                cx.check(
+                    format_args!("attempt #{i}"),
+                    held.len() == MAX_HANDLES,
+                    format_args!("too-many-handles with only {} handles open", held.len()),
+                );
+                refused += 1;
+            }
+            Err(e) => cx.fail(
+                format_args!("attempt #{i}"),
+                format_args!("expected Ok or Err(TooManyHandles), got Err({e:?})"),
+            ),
+        }
+    }
+    cx.check(
+        "totals",
+        held.len() == MAX_HANDLES && refused == ATTEMPTS - MAX_HANDLES,
+        format_args!("{} handles, {refused} refusals", held.len()),
+    );
+    // The instance still works for calls that take no handle.
+    cx.ok("get while full", get(&rkey));
+    drop(held);
+    // Every slot came back.
+    let again: Vec<Handle> = (0..MAX_HANDLES)
+        .map(|i| cx.ok(format_args!("after drop: handle #{i}"), open_or_create(cx, i, &rkey)))
+        .collect();
+    cx.err_is(
+        "after drop: one more",
+        open_or_create(cx, 0, &rkey),
+        &Error::TooManyHandles,
+    );
+    drop(again);
+    for i in 0..128 {
+        let k = key_for(&format!("hostile/writer/{i}"));
+        cx.check(
+            "uncommitted writers left nothing",
+            !cx.ok("contains", contains(&k)),
+            format_args!("hostile/writer/{i} is present"),
+        );
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handle::R(_) => f.write_str("reader"),
+            Handle::W(_) => f.write_str("writer"),
+        }
+    }
+}
+
+fn huge_add(cx: Ctx, size: u64, limit: u64) {
+    let key = key_for("hostile/huge");
+    cx.ok("setup: delete", delete(&key));
+    let data = vec![0x5au8; usize::try_from(size).expect("size fits")];
+    cx.err_is(
+        format_args!("add {size} bytes"),
+        add(&key, &data),
+        &Error::TooLarge(limit),
+    );
+    cx.check(
+        "nothing visible",
+        !cx.ok("contains", contains(&key)),
+        "entry present after too-large",
+    );
+    cx.check(
+        "nothing visible",
+        cx.ok("get", get(&key)).is_none(),
+        "get hit after too-large",
+    );
+}
+
+fn write_after_too_large(cx: Ctx, limit: u64) {
+    let tl = Error::TooLarge(limit);
+    let key = key_for("hostile/write-after-too-large");
+    cx.ok("setup: delete", delete(&key));
+    let chunk = content("hostile/chunk", MIB);
+    let w = cx.ok("create", create(&key));
+    let mut written: u64 = 0;
+    loop {
+        match w.write(&chunk) {
+            Ok(()) => {
+                written += MIB;
+                cx.check(
+                    format_args!("write at {written}"),
+                    written <= limit,
+                    format_args!("accepted {written} bytes, past the limit {limit}"),
+                );
+            }
+            Err(e) => {
+                cx.check(
+                    format_args!("write at {written}"),
+                    e == tl,
+                    format_args!("expected Err({tl:?}), got Err({e:?})"),
+                );
+                cx.check(
+                    format_args!("write at {written}"),
+                    written + MIB > limit,
+                    format_args!("refused at {written} bytes, before reaching the limit {limit}"),
+                );
+                break;
+            }
+        }
+    }
+    for i in 0..100 {
+        let piece: &[u8] = match i % 3 {
+            0 => &chunk,
+            1 => b"x",
+            _ => b"",
+        };
+        cx.err_is(format_args!("later write #{i}"), w.write(piece), &tl);
+    }
+    cx.check(
+        "nothing visible before commit",
+        !cx.ok("contains", contains(&key)),
+        "entry present",
+    );
+    cx.err_is("commit", Writer::commit(w), &tl);
+    cx.check(
+        "nothing visible after commit",
+        cx.ok("get", get(&key)).is_none(),
+        "entry present",
+    );
+    // The instance keeps working (and the spent writer's slot is free again).
+    let w = cx.ok("afterwards: create", create(&key));
+    cx.ok("afterwards: write", w.write(b"small"));
+    cx.ok("afterwards: commit", Writer::commit(w));
+    cx.check(
+        "afterwards: get",
+        cx.ok("afterwards: get", get(&key)).as_deref() == Some(b"small".as_slice()),
+        "wrong content",
+    );
+    cx.ok("cleanup", delete(&key));
+}
+
+fn miss_loop(cx: Ctx, n: u64) {
+    for i in 0..n {
+        let key = key_for(&format!("hostile/miss/{i}"));
+        if let Some(v) = cx.ok(format_args!("get #{i}"), get(&key)) {
+            cx.fail(format_args!("get #{i}"), format_args!("hit with {} bytes", v.len()));
+        }
+        if i.is_multiple_of(16) {
+            if let Some(r) = cx.ok(format_args!("open #{i}"), open(&key)) {
+                cx.fail(format_args!("open #{i}"), format_args!("hit: {r:?}"));
+            }
+            cx.check(
+                format_args!("contains #{i}"),
+                !cx.ok(format_args!("contains #{i}"), contains(&key)),
+                "true for a missing key",
+            );
+        }
+    }
+}
+
+fn drop_all(cx: Ctx) {
+    let rkey = setup_reader_entry(cx);
+    for round in 0..5 {
+        let held: Vec<Handle> = (0..MAX_HANDLES)
+            .map(|i| cx.ok(format_args!("round {round}: handle #{i}"), open_or_create(cx, i, &rkey)))
+            .collect();
+        cx.err_is(
+            format_args!("round {round}: one more"),
+            open_or_create(cx, 1, &rkey),
+            &Error::TooManyHandles,
+        );
+        drop(held);
+    }
+}

@@ -1,0 +1,24 @@
+//! The guest components built for the end-to-end tests (by `build.rs`), and helpers the tests
+//! share.
+
+use std::path::Path;
+
+/// The demo plugin: pre-compresses a folder of assets with Brotli, memoized in the cache.
+pub fn brotli_assets_wasm() -> &'static Path {
+    Path::new(env!("FILECACHE_WASM_BROTLI_ASSETS"))
+}
+
+/// The contract driver: exercises every function and error of the WIT interface.
+pub fn contract_wasm() -> &'static Path {
+    Path::new(env!("FILECACHE_WASM_CONTRACT"))
+}
+
+/// A hostile guest: handle exhaustion, huge inputs, misuse.
+pub fn hostile_wasm() -> &'static Path {
+    Path::new(env!("FILECACHE_WASM_HOSTILE"))
+}
+
+/// The demo's sample input.
+pub fn demo_assets_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/demo/assets"))
+}
