@@ -274,19 +274,16 @@ impl wit::Host for FileCacheView<'_> {
             Ok(k) => k,
             Err(e) => return Ok(Err(e)),
         };
-        if let Err(e) = self.take_slot() {
-            return Ok(Err(e));
-        }
+        // A miss holds no handle, so it is answered as a miss even when every slot is taken.
         match self.ctx.store.open(&k) {
-            Ok(Some(reader)) => Ok(self.push(ReaderHandle(reader)).map(Some)),
-            Ok(None) => {
-                self.give_slot();
-                Ok(Ok(None))
+            Ok(Some(reader)) => {
+                if let Err(e) = self.take_slot() {
+                    return Ok(Err(e));
+                }
+                Ok(self.push(ReaderHandle(reader)).map(Some))
             }
-            Err(e) => {
-                self.give_slot();
-                Ok(Err(e.into()))
-            }
+            Ok(None) => Ok(Ok(None)),
+            Err(e) => Ok(Err(e.into())),
         }
     }
 

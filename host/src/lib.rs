@@ -64,3 +64,8 @@ pub use bindings::{FileCacheCtx, FileCacheCtxBuilder, FileCacheView, add_to_link
 pub use error::{Error, Result};
 pub use key::Key;
 pub use store::{Durability, FileCache, Namespace, NamespaceOptions, Store};
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -228,3 +228,31 @@ fn sizes_are_accepted_in_all_forms() {
         cache.contract(&["--max-entry-size", size, "--quota", size], &["put", "s", "1000"]);
     }
 }
+
+#[test]
+fn storage_failure_is_an_io_error_value() {
+    let cache = TestCache::new();
+    cache.contract(&[], &["put", "warmup", "10"]);
+    // Replace the fan-out directory of the key with a regular file: every operation on that key
+    // now fails in the filesystem.
+    let entry = cache.entry_file("default", "broken");
+    let shard = entry.parent().unwrap();
+    if shard.exists() {
+        std::fs::remove_dir_all(shard).unwrap();
+    }
+    std::fs::write(shard, b"not a directory").unwrap();
+    cache.contract(&[], &["io-error", "broken"]);
+    assert_eq!(std::fs::read(shard).unwrap(), b"not a directory");
+}
+
+#[test]
+fn guest_exit_code_becomes_the_process_exit_code() {
+    let cache = TestCache::new();
+    // Rust's std on wasm32-wasip2 exits through WASI 0.2's `exit(result)`, which carries success
+    // or failure only: any non-zero code arrives as 1. (A guest calling `exit-with-code`, WASI
+    // 0.2.12, gets its exact code.)
+    for (code, expected) in [(0, 0), (1, 1), (3, 1)] {
+        let out = cache.run(contract_wasm(), &[], &["exit", &code.to_string()]);
+        assert_eq!(out.status.code(), Some(expected), "{}", stderr(&out));
+    }
+}

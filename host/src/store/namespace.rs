@@ -319,10 +319,12 @@ impl Namespace {
             Some(m) => now.dev() == m.dev() && now.ino() == m.ino(),
             None => now.file_type().is_symlink(),
         };
-        if same && dir.remove_file_or_symlink(&rel).is_ok() && now.file_type().is_file() {
-            if let Some(used) = lk.used {
-                let _ = lk.store_used(used.saturating_sub(now.len()));
-            }
+        if same
+            && dir.remove_file_or_symlink(&rel).is_ok()
+            && now.file_type().is_file()
+            && let Some(used) = lk.used
+        {
+            let _ = lk.store_used(used.saturating_sub(now.len()));
         }
     }
 

@@ -11,7 +11,8 @@ use std::collections::VecDeque;
 
 const USAGE: &str = "contract SCENARIO [ARGS...]; scenarios: basics | handles | all | \
     put SEED SIZE | put-stream SEED SIZE | check SEED SIZE | absent SEED | too-large LIMIT | \
-    quota QUOTA | read-only | read-only-check SEED SIZE | corrupt-check SEED | corrupt-stream SEED";
+    quota QUOTA | read-only | read-only-check SEED SIZE | corrupt-check SEED | corrupt-stream SEED | \
+    io-error SEED | exit CODE";
 
 fn main() {
     let args = args();
@@ -59,6 +60,11 @@ fn main() {
             Ctx::new("contract", "corrupt-stream"),
             arg(rest, 0, "corrupt-stream SEED"),
         ),
+        "io-error" => io_error(Ctx::new("contract", "io-error"), arg(rest, 0, "io-error SEED")),
+        "exit" => {
+            let code: i32 = arg(rest, 0, "exit CODE").parse().expect("exit CODE: CODE is a number");
+            std::process::exit(code);
+        }
         other => panic!("unknown scenario {other:?}; usage: {USAGE}"),
     }
     println!("ok {scenario}");
@@ -472,6 +478,30 @@ fn check(cx: Ctx, seed: &str, size: u64) {
 
 fn absent(cx: Ctx, seed: &str) {
     cx.assert_absent("miss", &key_for(seed));
+}
+
+// ---------------------------------------------------------------------------------------------
+// io-error: run after the test has broken the storage under SEED's key (its fan-out directory
+// replaced by a file); every function must answer `io`, and nothing else may break.
+
+fn io_error(cx: Ctx, seed: &str) {
+    let key = key_for(seed);
+    let is_io = |step: &str, e: Error| match e {
+        Error::Io(msg) if !msg.is_empty() => {}
+        other => cx.fail(step, format!("expected io(..), got {other:?}")),
+    };
+    is_io("get", cx.err("get", get(&key)));
+    is_io("open", cx.err("open", open(&key).map(|r| r.is_some())));
+    is_io("contains", cx.err("contains", contains(&key)));
+    is_io("add", cx.err("add", add(&key, b"x")));
+    is_io("delete", cx.err("delete", delete(&key)));
+    let w = cx.ok("create (the temporary file is elsewhere)", create(&key));
+    cx.ok("write", w.write(b"streamed"));
+    is_io("commit", cx.err("commit", Writer::commit(w)));
+    // Other keys still work.
+    let other = key_for(&format!("{seed}/elsewhere"));
+    cx.ok("add elsewhere", add(&other, b"fine"));
+    cx.assert_get("get elsewhere", &other, b"fine");
 }
 
 // ---------------------------------------------------------------------------------------------
