@@ -21,11 +21,11 @@ pub enum Error {
         limit: u64,
     },
     /// The entry cannot fit in the namespace's quota, even after evicting every other entry.
-    #[error("quota exceeded: an entry of {needed} bytes on disk cannot fit in the namespace's quota of {quota} bytes")]
+    #[error("quota exceeded: an entry of {needed} bytes cannot fit in the namespace's quota of {quota} bytes")]
     QuotaExceeded {
-        /// The bytes on disk the entry needs (content plus header).
+        /// The bytes the entry needs.
         needed: u64,
-        /// The namespace's quota, in bytes on disk.
+        /// The namespace's quota, in bytes.
         quota: u64,
     },
     /// The namespace was opened read-only.

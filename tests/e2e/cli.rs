@@ -127,7 +127,7 @@ fn maintenance_commands() {
     assert!(!path.exists());
 
     // gc down to two entries' worth keeps the two newest.
-    let out = cache.cli("gc", &["--max-size", &(2 * 10064).to_string()]);
+    let out = cache.cli("gc", &["--max-size", &(2 * 10000).to_string()]);
     assert_success(&out, "gc");
     assert!(stdout(&out).contains("removed 3 entries"), "{}", stdout(&out));
     cache.contract(&["--namespace", "two"], &["check", "t", "10000"]);
@@ -255,4 +255,51 @@ fn guest_exit_code_becomes_the_process_exit_code() {
         let out = cache.run(contract_wasm(), &[], &["exit", &code.to_string()]);
         assert_eq!(out.status.code(), Some(expected), "{}", stderr(&out));
     }
+}
+
+#[test]
+fn killed_writers_leave_whole_entries_or_nothing() {
+    use filecache_host::{FileCache, Key, NamespaceOptions};
+    let cache = TestCache::new();
+    cache.contract(&[], &["put", "warmup", "10"]);
+    let mut seen_whole = 0;
+    for i in 0..12u64 {
+        let seed = format!("killed-{i}");
+        let (scenario, size) = if i % 2 == 0 {
+            ("put-stream", 24 << 20)
+        } else {
+            ("put", 8 << 20)
+        };
+        let mut child = filecache()
+            .arg("run")
+            .arg("--cache-dir")
+            .arg(cache.dir())
+            .arg(contract_wasm())
+            .args([scenario, &seed, &size.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Spread the kills over start-up, writing and publishing.
+        std::thread::sleep(std::time::Duration::from_millis(150 + i * 90));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        let store = FileCache::open(cache.dir()).unwrap();
+        let ns = store.namespace("default", NamespaceOptions::default()).unwrap();
+        // Opening the namespace reclaimed the dead writer's temporary file.
+        assert_eq!(std::fs::read_dir(cache.dir().join("default/tmp")).unwrap().count(), 0);
+        match ns.get(&Key::digest(seed.as_bytes())).unwrap() {
+            None => {}
+            Some(bytes) => {
+                assert!(
+                    bytes == filecache_test_programs::content(&seed, size),
+                    "{seed}: wrong bytes served"
+                );
+                seen_whole += 1;
+            }
+        }
+    }
+    // Not a requirement, but the schedule above should have let some writers finish.
+    eprintln!("{seen_whole} of 12 killed writers had published");
 }

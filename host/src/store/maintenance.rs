@@ -15,7 +15,7 @@ pub struct NamespaceStats {
     pub reserved: bool,
     /// How many entries it holds.
     pub entries: u64,
-    /// Bytes on disk, headers included.
+    /// Bytes of content (what counts against quotas; each entry also has a 64-byte header).
     pub bytes: u64,
 }
 

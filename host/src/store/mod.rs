@@ -77,8 +77,10 @@ pub enum Durability {
 pub struct NamespaceOptions {
     /// The largest content an entry may have, in bytes (default 64 MiB).
     pub max_entry_size: u64,
-    /// The most bytes on disk the namespace's entries may take, headers included (default 1 GiB).
-    /// Least recently used entries are evicted to make room.
+    /// The most bytes the namespace's entries may hold (default 1 GiB), counted as their content:
+    /// each entry also takes a 64-byte header and its filesystem blocks, which are not counted, so
+    /// that an entry of exactly the quota fits. Least recently used entries are evicted to make
+    /// room.
     pub quota: u64,
     /// Refuse `add`, `create` and `delete` (default false). Nothing on disk is changed, not even
     /// recency.

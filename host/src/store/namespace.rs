@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <namespace>/
-//!   state          usage counter (bytes on disk), and the lock that serialises publishing
+//!   state          usage counter (bytes of content), and the lock that serialises publishing
 //!   tmp/           entries being written, each locked by its writer while it lives
 //!   00/ … ff/      entries, named by their key in hex
 //! ```
@@ -84,7 +84,7 @@ struct Candidates {
 pub struct EntryInfo {
     /// The entry's key.
     pub key: Key,
-    /// Bytes on disk (header and content).
+    /// Bytes of content (what the entry counts against the quota).
     pub size: u64,
     /// Last use (add or hit).
     pub mtime: SystemTime,
@@ -118,6 +118,21 @@ fn now() -> SystemTime {
 
 fn mtime_of(meta: &cap_std::fs::Metadata) -> Option<SystemTime> {
     meta.modified().ok().map(|t| t.into_std())
+}
+
+/// What an entry file counts against the quota: its content (the header is not counted, so an
+/// entry of exactly the quota fits, as a plugin would expect).
+fn charged<M: FileLen>(meta: &M) -> u64 {
+    meta.file_len().saturating_sub(HEADER_LEN as u64)
+}
+
+trait FileLen {
+    fn file_len(&self) -> u64;
+}
+impl FileLen for cap_std::fs::Metadata {
+    fn file_len(&self) -> u64 {
+        self.len()
+    }
 }
 
 fn is_not_found(e: &io::Error) -> bool {
@@ -324,7 +339,7 @@ impl Namespace {
             && now.file_type().is_file()
             && let Some(used) = lk.used
         {
-            let _ = lk.store_used(used.saturating_sub(now.len()));
+            let _ = lk.store_used(used.saturating_sub(charged(&now)));
         }
     }
 
@@ -357,11 +372,8 @@ impl Namespace {
                 return Ok(None);
             }
         };
-        if header.len > self.inner.options.max_entry_size {
-            return Err(Error::TooLarge {
-                limit: self.inner.options.max_entry_size,
-            });
-        }
+        // The entry's size was bounded when it was written (by the writer's limit, which the
+        // reader's may be smaller than: it is still served whole; `open` streams it instead).
         let len = usize::try_from(header.len).map_err(|_| Error::TooLarge {
             limit: self.inner.options.max_entry_size,
         })?;
@@ -436,7 +448,7 @@ impl Namespace {
     /// The error for an entry of `len` bytes of content, if it breaks a limit.
     fn limit_error(&self, len: u64) -> Option<Error> {
         let opts = &self.inner.options;
-        let needed = len.saturating_add(HEADER_LEN as u64);
+        let needed = len;
         if len > opts.max_entry_size {
             Some(Error::TooLarge {
                 limit: opts.max_entry_size,
@@ -502,7 +514,7 @@ impl Namespace {
             Err(e) => return Err(Error::io(format!("cannot delete entry {}", hk.as_str()), e)),
         }
         if let (Some(used), true) = (lk.used, meta.file_type().is_file()) {
-            lk.store_used(used.saturating_sub(meta.len()))?;
+            lk.store_used(used.saturating_sub(charged(&meta)))?;
         }
         self.durable_sync_dir(hk.shard());
         Ok(())
@@ -538,7 +550,7 @@ impl Namespace {
         let w = self.writable()?;
         let dir = self.dir().ok_or(Error::ReadOnly)?;
         let quota = self.inner.options.quota;
-        let size = len + HEADER_LEN as u64;
+        let size = len;
         if size > quota {
             return Err(Error::QuotaExceeded { needed: size, quota });
         }
@@ -556,7 +568,7 @@ impl Namespace {
         };
         lk.used = Some(used);
         let old = match dir.symlink_metadata(&rel) {
-            Ok(m) if m.file_type().is_file() => m.len(),
+            Ok(m) if m.file_type().is_file() => charged(&m),
             _ => 0,
         };
         let mut projected = used.saturating_sub(old) + size;
@@ -602,7 +614,7 @@ impl Namespace {
                 let rel = c.key.hex().rel_path();
                 // Skip an entry used (or replaced) since the scan: it is no longer among the oldest.
                 match dir.symlink_metadata(&rel) {
-                    Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(c.mtime) && m.len() == c.size => {}
+                    Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(c.mtime) && charged(&m) == c.size => {}
                     _ => continue,
                 }
                 match dir.remove_file(&rel) {
@@ -625,7 +637,7 @@ impl Namespace {
             let scan = self.rescan(w, keep)?;
             used = scan.used;
             old = match dir.symlink_metadata(keep.hex().rel_path()) {
-                Ok(m) if m.file_type().is_file() => m.len(),
+                Ok(m) if m.file_type().is_file() => charged(&m),
                 _ => 0,
             };
             lk.store_used(used)?;
@@ -653,11 +665,11 @@ impl Namespace {
         // A max-heap on time keeps the oldest `keep_oldest` entries.
         let mut heap: std::collections::BinaryHeap<(SystemTime, u64, Key)> = Default::default();
         self.for_each_entry_file(|key, meta| {
-            scan.used += meta.len();
+            scan.used += charged(meta);
             scan.entries += 1;
             let mtime = mtime_of(meta).unwrap_or(UNIX_EPOCH);
             if keep_oldest > 0 {
-                heap.push((mtime, meta.len(), key));
+                heap.push((mtime, charged(meta), key));
                 if heap.len() > keep_oldest {
                     heap.pop();
                     scan.truncated = true;
@@ -744,7 +756,7 @@ impl Namespace {
         for info in infos {
             let rel = info.key.hex().rel_path();
             match dir.symlink_metadata(&rel) {
-                Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(info.mtime) && m.len() == info.size => {}
+                Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(info.mtime) && charged(&m) == info.size => {}
                 _ => continue,
             }
             match dir.remove_file(&rel) {

@@ -148,7 +148,7 @@ fn entry_size_limit_for_add_and_stream() {
 #[test]
 fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
     let (_d, cache) = cache();
-    let per = 1000 + HEADER_LEN as u64;
+    let per = 1000;
     let ns = cache
         .namespace(
             "q",
@@ -178,11 +178,14 @@ fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
 
     let huge = Key::digest(b"huge");
     assert!(matches!(
-        ns.add(&huge, &vec![0; (per * 4) as usize]),
+        ns.add(&huge, &vec![0; (per * 4 + 1) as usize]),
         Err(Error::QuotaExceeded { .. })
     ));
     assert!(!ns.contains(&huge).unwrap());
     assert_eq!(cache.stats().unwrap()[0].entries, 4, "a refused entry evicts nothing");
+    // An entry of exactly the quota fits, evicting everything else.
+    ns.add(&huge, &vec![0; (per * 4) as usize]).unwrap();
+    assert_eq!(cache.stats().unwrap()[0].entries, 1);
 }
 
 #[test]
@@ -415,7 +418,7 @@ fn concurrent_writers_of_one_key_never_tear() {
         }
     });
     let s = &cache.stats().unwrap()[0];
-    assert_eq!((s.entries, s.bytes), (1, 50_000 + HEADER_LEN as u64));
+    assert_eq!((s.entries, s.bytes), (1, 50_000));
 }
 
 #[test]
@@ -445,7 +448,7 @@ fn stats_gc_verify_clear() {
     assert_eq!(cache.verify(&mut |_| {}).unwrap().removed, 0);
 
     // gc to 10 entries' worth removes the 8 oldest, across both namespaces.
-    let per = 1000 + HEADER_LEN as u64;
+    let per = 1000;
     let report = cache.gc(per * 10, &mut |_| {}).unwrap();
     assert_eq!(report.removed_entries, 8);
     assert_eq!(report.remaining_bytes, per * 10);
@@ -463,7 +466,7 @@ fn stats_gc_verify_clear() {
 #[test]
 fn verify_and_stats_do_not_count_as_use() {
     let (_d, cache) = cache();
-    let per = 100 + HEADER_LEN as u64;
+    let per = 100;
     let ns = cache
         .namespace(
             "lru",

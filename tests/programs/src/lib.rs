@@ -20,8 +20,8 @@ use std::fmt::{Debug, Display};
 
 /// 1 MiB, the most a single `read` may return.
 pub const MIB: u64 = 1024 * 1024;
-/// The per-entry bookkeeping the quota charges on top of an entry's content.
-pub const ENTRY_HEADER: u64 = 64;
+/// What the quota charges per entry on top of its content: nothing (only content counts).
+pub const ENTRY_HEADER: u64 = 0;
 /// How many readers and writers one instance may hold.
 pub const MAX_HANDLES: usize = 64;
 
