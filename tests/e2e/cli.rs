@@ -303,3 +303,51 @@ fn killed_writers_leave_whole_entries_or_nothing() {
     // Not a requirement, but the schedule above should have let some writers finish.
     eprintln!("{seen_whole} of 12 killed writers had published");
 }
+
+#[test]
+fn processes_racing_on_one_namespace_see_exact_content_and_keep_the_quota() {
+    let cache = TestCache::new();
+    // Eight keys of 1–180 KB under a 500 KB quota: adds keep evicting each other.
+    let quota = 500_000u64;
+    cache.contract(&[], &["put", "warmup", "10"]);
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            filecache()
+                .arg("run")
+                .arg("--cache-dir")
+                .arg(cache.dir())
+                .args(["--namespace", "race", "--quota", &quota.to_string()])
+                .arg(contract_wasm())
+                .args(["race", &format!("process-{i}"), "400"])
+                .output_in_background()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_success(&out, &format!("racing process {i}"));
+    }
+    let stats: serde_json::Value = serde_json::from_slice(&cache.cli("stats", &["--json"]).stdout).unwrap();
+    let race = stats["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "race")
+        .unwrap();
+    assert!(race["bytes"].as_u64().unwrap() <= quota, "over quota: {race}");
+    let out = cache.cli("verify", &[]);
+    assert_success(&out, "verify");
+    assert!(stdout(&out).contains(" 0 corrupt"), "{}", stdout(&out));
+}
+
+trait SpawnExt {
+    fn output_in_background(&mut self) -> std::process::Child;
+}
+
+impl SpawnExt for std::process::Command {
+    fn output_in_background(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}

@@ -6,6 +6,8 @@
 //! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`Store`].
 
 mod maintenance;
+#[cfg(test)]
+mod model_tests;
 mod namespace;
 #[cfg(test)]
 mod store_tests;

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 const USAGE: &str = "contract SCENARIO [ARGS...]; scenarios: basics | handles | all | \
     put SEED SIZE | put-stream SEED SIZE | check SEED SIZE | absent SEED | too-large LIMIT | \
     quota QUOTA | read-only | read-only-check SEED SIZE | corrupt-check SEED | corrupt-stream SEED | \
-    io-error SEED | exit CODE";
+    io-error SEED | exit CODE | race SEED OPS";
 
 fn main() {
     let args = args();
@@ -59,6 +59,13 @@ fn main() {
         "corrupt-stream" => corrupt_stream(
             Ctx::new("contract", "corrupt-stream"),
             arg(rest, 0, "corrupt-stream SEED"),
+        ),
+        "race" => race(
+            Ctx::new("contract", "race"),
+            arg(rest, 0, "race SEED OPS"),
+            arg(rest, 1, "race SEED OPS")
+                .parse()
+                .expect("race SEED OPS: OPS is a number"),
         ),
         "io-error" => io_error(Ctx::new("contract", "io-error"), arg(rest, 0, "io-error SEED")),
         "exit" => {
@@ -478,6 +485,53 @@ fn check(cx: Ctx, seed: &str, size: u64) {
 
 fn absent(cx: Ctx, seed: &str) {
     cx.assert_absent("miss", &key_for(seed));
+}
+
+// ---------------------------------------------------------------------------------------------
+// race: run by several processes at once on the same namespace. Every key always has the same
+// content, whoever writes it, so whatever a read returns must be exactly that content or a miss.
+
+fn race(cx: Ctx, seed: &str, ops: u64) {
+    const KEYS: u64 = 8;
+    let name = |i: u64| format!("race/{i}");
+    let size = |i: u64| (i * 7919 * 37) % 180_000 + 1000;
+    let mut state = u64::from_le_bytes(key_for(seed)[..8].try_into().expect("8 bytes"));
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for op in 0..ops {
+        let i = next() % KEYS;
+        let (key, expected) = (key_for(&name(i)), content(&name(i), size(i)));
+        let step = format!("op {op} on {}", name(i));
+        match next() % 6 {
+            0 => cx.ok(format_args!("{step}: add"), add(&key, &expected)),
+            1 => {
+                if let Some(got) = cx.ok(format_args!("{step}: get"), get(&key)) {
+                    cx.assert_bytes(format_args!("{step}: get"), &got, &expected);
+                }
+            }
+            2 => cx.ok(format_args!("{step}: delete"), delete(&key)),
+            3 => {
+                if let Some(r) = cx.ok(format_args!("{step}: open"), open(&key)) {
+                    let got = cx.read_all(format_args!("{step}: read"), &r, 40_000);
+                    cx.assert_bytes(format_args!("{step}: read"), &got, &expected);
+                }
+            }
+            4 => {
+                let w = cx.ok(format_args!("{step}: create"), create(&key));
+                for chunk in expected.chunks(50_000) {
+                    cx.ok(format_args!("{step}: write"), w.write(chunk));
+                }
+                cx.ok(format_args!("{step}: commit"), Writer::commit(w));
+            }
+            _ => {
+                cx.ok(format_args!("{step}: contains"), contains(&key));
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
