@@ -229,8 +229,9 @@ impl From<crate::Error> for wit::Error {
             E::ReadOnly => wit::Error::ReadOnly,
             E::Corrupt { .. } => wit::Error::Corrupt,
             e @ (E::Io { .. } | E::InvalidNamespace { .. }) => {
-                tracing::warn!(error = %e, "cache storage error");
-                wit::Error::Io(e.to_string())
+                let message = e.full_message();
+                tracing::warn!(error = %message, "cache storage error");
+                wit::Error::Io(message)
             }
         }
     }

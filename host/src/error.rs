@@ -47,8 +47,9 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
-    /// The storage failed.
-    #[error("{context}: {source}")]
+    /// The storage failed. (Its `Display` is the context; the OS error is its `source()`;
+    /// [`Error::full_message`] joins them.)
+    #[error("{context}")]
     Io {
         /// What the store was doing.
         context: String,
@@ -59,6 +60,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The message with every underlying cause, `outer: inner: …`.
+    pub fn full_message(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),

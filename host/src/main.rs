@@ -83,7 +83,7 @@ impl CacheDirArg {
 
     fn open(&self) -> Result<(PathBuf, FileCache)> {
         let dir = self.resolve()?;
-        let cache = FileCache::open(&dir)?;
+        let cache = open_cache(&dir)?;
         Ok((dir, cache))
     }
 }
@@ -159,6 +159,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn open_cache(dir: &Path) -> Result<FileCache> {
+    FileCache::open(dir).map_err(|e| anyhow!("{} (use another with --cache-dir or FILECACHE_DIR)", e.full_message()))
 }
 
 /// Splits `HOST[::GUEST]`.
@@ -256,7 +260,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow!("cannot open --dir {}: {e:#}", host.display()))?;
     }
 
-    let cache = FileCache::open(&cache_dir)?;
+    let cache = open_cache(&cache_dir)?;
     let namespace = cache
         .namespace(&args.namespace, options)
         .with_context(|| format!("cannot open namespace {:?} in {}", args.namespace, cache_dir.display()))?;

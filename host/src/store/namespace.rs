@@ -954,7 +954,7 @@ fn replay(e: &Error) -> Error {
             quota: *quota,
         },
         Error::ReadOnly => Error::ReadOnly,
-        other => Error::io("this writer failed earlier", io::Error::other(other.to_string())),
+        other => Error::io("this writer failed earlier", io::Error::other(other.full_message())),
     }
 }
 
