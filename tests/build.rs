@@ -26,6 +26,8 @@ fn main() {
         "guest/Cargo.toml",
         "tests/programs/src",
         "tests/programs/Cargo.toml",
+        // Compiled into the test programs.
+        "host/src/size.rs",
         "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());

@@ -72,40 +72,16 @@ pub fn content(seed: &str, size: u64) -> Vec<u8> {
     out
 }
 
-/// Parses a size the way the host CLI does: a number of bytes, optionally followed (after
-/// optional spaces) by a unit, case-insensitive. `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB` are
-/// powers of 1024; `KB`, `MB`, `GB`, `TB` are powers of 1000; `B` is bytes. A fraction is
-/// accepted with a unit (`1.5KiB`), rounded to the nearest byte.
+/// The host CLI's own size parser, compiled into the guests too (it is plain Rust), so that a
+/// scenario reads its size argument exactly as the CLI reads the matching flag.
+#[path = "../../../host/src/size.rs"]
+#[allow(dead_code)]
+mod host_size;
+
+/// Parses a size the way the host CLI does (`1048576`, `64MiB`, `1.5KiB`, `10MB`); panics with
+/// the CLI's message on a bad one.
 pub fn parse_size(s: &str) -> u64 {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = (&t[..split], t[split..].trim());
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        other => panic!("cannot parse size {s:?}: unknown unit {other:?}"),
-    };
-    if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult).unwrap_or_else(|| panic!("size {s:?} overflows"));
-    }
-    match num.parse::<f64>() {
-        #[allow(
-            clippy::cast_precision_loss,
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss
-        )]
-        Ok(f) if f.is_finite() && f >= 0.0 && mult > 1 && f * (mult as f64) < u64::MAX as f64 => {
-            (f * mult as f64).round() as u64
-        }
-        _ => panic!("cannot parse size {s:?}: expected a number of bytes, like 1048576 or 64MiB"),
-    }
+    host_size::parse_size(s).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Names the scenario in every assertion message.
