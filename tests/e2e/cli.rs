@@ -85,6 +85,7 @@ fn hostile_guest_gets_error_values() {
         &["write-after-too-large"],
         &["miss-loop", "20000"],
         &["drop-all"],
+        &["stream-big", "20MiB"],
     ] {
         let out = cache.run(hostile_wasm(), &[], scenario);
         assert_success(&out, &format!("hostile {scenario:?}"));

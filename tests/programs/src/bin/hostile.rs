@@ -8,7 +8,7 @@ use filecache_test_programs::{
 };
 
 const USAGE: &str = "hostile SCENARIO; scenarios: many-handles | huge-add [SIZE [LIMIT]] | \
-    write-after-too-large [LIMIT] | miss-loop N | drop-all";
+    write-after-too-large [LIMIT] | miss-loop N | drop-all | stream-big SIZE";
 
 /// The default `--max-entry-size`.
 const DEFAULT_LIMIT: u64 = 64 * MIB;
@@ -33,6 +33,10 @@ fn main() {
             parse_size(arg(rest, 0, "miss-loop N")),
         ),
         "drop-all" => drop_all(Ctx::new("hostile", "drop-all")),
+        "stream-big" => stream_big(
+            Ctx::new("hostile", "stream-big"),
+            parse_size(arg(rest, 0, "stream-big SIZE")),
+        ),
         other => panic!("unknown scenario {other:?}; usage: {USAGE}"),
     }
     println!("ok {scenario}");
@@ -247,4 +251,50 @@ fn drop_all(cx: Ctx) {
         );
         drop(held);
     }
+}
+
+/// Streams SIZE bytes in (1 MiB writes) and out (reads of `u64::MAX`, which the host caps at
+/// 1 MiB), checking every byte; for measuring that the host's memory stays flat while a guest
+/// moves an entry far larger than any buffer. Needs `--max-entry-size` and `--quota` ≥ SIZE.
+fn stream_big(cx: Ctx, size: u64) {
+    let key = key_for("hostile/stream-big");
+    let block = |i: u64| -> Vec<u8> { (0..MIB).map(|j| (i.wrapping_mul(31) ^ j) as u8).collect() };
+    let blocks = size.div_ceil(MIB);
+    let w = cx.ok("create", create(&key));
+    for i in 0..blocks {
+        let len = (size - i * MIB).min(MIB) as usize;
+        cx.ok(format_args!("write block {i}"), w.write(&block(i)[..len]));
+    }
+    cx.ok("commit", Writer::commit(w));
+    let r = open(&key);
+    let r = cx
+        .ok("open", r)
+        .unwrap_or_else(|| cx.fail("open", "miss right after commit"));
+    cx.check("size", r.size() == size, format_args!("size() = {}", r.size()));
+    let (mut pos, mut pending) = (0u64, Vec::new());
+    loop {
+        let chunk = cx.ok(format_args!("read at {pos}"), r.read(u64::MAX));
+        if chunk.is_empty() {
+            break;
+        }
+        cx.check(
+            "read cap",
+            chunk.len() as u64 <= MIB,
+            format_args!("{} bytes in one read", chunk.len()),
+        );
+        pending.extend_from_slice(&chunk);
+        while pending.len() as u64 >= MIB || (pos + pending.len() as u64 == size && !pending.is_empty()) {
+            let i = pos / MIB;
+            let len = (size - pos).min(MIB) as usize;
+            cx.check(
+                format_args!("block {i}"),
+                pending[..len] == block(i)[..len],
+                "content differs",
+            );
+            pending.drain(..len);
+            pos += len as u64;
+        }
+    }
+    cx.check("length", pos == size, format_args!("read {pos} of {size} bytes"));
+    cx.ok("delete", delete(&key));
 }
