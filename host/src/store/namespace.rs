@@ -122,17 +122,8 @@ fn mtime_of(meta: &cap_std::fs::Metadata) -> Option<SystemTime> {
 
 /// What an entry file counts against the quota: its content (the header is not counted, so an
 /// entry of exactly the quota fits, as a plugin would expect).
-fn charged<M: FileLen>(meta: &M) -> u64 {
-    meta.file_len().saturating_sub(HEADER_LEN as u64)
-}
-
-trait FileLen {
-    fn file_len(&self) -> u64;
-}
-impl FileLen for cap_std::fs::Metadata {
-    fn file_len(&self) -> u64 {
-        self.len()
-    }
+fn charged(meta: &cap_std::fs::Metadata) -> u64 {
+    meta.len().saturating_sub(HEADER_LEN as u64)
 }
 
 fn is_not_found(e: &io::Error) -> bool {
@@ -321,6 +312,22 @@ impl Namespace {
         Ok(header)
     }
 
+    /// Opens the entry for `key` and checks its header: `None` on a miss, or when the entry was
+    /// damaged (it is then removed).
+    fn open_checked(&self, key: &Key) -> Result<Option<(HexKey, File, std::fs::Metadata, Header)>> {
+        let hk = key.hex();
+        let Some((file, meta)) = self.open_entry_file(&hk)? else {
+            return Ok(None);
+        };
+        match self.check_header(key, &file, &meta) {
+            Ok(header) => Ok(Some((hk, file, meta, header))),
+            Err(reason) => {
+                self.discard_path(&hk, Some(&meta), reason);
+                Ok(None)
+            }
+        }
+    }
+
     /// Removes a damaged entry if it is still the file that was checked, and logs it.
     fn discard_path(&self, hk: &HexKey, checked: Option<&std::fs::Metadata>, reason: &'static str) {
         tracing::warn!(namespace = %self.inner.name, key = hk.as_str(), reason, "removing damaged cache entry");
@@ -361,16 +368,8 @@ impl Namespace {
     /// The content stored under `key`, verified. A damaged entry is removed and answered as a
     /// miss; the returned error is then `None`, and the reason is logged.
     pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
-        let hk = key.hex();
-        let Some((file, meta)) = self.open_entry_file(&hk)? else {
+        let Some((hk, file, meta, header)) = self.open_checked(key)? else {
             return Ok(None);
-        };
-        let header = match self.check_header(key, &file, &meta) {
-            Ok(h) => h,
-            Err(reason) => {
-                self.discard_path(&hk, Some(&meta), reason);
-                return Ok(None);
-            }
         };
         // The entry's size was bounded when it was written (by the writer's limit, which the
         // reader's may be smaller than: it is still served whole; `open` streams it instead).
@@ -403,16 +402,8 @@ impl Namespace {
 
     /// Opens a reader; `is_use` tells whether this counts as a use for LRU (`verify` does not).
     fn open_reader(&self, key: &Key, is_use: bool) -> Result<Option<FileReader>> {
-        let hk = key.hex();
-        let Some((file, meta)) = self.open_entry_file(&hk)? else {
+        let Some((hk, file, meta, header)) = self.open_checked(key)? else {
             return Ok(None);
-        };
-        let header = match self.check_header(key, &file, &meta) {
-            Ok(h) => h,
-            Err(reason) => {
-                self.discard_path(&hk, Some(&meta), reason);
-                return Ok(None);
-            }
         };
         if header.len == 0 && header.crc != Checksum::of(&[]) {
             self.discard_path(&hk, Some(&meta), "content checksum mismatch");
@@ -522,17 +513,7 @@ impl Namespace {
 
     /// Whether an entry is stored under `key`; its header is checked, its content is not.
     pub fn contains(&self, key: &Key) -> Result<bool> {
-        let hk = key.hex();
-        let Some((file, meta)) = self.open_entry_file(&hk)? else {
-            return Ok(false);
-        };
-        match self.check_header(key, &file, &meta) {
-            Ok(_) => Ok(true),
-            Err(reason) => {
-                self.discard_path(&hk, Some(&meta), reason);
-                Ok(false)
-            }
-        }
+        Ok(self.open_checked(key)?.is_some())
     }
 
     fn durable_sync_dir(&self, rel: &str) {
