@@ -52,10 +52,12 @@ pub struct Progress {
     pub total: u64,
 }
 
-fn maintenance_options() -> NamespaceOptions {
+/// Options for maintenance: no limits of its own; `read_only` to change nothing on disk.
+fn maintenance_options(read_only: bool) -> NamespaceOptions {
     NamespaceOptions {
         quota: u64::MAX,
         max_entry_size: u64::MAX,
+        read_only,
         ..NamespaceOptions::default()
     }
 }
@@ -63,10 +65,7 @@ fn maintenance_options() -> NamespaceOptions {
 impl FileCache {
     /// Entries and bytes per namespace. Changes nothing on disk.
     pub fn stats(&self) -> Result<Vec<NamespaceStats>> {
-        let read_only = NamespaceOptions {
-            read_only: true,
-            ..maintenance_options()
-        };
+        let read_only = maintenance_options(true);
         self.namespace_names()?
             .into_iter()
             .map(|name| {
@@ -88,7 +87,7 @@ impl FileCache {
         let mut all: Vec<(usize, EntryInfo)> = Vec::new();
         let mut namespaces = Vec::new();
         for name in self.namespace_names()? {
-            let ns = self.open_existing(&name, maintenance_options())?;
+            let ns = self.open_existing(&name, maintenance_options(false))?;
             report.temporary_files += ns.reclaim_temporary_files()?;
             let scan = ns.recount()?;
             report.remaining_bytes += scan.used;
@@ -129,16 +128,10 @@ impl FileCache {
     pub fn verify(&self, progress: &mut dyn FnMut(Progress)) -> Result<VerifyReport> {
         let mut work: Vec<(Namespace, Vec<Key>)> = Vec::new();
         for name in self.namespace_names()? {
-            let ns = match self.open_existing(&name, maintenance_options()) {
+            let ns = match self.open_existing(&name, maintenance_options(false)) {
                 Ok(ns) => ns,
                 // A cache we may not write to can still be checked.
-                Err(Error::Io { .. }) => self.open_existing(
-                    &name,
-                    NamespaceOptions {
-                        read_only: true,
-                        ..maintenance_options()
-                    },
-                )?,
+                Err(Error::Io { .. }) => self.open_existing(&name, maintenance_options(true))?,
                 Err(e) => return Err(e),
             };
             let mut keys = Vec::new();
@@ -183,7 +176,7 @@ impl FileCache {
         };
         let mut removed = 0;
         for name in names {
-            removed += self.open_existing(&name, maintenance_options())?.clear()?;
+            removed += self.open_existing(&name, maintenance_options(false))?.clear()?;
         }
         Ok(removed)
     }

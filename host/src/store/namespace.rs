@@ -126,6 +126,23 @@ fn charged(meta: &cap_std::fs::Metadata) -> u64 {
     meta.len().saturating_sub(HEADER_LEN as u64)
 }
 
+/// What the entry file at `rel` counts against the quota; 0 when there is none.
+fn charged_at(dir: &Dir, rel: &str) -> u64 {
+    match dir.symlink_metadata(rel) {
+        Ok(m) if m.file_type().is_file() => charged(&m),
+        _ => 0,
+    }
+}
+
+impl EntryInfo {
+    /// Whether the entry file at `rel` is still the one this describes (same time and size):
+    /// not used, replaced or removed since.
+    fn is_unchanged(&self, dir: &Dir, rel: &str) -> bool {
+        matches!(dir.symlink_metadata(rel),
+            Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(self.mtime) && charged(&m) == self.size)
+    }
+}
+
 fn is_not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
@@ -439,14 +456,13 @@ impl Namespace {
     /// The error for an entry of `len` bytes of content, if it breaks a limit.
     fn limit_error(&self, len: u64) -> Option<Error> {
         let opts = &self.inner.options;
-        let needed = len;
         if len > opts.max_entry_size {
             Some(Error::TooLarge {
                 limit: opts.max_entry_size,
             })
-        } else if needed > opts.quota {
+        } else if len > opts.quota {
             Some(Error::QuotaExceeded {
-                needed,
+                needed: len,
                 quota: opts.quota,
             })
         } else {
@@ -526,15 +542,12 @@ impl Namespace {
         }
     }
 
-    /// Publishes a finished temporary file under `key`: accounting, eviction, rename.
+    /// Publishes a finished temporary file of `len` bytes of content under `key`: accounting,
+    /// eviction, rename. (Its writer has already refused anything over the limits.)
     fn publish(&self, key: &Key, tmp_name: &str, file: &File, len: u64) -> Result<()> {
         let w = self.writable()?;
         let dir = self.dir().ok_or(Error::ReadOnly)?;
         let quota = self.inner.options.quota;
-        let size = len;
-        if size > quota {
-            return Err(Error::QuotaExceeded { needed: size, quota });
-        }
         let hk = key.hex();
         let rel = hk.rel_path();
         file.set_modified(now())
@@ -548,13 +561,10 @@ impl Namespace {
             None => self.rescan(w, key)?.used,
         };
         lk.used = Some(used);
-        let old = match dir.symlink_metadata(&rel) {
-            Ok(m) if m.file_type().is_file() => charged(&m),
-            _ => 0,
-        };
-        let mut projected = used.saturating_sub(old) + size;
+        let old = charged_at(dir, &rel);
+        let mut projected = used.saturating_sub(old) + len;
         if projected > quota {
-            projected = self.evict(w, &mut lk, key, old, size)?;
+            projected = self.evict(w, &mut lk, key, old, len)?;
         }
         lk.store_used(projected)?;
         let renamed = match w.tmp.rename(tmp_name, dir, &rel) {
@@ -594,9 +604,8 @@ impl Namespace {
                 }
                 let rel = c.key.hex().rel_path();
                 // Skip an entry used (or replaced) since the scan: it is no longer among the oldest.
-                match dir.symlink_metadata(&rel) {
-                    Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(c.mtime) && charged(&m) == c.size => {}
-                    _ => continue,
+                if !c.is_unchanged(dir, &rel) {
+                    continue;
                 }
                 match dir.remove_file(&rel) {
                     Ok(()) => {
@@ -617,10 +626,7 @@ impl Namespace {
             drop(candidates);
             let scan = self.rescan(w, keep)?;
             used = scan.used;
-            old = match dir.symlink_metadata(keep.hex().rel_path()) {
-                Ok(m) if m.file_type().is_file() => charged(&m),
-                _ => 0,
-            };
+            old = charged_at(dir, &keep.hex().rel_path());
             lk.store_used(used)?;
             scanned = true;
         }
@@ -736,9 +742,8 @@ impl Namespace {
         let (mut removed, mut freed) = (0, 0);
         for info in infos {
             let rel = info.key.hex().rel_path();
-            match dir.symlink_metadata(&rel) {
-                Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(info.mtime) && charged(&m) == info.size => {}
-                _ => continue,
+            if !info.is_unchanged(dir, &rel) {
+                continue;
             }
             match dir.remove_file(&rel) {
                 Ok(()) => {
