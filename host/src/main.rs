@@ -328,9 +328,32 @@ fn stats(cache: &CacheDirArg, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("cache directory: {}", dir.display());
-    println!("{:<32} {:>10} {:>12}", "namespace", "entries", "size");
+    let remote = stats
+        .iter()
+        .any(|s| s.counts.remote_hits + s.counts.remote_misses + s.counts.remote_errors > 0);
+    let mut header = format!(
+        "{:<32} {:>10} {:>12} {:>10} {:>10} {:>9}",
+        "namespace", "entries", "size", "hits", "misses", "rejected"
+    );
+    if remote {
+        header += &format!(" {:>12} {:>14} {:>14}", "remote hits", "remote misses", "remote errors");
+    }
+    println!("{header}");
     for s in &stats {
-        println!("{:<32} {:>10} {:>12}", s.name, s.entries, format_size(s.bytes));
+        let c = &s.counts;
+        let mut line = format!(
+            "{:<32} {:>10} {:>12} {:>10} {:>10} {:>9}",
+            s.name,
+            s.entries,
+            format_size(s.bytes),
+            c.hits,
+            c.misses,
+            c.rejected
+        );
+        if remote {
+            line += &format!(" {:>12} {:>14} {:>14}", c.remote_hits, c.remote_misses, c.remote_errors);
+        }
+        println!("{line}");
     }
     println!("{:<32} {:>10} {:>12}", "total", entries, format_size(bytes));
     Ok(())

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::namespace::EntryInfo;
-use super::{FileCache, Namespace, NamespaceOptions};
+use super::{Counts, FileCache, Namespace, NamespaceOptions};
 use crate::{Error, Key, Result};
 
 /// Entries and bytes of one namespace.
@@ -17,6 +17,9 @@ pub struct NamespaceStats {
     pub entries: u64,
     /// Bytes of content (what counts against quotas; each entry also has a 64-byte header).
     pub bytes: u64,
+    /// Hits, misses and other events recorded by the processes that used it.
+    #[serde(flatten)]
+    pub counts: Counts,
 }
 
 /// What [`FileCache::gc`] did.
@@ -69,12 +72,14 @@ impl FileCache {
         self.namespace_names()?
             .into_iter()
             .map(|name| {
-                let scan = self.open_existing(&name, read_only)?.scan(0)?;
+                let ns = self.open_existing(&name, read_only)?;
+                let scan = ns.scan(0)?;
                 Ok(NamespaceStats {
                     reserved: name.starts_with('.'),
                     name,
                     entries: scan.entries,
                     bytes: scan.used,
+                    counts: ns.counts(),
                 })
             })
             .collect()

@@ -3,6 +3,7 @@
 //! ```text
 //! <namespace>/
 //!   state          usage counter (bytes of content), and the lock that serialises publishing
+//!   counters       hits, misses and other events, for `filecache stats`
 //!   tmp/           entries being written, each locked by its writer while it lives
 //!   00/ … ff/      entries, named by their key in hex
 //! ```
@@ -24,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cap_fs_ext::{DirExt, FollowSymlinks, MetadataExt, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 
+use super::counters::{self, COUNTERS_FILE, Counter, Counts};
 use super::{Durability, EntryReader, EntryWriter, NamespaceOptions, Store};
 use crate::entry::{Checksum, HEADER_LEN, Header};
 use crate::error::IoContext;
@@ -264,6 +266,34 @@ impl Namespace {
             _ => None,
         };
         Ok(Locked { file, used })
+    }
+
+    /// Adds to this namespace's event counters on disk (see [`Counter`]), under the namespace
+    /// lock so that processes add up exactly. A read-only namespace counts nothing.
+    pub fn count(&self, deltas: &[(Counter, u64)]) -> Result<()> {
+        let (Some(dir), Some(_)) = (self.dir(), &self.inner.writable) else {
+            return Ok(());
+        };
+        let _lk = self.lock()?;
+        let mut oo = OpenOptions::new();
+        oo.read(true)
+            .write(true)
+            .create(true)
+            .follow(FollowSymlinks::No)
+            .mode(0o600);
+        let ctx = || format!("cannot update the counters of namespace {:?}", self.inner.name);
+        let file = dir.open_with(COUNTERS_FILE, &oo).context(ctx)?.into_std();
+        counters::add(&file, deltas).context(ctx)
+    }
+
+    /// This namespace's event counters as last written (zeros when there are none).
+    pub fn counts(&self) -> Counts {
+        let mut oo = OpenOptions::new();
+        oo.read(true).follow(FollowSymlinks::No);
+        match self.dir().map(|d| d.open_with(COUNTERS_FILE, &oo)) {
+            Some(Ok(file)) => counters::counts(&file.into_std()),
+            _ => Counts::default(),
+        }
     }
 
     /// Opens the entry file for `key`: `None` when there is none (or it was not an acceptable

@@ -491,3 +491,37 @@ fn verify_and_stats_do_not_count_as_use() {
         assert!(ns.contains(k).unwrap());
     }
 }
+
+#[test]
+fn counters_add_up_across_handles_and_survive_damage() {
+    let (d, cache) = cache();
+    let a = ns(&cache);
+    let b = ns(&cache);
+    assert!(a.counts().is_zero());
+    a.count(&[(Counter::Hits, 2), (Counter::Misses, 1)]).unwrap();
+    b.count(&[(Counter::Hits, 3), (Counter::RemoteErrors, 4)]).unwrap();
+    let c = b.counts();
+    assert_eq!((c.hits, c.misses, c.remote_errors, c.rejected), (5, 1, 4, 0));
+    let stats = cache.stats().unwrap();
+    assert_eq!(stats.iter().find(|s| s.name == "test").unwrap().counts, c);
+
+    // A damaged counters file reads as zeros and is rewritten whole by the next update.
+    let path = d.path().join("cache/test/counters");
+    std::fs::write(&path, b"garbage").unwrap();
+    assert!(a.counts().is_zero());
+    a.count(&[(Counter::Misses, 1)]).unwrap();
+    assert_eq!(a.counts().misses, 1);
+
+    // A read-only namespace counts nothing and fails nothing.
+    let ro = cache
+        .namespace(
+            "test",
+            NamespaceOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    ro.count(&[(Counter::Hits, 1)]).unwrap();
+    assert_eq!(ro.counts().hits, 0);
+}
