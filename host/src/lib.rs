@@ -54,6 +54,7 @@
 #![deny(missing_docs)]
 
 pub mod bindings;
+pub mod compiled;
 pub mod entry;
 mod error;
 mod key;

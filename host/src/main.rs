@@ -7,11 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
+use filecache_host::compiled::{self, CompiledOptions, ComponentCache, IncrementalCache, Source};
 use filecache_host::size::{format_size, parse_size};
 use filecache_host::store::{DEFAULT_NAMESPACE, Progress, validate_namespace_name};
 use filecache_host::{Durability, FileCache, FileCacheCtx, FileCacheView, NamespaceOptions};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
@@ -30,7 +31,17 @@ struct Cli {
 enum Cmd {
     /// Run a wasi:cli command component with WASI and the cache linked in
     Run(RunArgs),
-    /// Show entries and bytes per namespace
+    /// Compile a component (or core module) into the cache ahead of time, as `run` would
+    Compile {
+        #[command(flatten)]
+        cache: CacheDirArg,
+        /// Let Cranelift reuse the compiled code of unchanged functions from the cache
+        #[arg(long)]
+        incremental: bool,
+        /// The component or module (.wasm or .wat)
+        component: PathBuf,
+    },
+    /// Show entries, bytes, hits and misses per namespace (compiled code under .compiled)
     Stats {
         #[command(flatten)]
         cache: CacheDirArg,
@@ -107,6 +118,13 @@ struct RunArgs {
     /// fsync each entry and its directory before it becomes visible
     #[arg(long)]
     durable: bool,
+    /// Compile the component every time instead of loading its compiled code from the cache
+    #[arg(long)]
+    no_compile_cache: bool,
+    /// Let Cranelift reuse the compiled code of unchanged functions from the cache (helps when
+    /// a component changes a little between runs)
+    #[arg(long)]
+    incremental: bool,
     /// Most readers and writers the component may hold open at once
     #[arg(long, value_name = "N", default_value_t = filecache_host::bindings::DEFAULT_MAX_HANDLES)]
     max_handles: usize,
@@ -147,6 +165,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(args) => run(args),
+        Cmd::Compile {
+            cache,
+            incremental,
+            component,
+        } => compile(&cache, incremental, &component).map(|()| ExitCode::SUCCESS),
         Cmd::Stats { cache, json } => stats(&cache, json).map(|()| ExitCode::SUCCESS),
         Cmd::Gc { cache, max_size } => gc(&cache, max_size).map(|()| ExitCode::SUCCESS),
         Cmd::Verify { cache } => verify(&cache).map(|()| ExitCode::SUCCESS),
@@ -181,19 +204,64 @@ fn parse_dir(spec: &str) -> Result<(PathBuf, String)> {
     Ok((host, guest))
 }
 
-fn load_component(engine: &Engine, path: &Path) -> Result<Component> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read component {}", path.display()))?;
-    if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
-        bail!(
-            "{} is a core WebAssembly module, not a component: build it for wasm32-wasip2 \
-             (or wrap it with `wasm-tools component new`)",
-            path.display()
-        );
-    }
-    Component::from_binary(engine, &bytes)
-        .map_err(|e| anyhow!("{e:?}"))
-        .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))
+/// What a component file holds, from its first bytes.
+#[derive(PartialEq)]
+enum WasmKind {
+    Component,
+    CoreModule,
+    /// Not binary wasm: maybe text, which the compiler reads or refuses.
+    Other,
 }
+
+/// Checks that `path` can be read, and what it holds.
+fn probe(path: &Path) -> Result<WasmKind> {
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read component {}", path.display()))?;
+    let n = std::io::Read::read(&mut file, &mut head)
+        .with_context(|| format!("cannot read component {}", path.display()))?;
+    Ok(match (n, &head[..4], &head[4..8]) {
+        (8, b"\0asm", [1, 0, 0, 0]) => WasmKind::CoreModule,
+        (8, b"\0asm", _) => WasmKind::Component,
+        _ => WasmKind::Other,
+    })
+}
+
+fn not_a_component(path: &Path) -> anyhow::Error {
+    anyhow!(
+        "{} is a core WebAssembly module, not a component: build it for wasm32-wasip2 \
+         (or wrap it with `wasm-tools component new`)",
+        path.display()
+    )
+}
+
+fn invalid_component(path: &Path) -> impl FnOnce(wasmtime::Error) -> anyhow::Error + '_ {
+    move |e| anyhow!("{e:?}").context(format!("{} is not a valid WebAssembly component", path.display()))
+}
+
+/// The engine `run` and `compile` use: the same configuration, so `compile` warms what `run` loads.
+fn engine(cache: Option<&FileCache>, incremental: bool) -> Result<Engine> {
+    let mut config = Config::new();
+    compiled::configure(&mut config);
+    if incremental {
+        let cache = cache.expect("incremental compilation needs the cache");
+        let store = IncrementalCache::open(cache, INCREMENTAL_QUOTA)
+            .map_err(|e| anyhow!("cannot open the incremental-compilation cache: {}", e.full_message()))?;
+        config
+            .enable_incremental_compilation(store)
+            .map_err(|e| anyhow!("{e:#}"))?;
+    }
+    Engine::new(&config).map_err(|e| anyhow!("{e:#}"))
+}
+
+/// Whether `dir` exists but cannot be written: a read-only filesystem or no permission.
+fn unwritable_dir(dir: &Path) -> bool {
+    dir.is_dir()
+        && rustix::fs::access(dir, rustix::fs::Access::WRITE_OK)
+            .is_err_and(|e| e == rustix::io::Errno::ROFS || e == rustix::io::Errno::ACCESS)
+}
+
+/// Bytes the incremental-compilation cache may take.
+const INCREMENTAL_QUOTA: u64 = 1 << 30;
 
 fn run(args: RunArgs) -> Result<ExitCode> {
     // Check everything the user gave before anything is created.
@@ -204,7 +272,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let options = NamespaceOptions {
         max_entry_size: args.max_entry_size.unwrap_or(defaults.max_entry_size),
         quota: args.quota.unwrap_or(defaults.quota),
-        read_only: args.read_only,
+        read_only: args.read_only || unwritable_dir(&cache_dir),
         durability: if args.durable {
             Durability::Sync
         } else {
@@ -212,8 +280,54 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         },
     };
 
-    let engine = Engine::default();
-    let component = load_component(&engine, &args.component)?;
+    if probe(&args.component)? == WasmKind::CoreModule {
+        return Err(not_a_component(&args.component));
+    }
+    // A cache that does not exist yet is created only once the component has proved runnable;
+    // its compiled code is stored then.
+    let use_cache = !args.no_compile_cache;
+    let mut cache = None;
+    if use_cache && (cache_dir.is_dir() || args.incremental) {
+        cache = Some(open_cache(&cache_dir)?);
+    }
+    // A cache directory that cannot be written (a read-only filesystem, no permission) is still
+    // used, read-only, with one warning: stored code is loaded, new code is compiled in memory,
+    // and the component's writes answer `read-only`.
+    let unwritable = unwritable_dir(&cache_dir);
+    if unwritable {
+        tracing::warn!(
+            "the cache directory {} cannot be written: using it read-only (new compiled code stays in \
+             memory; the component's writes answer read-only)",
+            cache_dir.display()
+        );
+    }
+    let compiled_options = CompiledOptions {
+        warn_if_degraded: !unwritable,
+        ..CompiledOptions::default()
+    };
+    let engine = if use_cache {
+        engine(cache.as_ref(), args.incremental)?
+    } else {
+        Engine::default()
+    };
+    let mut compiled_in_memory = None;
+    let component = match &cache {
+        Some(c) => {
+            ComponentCache::new(c, &engine, compiled_options)
+                .load_component_file(&args.component)
+                .map_err(invalid_component(&args.component))?
+                .0
+        }
+        None => {
+            let bytes = std::fs::read(&args.component)
+                .with_context(|| format!("cannot read component {}", args.component.display()))?;
+            let component = Component::new(&engine, &bytes).map_err(invalid_component(&args.component))?;
+            if use_cache {
+                compiled_in_memory = Some(bytes);
+            }
+            component
+        }
+    };
     let mut linker = Linker::<Host>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     filecache_host::add_to_linker(&mut linker, |h: &mut Host| {
@@ -260,7 +374,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow!("cannot open --dir {}: {e:#}", host.display()))?;
     }
 
-    let cache = open_cache(&cache_dir)?;
+    let cache = match cache {
+        Some(c) => c,
+        None => open_cache(&cache_dir)?,
+    };
+    if let Some(bytes) = compiled_in_memory {
+        let _ = ComponentCache::new(&cache, &engine, compiled_options).insert_component(&bytes, &component);
+    }
     let namespace = cache
         .namespace(&args.namespace, options)
         .with_context(|| format!("cannot open namespace {:?} in {}", args.namespace, cache_dir.display()))?;
@@ -290,6 +410,41 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(134))
         }
     }
+}
+
+fn compile(cache_arg: &CacheDirArg, incremental: bool, path: &Path) -> Result<()> {
+    let kind = probe(path)?;
+    let (dir, cache) = cache_arg.open()?;
+    let engine = engine(Some(&cache), incremental)?;
+    let compiled = ComponentCache::new(&cache, &engine, CompiledOptions::default());
+    if !compiled.is_writable() {
+        bail!("cannot store compiled code in {}", dir.display());
+    }
+    let start = std::time::Instant::now();
+    let source = if kind == WasmKind::CoreModule {
+        compiled
+            .load_module_file(path)
+            .map_err(|e| anyhow!("{e:?}"))
+            .with_context(|| format!("{} is not a valid WebAssembly module", path.display()))?
+            .1
+    } else {
+        compiled.load_component_file(path).map_err(invalid_component(path))?.1
+    };
+    let what = if kind == WasmKind::CoreModule {
+        "module"
+    } else {
+        "component"
+    };
+    match source {
+        Source::Compiled => println!(
+            "compiled {what} {} in {:.0?} into {}",
+            path.display(),
+            start.elapsed(),
+            dir.display()
+        ),
+        _ => println!("{what} {} is already compiled in {}", path.display(), dir.display()),
+    }
+    Ok(())
 }
 
 fn progress_bar(what: &'static str) -> impl FnMut(Progress) {
@@ -356,6 +511,16 @@ fn stats(cache: &CacheDirArg, json: bool) -> Result<()> {
         println!("{line}");
     }
     println!("{:<32} {:>10} {:>12}", "total", entries, format_size(bytes));
+    if let Some(c) = stats.iter().find(|s| s.name == compiled::COMPILED_NAMESPACE) {
+        println!(
+            "compiled code: {} artifacts ({}); {} loads from the cache, {} compiles, {} rejected",
+            c.entries,
+            format_size(c.bytes),
+            c.counts.hits,
+            c.counts.misses,
+            c.counts.rejected
+        );
+    }
     Ok(())
 }
 

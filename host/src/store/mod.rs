@@ -22,7 +22,7 @@ use cap_std::fs::Dir;
 
 pub use counters::{Counter, Counts};
 pub use maintenance::{GcReport, NamespaceStats, Progress, VerifyReport};
-pub use namespace::{EntryInfo, FileReader, FileWriter, MAX_READ_CHUNK, Namespace};
+pub use namespace::{EntryInfo, FileReader, FileWriter, MAX_READ_CHUNK, Namespace, RawEntry};
 
 use crate::error::IoContext;
 use crate::{Error, Key, Result};

@@ -92,6 +92,33 @@ pub struct EntryInfo {
     pub mtime: SystemTime,
 }
 
+/// An entry's open file, its header checked (see [`Namespace::open_raw`]). The content starts at
+/// [`HEADER_LEN`] and is [`content_len`](Self::content_len) bytes long. Entries are never
+/// rewritten in place (only replaced by rename), so the file's bytes do not change under a reader.
+#[derive(Debug)]
+pub struct RawEntry {
+    file: File,
+    meta: std::fs::Metadata,
+    header: Header,
+}
+
+impl RawEntry {
+    /// The open entry file (header and content).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The length of the content, after the header.
+    pub fn content_len(&self) -> u64 {
+        self.header.len
+    }
+
+    /// The file's metadata, as checked when it was opened.
+    pub fn metadata(&self) -> &std::fs::Metadata {
+        &self.meta
+    }
+}
+
 /// The result of walking a namespace.
 pub(crate) struct Scan {
     pub(crate) used: u64,
@@ -373,6 +400,23 @@ impl Namespace {
                 Ok(None)
             }
         }
+    }
+
+    /// Opens the entry for `key` for direct use of its file (a memory map, say), with its
+    /// header checked but not its content: the caller checks the content its own way (the
+    /// compiled-component cache authenticates it). Counts as a use for LRU. `None` on a miss.
+    pub fn open_raw(&self, key: &Key) -> Result<Option<RawEntry>> {
+        let Some((_, file, meta, header)) = self.open_checked(key)? else {
+            return Ok(None);
+        };
+        self.touch(&file);
+        Ok(Some(RawEntry { file, meta, header }))
+    }
+
+    /// Removes an entry opened with [`open_raw`](Self::open_raw) that its user found unusable,
+    /// if it is still the same file, and logs why.
+    pub fn discard_raw(&self, raw: &RawEntry, reason: &'static str) {
+        self.discard_path(&raw.header.key.hex(), Some(&raw.meta), reason);
     }
 
     /// Removes a damaged entry if it is still the file that was checked, and logs it.

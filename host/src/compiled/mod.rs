@@ -1,0 +1,692 @@
+//! A cache of compiled code: each component (or core module) is compiled by Cranelift once, and
+//! every later load maps the stored artifact instead.
+//!
+//! ```text
+//! <cache root>/
+//!   compiled.key          the per-cache secret (0600) that authenticates artifacts
+//!   .compiled/            artifacts, keyed by SHA-256(format, wasmtime's compatibility hash,
+//!                         kind, SHA-256(wasm)); an ordinary reserved namespace (LRU, quota)
+//!   .compiled-digests/    SHA-256 of component files remembered by file identity
+//!   .incremental/         Cranelift's incremental-compilation cache (--incremental)
+//! ```
+//!
+//! Each artifact entry's content is a 96-byte header (magic, kind, where the artifact starts and
+//! its length, the key, and a keyed BLAKE3 MAC over every other byte of the content) padded so that
+//! the artifact starts on a page boundary of the file, then the artifact exactly as
+//! `Component::serialize` wrote it. A hit maps the file, checks the MAC, and hands the mapped
+//! artifact to `Component::deserialize_raw`: no copy, no compile. An entry that fails the MAC or
+//! does not deserialize on this engine is deleted and recompiled.
+
+mod code_memory;
+mod incremental;
+mod secret;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module};
+
+pub use code_memory::{FileCodeMemory, ZERO_COPY_SUPPORTED, configure, kept_bytes};
+pub use incremental::{INCREMENTAL_NAMESPACE, IncrementalCache};
+pub use secret::SECRET_FILE;
+
+use crate::entry::HEADER_LEN;
+use crate::store::{Counter, Counts};
+use crate::{Durability, FileCache, Key, Namespace, NamespaceOptions};
+use code_memory::{Mapping, page_size};
+use secret::{Secret, mac};
+
+/// The reserved namespace of compiled artifacts.
+pub const COMPILED_NAMESPACE: &str = ".compiled";
+/// The reserved namespace of remembered component digests.
+pub const DIGESTS_NAMESPACE: &str = ".compiled-digests";
+
+const MAGIC: [u8; 8] = *b"FCCOMP01";
+/// Bytes of an artifact entry's own header: the fields (64) and the MAC (32).
+const ARTIFACT_HEADER: usize = 96;
+/// A file changed this recently may change again within the same timestamp tick, so its digest
+/// is not remembered (git's "racy" rule).
+/// (Two seconds covers the coarsest timestamps in use, FAT's; tests use less.)
+#[cfg(not(test))]
+const RACY: Duration = Duration::from_secs(2);
+#[cfg(test)]
+const RACY: Duration = Duration::from_millis(300);
+
+/// What was compiled: a component or a core module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A component (`Component`).
+    Component = 1,
+    /// A core module (`Module`).
+    Module = 2,
+}
+
+/// Where a load found its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Loaded before by this `ComponentCache`, in this process.
+    Memory,
+    /// An artifact of the cache directory, checked and mapped.
+    Disk,
+    /// Compiled now (and stored, if the cache can be written).
+    Compiled,
+}
+
+/// Options of the compiled cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CompiledOptions {
+    /// Bytes of artifacts kept; least recently used ones are evicted. Default 4 GiB.
+    pub quota: u64,
+    /// Whether each artifact is fsynced before it becomes visible. Default: no (a lost
+    /// artifact is only a recompile).
+    pub durability: Durability,
+    /// Whether [`ComponentCache::new`] logs a warning when the cache directory cannot be used
+    /// or written (a caller that already warned about the directory turns it off). Default: yes.
+    pub warn_if_degraded: bool,
+}
+
+impl Default for CompiledOptions {
+    fn default() -> Self {
+        CompiledOptions {
+            quota: 4 << 30,
+            durability: Durability::Relaxed,
+            warn_if_degraded: true,
+        }
+    }
+}
+
+/// A cache of compiled components and modules for one [`Engine`], over a [`FileCache`].
+///
+/// Cheap to clone; clones share everything. Loads of the same code in one process share one
+/// compile (others wait for it) and one `Component`, which the cache keeps for the life of the
+/// process (see [`code_memory`](self) on why mappings are never unmapped).
+///
+/// For loads without copying, the engine's `Config` needs [`configure`]; other engines still
+/// load from the cache, copying each artifact into wasmtime's memory.
+#[derive(Clone)]
+pub struct ComponentCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    disk: Option<Disk>,
+    /// SHA-256 state over the format and the engine's compatibility hash.
+    prefix: Sha256,
+    loaded: Mutex<HashMap<Key, Arc<Mutex<Option<Artifact>>>>>,
+    zero_copy: AtomicBool,
+    store_warned: AtomicBool,
+}
+
+struct Disk {
+    artifacts: Namespace,
+    digests: Namespace,
+    secret: Secret,
+    writable: bool,
+}
+
+#[derive(Clone)]
+enum Artifact {
+    Component(Component),
+    Module(Module),
+}
+
+impl std::fmt::Debug for ComponentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentCache")
+            .field("persistent", &self.is_persistent())
+            .field("writable", &self.is_writable())
+            .finish()
+    }
+}
+
+/// A `Hasher` that feeds SHA-256, for wasmtime's `precompile_compatibility_hash`.
+struct ShaHasher<'a>(&'a mut Sha256);
+
+impl std::hash::Hasher for ShaHasher<'_> {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// SHA-256 of `bytes`.
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl ComponentCache {
+    /// A compiled cache for `engine` over `cache`. Never fails: if the cache directory cannot be
+    /// used (a read-only filesystem, no permission), loads still work, compiling in memory, and
+    /// one warning says why. If it can be read but not written, stored artifacts are still used.
+    pub fn new(cache: &FileCache, engine: &Engine, options: CompiledOptions) -> ComponentCache {
+        let disk = match Disk::open(cache, options) {
+            Ok(disk) => {
+                if !disk.writable && options.warn_if_degraded {
+                    tracing::warn!(
+                        "the compiled-code cache cannot be written: components it does not hold are compiled in memory"
+                    );
+                }
+                Some(disk)
+            }
+            Err(e) => {
+                if options.warn_if_degraded {
+                    tracing::warn!(
+                        "the compiled-code cache is unusable ({}): components are compiled in memory",
+                        e.full_message()
+                    );
+                }
+                None
+            }
+        };
+        ComponentCache::with_disk(engine, disk)
+    }
+
+    /// A cache that keeps compiled code in this process only.
+    pub fn in_memory(engine: &Engine) -> ComponentCache {
+        ComponentCache::with_disk(engine, None)
+    }
+
+    fn with_disk(engine: &Engine, disk: Option<Disk>) -> ComponentCache {
+        let mut prefix = Sha256::new();
+        prefix.update(b"filecache compiled artifact key v1\0");
+        prefix.update(env!("CARGO_PKG_VERSION").as_bytes());
+        prefix.update(b"\0");
+        // Target, Cranelift flags, tunables, wasm features and wasmtime's version.
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut ShaHasher(&mut prefix));
+        ComponentCache {
+            inner: Arc::new(Inner {
+                engine: engine.clone(),
+                disk,
+                prefix,
+                loaded: Mutex::new(HashMap::new()),
+                zero_copy: AtomicBool::new(true),
+                store_warned: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The engine this cache compiles for.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Whether compiled code is kept in the cache directory (else only in this process).
+    pub fn is_persistent(&self) -> bool {
+        self.inner.disk.is_some()
+    }
+
+    /// Whether new artifacts can be stored in the cache directory.
+    pub fn is_writable(&self) -> bool {
+        self.inner.disk.as_ref().is_some_and(|d| d.writable)
+    }
+
+    /// Hits, misses (compiles) and rejected artifacts, as recorded on disk by every process.
+    pub fn counts(&self) -> Counts {
+        self.inner
+            .disk
+            .as_ref()
+            .map(|d| d.artifacts.counts())
+            .unwrap_or_default()
+    }
+
+    /// The cache key of `wasm` compiled as `kind` by this engine.
+    pub fn key(&self, kind: Kind, wasm: &[u8]) -> Key {
+        self.inner.artifact_key(kind, &sha256(wasm))
+    }
+
+    /// The component in `wasm` (binary or text), compiled or loaded from the cache.
+    pub fn load_component(&self, wasm: &[u8]) -> wasmtime::Result<Component> {
+        Ok(self.load_component_with_source(wasm)?.0)
+    }
+
+    /// [`load_component`](Self::load_component), also telling where the code came from.
+    pub fn load_component_with_source(&self, wasm: &[u8]) -> wasmtime::Result<(Component, Source)> {
+        let (a, s) = self.inner.load_bytes(Kind::Component, wasm)?;
+        Ok((a.into_component(), s))
+    }
+
+    /// The component in the file at `path`. The file's SHA-256 is remembered by its identity
+    /// (device, inode, size, modification and change times), so a warm load does not read it.
+    pub fn load_component_file(&self, path: &Path) -> wasmtime::Result<(Component, Source)> {
+        let (a, s) = self.inner.load_file(Kind::Component, path)?;
+        Ok((a.into_component(), s))
+    }
+
+    /// Stores `component`, which this cache's engine compiled from `wasm`, as if this cache had
+    /// compiled it: for a caller that had to compile before the cache could be opened.
+    pub fn insert_component(&self, wasm: &[u8], component: &Component) -> wasmtime::Result<()> {
+        if !Engine::same(component.engine(), &self.inner.engine) {
+            return Err(wasmtime::Error::msg("the component was compiled by another engine"));
+        }
+        let key = self.key(Kind::Component, wasm);
+        let slot = self.inner.slot(key);
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() && !self.inner.is_stored(&key) {
+            let a = Artifact::Component(component.clone());
+            self.inner.count(Counter::Misses);
+            self.inner.store(Kind::Component, &key, &a);
+            *slot = Some(a);
+        }
+        Ok(())
+    }
+
+    /// The core module in `wasm`, compiled or loaded from the cache.
+    pub fn load_module(&self, wasm: &[u8]) -> wasmtime::Result<Module> {
+        Ok(self.inner.load_bytes(Kind::Module, wasm)?.0.into_module())
+    }
+
+    /// The core module in the file at `path` (see [`load_component_file`](Self::load_component_file)).
+    pub fn load_module_file(&self, path: &Path) -> wasmtime::Result<(Module, Source)> {
+        let (a, s) = self.inner.load_file(Kind::Module, path)?;
+        Ok((a.into_module(), s))
+    }
+}
+
+impl Artifact {
+    fn into_component(self) -> Component {
+        match self {
+            Artifact::Component(c) => c,
+            Artifact::Module(_) => unreachable!("keys differ by kind"),
+        }
+    }
+    fn into_module(self) -> Module {
+        match self {
+            Artifact::Module(m) => m,
+            Artifact::Component(_) => unreachable!("keys differ by kind"),
+        }
+    }
+}
+
+impl Disk {
+    fn open(cache: &FileCache, options: CompiledOptions) -> crate::Result<Disk> {
+        // With no secret there is nothing to trust: a cache that cannot even create one is not
+        // used at all. A read-only cache with a trusted secret still serves its artifacts.
+        let secret = Secret::load_or_create(cache.root())?;
+        let open = |read_only| -> crate::Result<(Namespace, Namespace)> {
+            let options = NamespaceOptions {
+                max_entry_size: u64::MAX,
+                quota: options.quota,
+                read_only,
+                durability: options.durability,
+            };
+            Ok((
+                cache.reserved_namespace(COMPILED_NAMESPACE, options)?,
+                cache.reserved_namespace(DIGESTS_NAMESPACE, options)?,
+            ))
+        };
+        let (artifacts, digests, writable) = match open(false) {
+            Ok((a, d)) => (a, d, true),
+            Err(crate::Error::Io { .. }) => {
+                let (a, d) = open(true)?;
+                (a, d, false)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Disk {
+            artifacts,
+            digests,
+            secret,
+            writable,
+        })
+    }
+}
+
+/// The fields of an artifact entry's header.
+struct ArtifactHeader {
+    kind: u32,
+    offset: u64,
+    len: u64,
+    key: [u8; 32],
+}
+
+impl ArtifactHeader {
+    fn encode(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&self.kind.to_le_bytes());
+        b[16..24].copy_from_slice(&self.offset.to_le_bytes());
+        b[24..32].copy_from_slice(&self.len.to_le_bytes());
+        b[32..64].copy_from_slice(&self.key);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<ArtifactHeader> {
+        if b.len() < 64 || b[..8] != MAGIC || b[12..16] != [0; 4] {
+            return None;
+        }
+        Some(ArtifactHeader {
+            kind: u32::from_le_bytes(b[8..12].try_into().ok()?),
+            offset: u64::from_le_bytes(b[16..24].try_into().ok()?),
+            len: u64::from_le_bytes(b[24..32].try_into().ok()?),
+            key: b[32..64].try_into().ok()?,
+        })
+    }
+}
+
+/// Where an artifact starts in an entry's content: at least past the artifact header, and on
+/// a page boundary of the file (the entry file has the store's header first).
+fn artifact_offset() -> usize {
+    let page = page_size();
+    let mut file_offset = page;
+    while file_offset - HEADER_LEN < ARTIFACT_HEADER {
+        file_offset += page;
+    }
+    file_offset - HEADER_LEN
+}
+
+impl Inner {
+    fn artifact_key(&self, kind: Kind, wasm_digest: &[u8; 32]) -> Key {
+        let mut h = self.prefix.clone();
+        h.update([kind as u8]);
+        h.update(wasm_digest);
+        Key::new(h.finalize().into())
+    }
+
+    fn load_bytes(&self, kind: Kind, wasm: &[u8]) -> wasmtime::Result<(Artifact, Source)> {
+        let key = self.artifact_key(kind, &sha256(wasm));
+        self.load(kind, key, || Ok(std::borrow::Cow::Borrowed(wasm)))
+    }
+
+    fn load_file(&self, kind: Kind, path: &Path) -> wasmtime::Result<(Artifact, Source)> {
+        let ctx = |what: &str| format!("cannot {what} {}", path.display());
+        let mut file = File::open(path).map_err(|e| wasmtime::Error::new(e).context(ctx("open")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| wasmtime::Error::new(e).context(ctx("stat")))?;
+        if !meta.is_file() {
+            return Err(wasmtime::Error::msg(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        let identity = file_identity(&meta);
+        if let Some(digest) = self.remembered_digest(&identity) {
+            let key = self.artifact_key(kind, &digest);
+            return self.load(kind, key, || {
+                // The code must be compiled after all: read it, and check that it is still the
+                // file whose digest was remembered (else the key is wrong; load it afresh).
+                let wasm = read_all(&mut file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
+                if sha256(&wasm) != digest {
+                    return Err(wasmtime::Error::msg(format!(
+                        "{} changed while it was loaded",
+                        path.display()
+                    )));
+                }
+                Ok(std::borrow::Cow::Owned(wasm))
+            });
+        }
+        let wasm = read_all(&mut file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
+        let digest = sha256(&wasm);
+        self.remember_digest(&identity, &meta, &digest);
+        let key = self.artifact_key(kind, &digest);
+        self.load(kind, key, || Ok(std::borrow::Cow::Borrowed(&wasm)))
+    }
+
+    /// The in-process memo and single flight: one load per key at a time.
+    fn load<'w>(
+        &self,
+        kind: Kind,
+        key: Key,
+        wasm: impl FnOnce() -> wasmtime::Result<std::borrow::Cow<'w, [u8]>>,
+    ) -> wasmtime::Result<(Artifact, Source)> {
+        let slot = self.slot(key);
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = &*slot {
+            return Ok((a.clone(), Source::Memory));
+        }
+        if let Some(a) = self.load_stored(kind, &key) {
+            self.count(Counter::Hits);
+            *slot = Some(a.clone());
+            return Ok((a, Source::Disk));
+        }
+        let wasm = wasm()?;
+        let a = match kind {
+            Kind::Component => Artifact::Component(Component::new(&self.engine, &*wasm)?),
+            Kind::Module => Artifact::Module(Module::new(&self.engine, &*wasm)?),
+        };
+        self.count(Counter::Misses);
+        self.store(kind, &key, &a);
+        *slot = Some(a.clone());
+        Ok((a, Source::Compiled))
+    }
+
+    fn slot(&self, key: Key) -> Arc<Mutex<Option<Artifact>>> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        loaded.entry(key).or_default().clone()
+    }
+
+    fn is_stored(&self, key: &Key) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.artifacts.contains(key).unwrap_or(false))
+    }
+
+    fn count(&self, counter: Counter) {
+        if let Some(d) = &self.disk
+            && let Err(e) = d.artifacts.count(&[(counter, 1)])
+        {
+            tracing::debug!("cannot count a compiled-cache {counter:?}: {}", e.full_message());
+        }
+    }
+
+    /// The stored artifact for `key`, authenticated and deserialized; `None` on a miss. An
+    /// artifact that fails is removed (and counted as rejected), so it is compiled afresh.
+    fn load_stored(&self, kind: Kind, key: &Key) -> Option<Artifact> {
+        let disk = self.disk.as_ref()?;
+        let raw = match disk.artifacts.open_raw(key) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!("cannot read compiled code from the cache: {}", e.full_message());
+                return None;
+            }
+        };
+        let reject = |reason: &'static str| {
+            tracing::warn!(key = %key, reason, "compiled artifact rejected: compiling afresh");
+            disk.artifacts.discard_raw(&raw, reason);
+            self.count(Counter::Rejected);
+            None
+        };
+        // A file others could write could change under the mapping after it was checked.
+        let meta = raw.metadata();
+        if meta.uid() != rustix::process::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+            return reject("writable by another user");
+        }
+        let Ok(content_len) = usize::try_from(raw.content_len()) else {
+            return reject("too large");
+        };
+        if content_len < ARTIFACT_HEADER {
+            return reject("shorter than an artifact header");
+        }
+        let map = match Mapping::map(raw.file(), HEADER_LEN + content_len) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("cannot map compiled code from the cache: {e}");
+                return None;
+            }
+        };
+        let content = &map.bytes()[HEADER_LEN..];
+        let Some(h) = ArtifactHeader::decode(content) else {
+            return reject("not an artifact header");
+        };
+        if h.kind != kind as u32 || h.key != *key.as_bytes() {
+            return reject("made for another key");
+        }
+        let range = match usize::try_from(h.offset).ok().zip(usize::try_from(h.len).ok()) {
+            Some((off, len)) if off >= ARTIFACT_HEADER && off.checked_add(len) == Some(content_len) => off..off + len,
+            _ => return reject("artifact bounds do not match the entry"),
+        };
+        // The MAC covers every byte of the content but itself: fields, padding and artifact.
+        let expected = mac(&disk.secret.artifact, &[&content[..64], &content[ARTIFACT_HEADER..]]);
+        // `blake3::Hash` compares in constant time.
+        if expected != blake3::Hash::from_bytes(content[64..96].try_into().expect("32 bytes")) {
+            return reject("not authenticated by this cache's secret");
+        }
+        let file_range = HEADER_LEN + range.start..HEADER_LEN + range.end;
+        if file_range.start % page_size() == 0 && self.zero_copy.load(Ordering::Relaxed) {
+            // The mapping is kept before wasmtime sees it, whatever happens next.
+            let memory = map.keep(file_range);
+            // SAFETY: the bytes were authenticated as an artifact this cache serialized for an
+            // engine with this configuration; the mapping is private, read-only, and never
+            // unmapped; entry files are never written in place, and this one is writable only
+            // by this user (checked above).
+            match unsafe { deserialize_raw(&self.engine, kind, memory) } {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    // Either the engine cannot run mapped code (no `configure`), or the artifact
+                    // does not fit this engine; copying tells which.
+                    // SAFETY: as above; the memory stays mapped.
+                    let bytes = unsafe { memory.as_ref() };
+                    return match unsafe { deserialize(&self.engine, kind, bytes) } {
+                        Ok(a) => {
+                            self.zero_copy.store(false, Ordering::Relaxed);
+                            tracing::info!("loading compiled code by copying: {e:#}");
+                            Some(a)
+                        }
+                        Err(e) => {
+                            tracing::debug!("compiled artifact does not deserialize: {e:#}");
+                            reject("does not load on this engine")
+                        }
+                    };
+                }
+            }
+        }
+        // SAFETY: as above; the bytes are copied into wasmtime's memory before `map` is dropped.
+        match unsafe { deserialize(&self.engine, kind, &map.bytes()[file_range]) } {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::debug!("compiled artifact does not deserialize: {e:#}");
+                reject("does not load on this engine")
+            }
+        }
+    }
+
+    /// Stores a freshly compiled artifact. Best effort: a failure is logged once.
+    fn store(&self, kind: Kind, key: &Key, a: &Artifact) {
+        let Some(disk) = self.disk.as_ref().filter(|d| d.writable) else {
+            return;
+        };
+        let result = (|| -> wasmtime::Result<()> {
+            let artifact = match a {
+                Artifact::Component(c) => c.serialize()?,
+                Artifact::Module(m) => m.serialize()?,
+            };
+            let offset = artifact_offset();
+            let header = ArtifactHeader {
+                kind: kind as u32,
+                offset: offset as u64,
+                len: artifact.len() as u64,
+                key: *key.as_bytes(),
+            }
+            .encode();
+            let mut head = vec![0u8; offset];
+            head[..64].copy_from_slice(&header);
+            let tag = mac(&disk.secret.artifact, &[&header, &head[ARTIFACT_HEADER..], &artifact]);
+            head[64..96].copy_from_slice(tag.as_bytes());
+            let mut w = disk.artifacts.create(key)?;
+            w.write(&head)?;
+            w.write(&artifact)?;
+            w.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result
+            && !self.store_warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!("cannot store compiled code in the cache (it stays in memory): {e:#}");
+        }
+    }
+
+    /// The digest remembered for a file identity, if its record is authentic.
+    fn remembered_digest(&self, identity: &Key) -> Option<[u8; 32]> {
+        let disk = self.disk.as_ref()?;
+        let record = disk.digests.get(identity).ok()??;
+        let (digest, tag) = record.split_at_checked(32)?;
+        let expected = mac(&disk.secret.digest, &[identity.as_bytes(), digest]);
+        (tag.len() == 32 && expected == blake3::Hash::from_bytes(tag.try_into().ok()?))
+            .then(|| digest.try_into().ok())?
+    }
+
+    /// Remembers a file's digest by its identity, unless the file changed too recently for its
+    /// timestamps to tell a later change apart.
+    fn remember_digest(&self, identity: &Key, meta: &std::fs::Metadata, digest: &[u8; 32]) {
+        let Some(disk) = self.disk.as_ref().filter(|d| d.writable) else {
+            return;
+        };
+        let time =
+            |secs: i64, nanos: i64| UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+        let changed = time(meta.ctime(), meta.ctime_nsec()).max(time(meta.mtime(), meta.mtime_nsec()));
+        if SystemTime::now().duration_since(changed).unwrap_or_default() < RACY {
+            return;
+        }
+        let tag = mac(&disk.secret.digest, &[identity.as_bytes(), digest]);
+        let mut record = digest.to_vec();
+        record.extend_from_slice(tag.as_bytes());
+        if let Err(e) = disk.digests.add(identity, &record) {
+            tracing::debug!("cannot remember a component's digest: {}", e.full_message());
+        }
+    }
+}
+
+/// A key naming a file's identity: device, inode, size, modification and change times. Any
+/// write to the file changes its change time, which no user can set.
+fn file_identity(meta: &std::fs::Metadata) -> Key {
+    let mut h = Sha256::new();
+    h.update(b"filecache file identity v1\0");
+    for v in [
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime() as u64,
+        meta.mtime_nsec() as u64,
+        meta.ctime() as u64,
+        meta.ctime_nsec() as u64,
+    ] {
+        h.update(v.to_le_bytes());
+    }
+    Key::new(h.finalize().into())
+}
+
+fn read_all(file: &mut File) -> std::io::Result<Vec<u8>> {
+    use std::io::Seek;
+    file.rewind()?;
+    let mut wasm = Vec::new();
+    file.read_to_end(&mut wasm)?;
+    Ok(wasm)
+}
+
+/// # Safety
+/// As for `Component::deserialize_raw`.
+unsafe fn deserialize_raw(engine: &Engine, kind: Kind, memory: std::ptr::NonNull<[u8]>) -> wasmtime::Result<Artifact> {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        Ok(match kind {
+            Kind::Component => Artifact::Component(Component::deserialize_raw(engine, memory)?),
+            Kind::Module => Artifact::Module(Module::deserialize_raw(engine, memory)?),
+        })
+    }
+}
+
+/// # Safety
+/// As for `Component::deserialize`.
+unsafe fn deserialize(engine: &Engine, kind: Kind, bytes: &[u8]) -> wasmtime::Result<Artifact> {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        Ok(match kind {
+            Kind::Component => Artifact::Component(Component::deserialize(engine, bytes)?),
+            Kind::Module => Artifact::Module(Module::deserialize(engine, bytes)?),
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! The per-cache secret that authenticates compiled code.
+//!
+//! Deserializing an artifact runs its native code, so the cache only loads artifacts that carry a
+//! MAC under a secret only this user can read: `<cache root>/compiled.key`, 32 random bytes, mode
+//! 0600, created on first use. A key file that others could read or write, or that is not ours,
+//! is not trusted: it is replaced by a new one (which makes every stored artifact fail its check
+//! and be recompiled).
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+/// The key file's name in the cache root.
+pub const SECRET_FILE: &str = "compiled.key";
+const SECRET_LEN: usize = 32;
+
+/// Keys derived from the cache's secret, one per use.
+#[derive(Clone)]
+pub(crate) struct Secret {
+    /// Authenticates compiled artifacts.
+    pub(crate) artifact: [u8; 32],
+    /// Authenticates remembered digests of component files.
+    pub(crate) digest: [u8; 32],
+    /// Authenticates incremental-compilation entries.
+    pub(crate) incremental: [u8; 32],
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    fn derive(raw: &[u8; SECRET_LEN]) -> Secret {
+        Secret {
+            artifact: blake3::derive_key("filecache 2026-11 compiled artifact MAC", raw),
+            digest: blake3::derive_key("filecache 2026-11 component digest memo MAC", raw),
+            incremental: blake3::derive_key("filecache 2026-11 incremental compilation MAC", raw),
+        }
+    }
+
+    /// Reads the cache's secret, creating it if there is none (or replacing an untrustworthy
+    /// one). Fails if the cache root cannot be written and holds no usable secret.
+    pub(crate) fn load_or_create(root: &Dir) -> Result<Secret> {
+        match read(root)? {
+            Some(raw) => Ok(Secret::derive(&raw)),
+            None => Ok(Secret::derive(&create(root)?)),
+        }
+    }
+}
+
+/// The secret, if there is a trustworthy one.
+fn read(root: &Dir) -> Result<Option<[u8; SECRET_LEN]>> {
+    let mut oo = OpenOptions::new();
+    oo.read(true)
+        .follow(FollowSymlinks::No)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    let file = match root.open_with(SECRET_FILE, &oo) {
+        Ok(f) => f.into_std(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            tracing::warn!("{SECRET_FILE} is a symlink: not trusted, replacing it");
+            return Ok(None);
+        }
+        Err(e) => return Err(Error::io(format!("cannot open the cache's secret {SECRET_FILE}"), e)),
+    };
+    let meta = file
+        .metadata()
+        .context(|| format!("cannot stat the cache's secret {SECRET_FILE}"))?;
+    let why_not = if !meta.is_file() {
+        Some("not a regular file")
+    } else if meta.uid() != rustix::process::geteuid().as_raw() {
+        Some("owned by another user")
+    } else if meta.mode() & 0o077 != 0 {
+        Some("readable or writable by other users")
+    } else if meta.len() != SECRET_LEN as u64 {
+        Some("of the wrong size")
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        tracing::warn!("the cache's secret {SECRET_FILE} is {why}: not trusted, replacing it");
+        return Ok(None);
+    }
+    let mut raw = [0u8; SECRET_LEN];
+    (&file)
+        .read_exact(&mut raw)
+        .context(|| format!("cannot read the cache's secret {SECRET_FILE}"))?;
+    Ok(Some(raw))
+}
+
+/// Writes a new secret atomically (temporary file, fsync, rename), unless another process got
+/// there first, whose secret is then used.
+fn create(root: &Dir) -> Result<[u8; SECRET_LEN]> {
+    let mut raw = [0u8; SECRET_LEN];
+    getrandom::fill(&mut raw)
+        .map_err(|e| Error::io("cannot draw a random secret", std::io::Error::other(e.to_string())))?;
+    let mut nonce = [0u8; 8];
+    let _ = getrandom::fill(&mut nonce);
+    let tmp = format!("{SECRET_FILE}.{}.tmp", hex::encode(nonce));
+    let mut oo = OpenOptions::new();
+    oo.write(true).create_new(true).follow(FollowSymlinks::No).mode(0o600);
+    let ctx = || format!("cannot write the cache's secret {SECRET_FILE}");
+    let result = (|| {
+        let mut file = root.open_with(&tmp, &oo)?.into_std();
+        file.write_all(&raw)?;
+        file.sync_all()?;
+        // Linking never replaces: if a key appeared since we looked, another process created
+        // it, and everyone must agree on one key. Only an untrustworthy one is replaced.
+        match root.hard_link(&tmp, root, SECRET_FILE) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Ok(Some(theirs)) = read(root) {
+                    return Ok(Some(theirs));
+                }
+                root.rename(&tmp, root, SECRET_FILE)?;
+            }
+            Err(e) => return Err(e),
+        }
+        let _ = rustix::fs::fsync(root);
+        Ok(None)
+    })();
+    let _ = root.remove_file(&tmp);
+    match result {
+        Ok(Some(theirs)) => Ok(theirs),
+        Ok(None) => Ok(raw),
+        Err(e) => Err(Error::io(ctx(), e)),
+    }
+}
+
+/// A keyed BLAKE3 MAC over `parts`, in order.
+pub(crate) fn mac(key: &[u8; 32], parts: &[&[u8]]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_keyed(key);
+    for p in parts {
+        if p.len() >= PARALLEL_FROM {
+            h.update_rayon(p);
+        } else {
+            h.update(p);
+        }
+    }
+    h.finalize()
+}
+
+/// From this size, hashing is split across threads.
+const PARALLEL_FROM: usize = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn created_once_owner_only_and_replaced_when_untrustworthy() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(d.path(), cap_std::ambient_authority()).unwrap();
+        let a = Secret::load_or_create(&root).unwrap();
+        let path = d.path().join(SECRET_FILE);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let b = Secret::load_or_create(&root).unwrap();
+        assert_eq!(a.artifact, b.artifact, "the same secret on a second open");
+        assert_ne!(a.artifact, a.digest, "derived keys differ per use");
+
+        // Readable by others: not trusted, so replaced.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = Secret::load_or_create(&root).unwrap();
+        assert_ne!(a.artifact, c.artifact);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+        // Wrong size, or a symlink: replaced too.
+        std::fs::write(&path, b"short").unwrap();
+        let e = Secret::load_or_create(&root).unwrap();
+        assert_ne!(c.artifact, e.artifact);
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        Secret::load_or_create(&root).unwrap();
+        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        // No temporary files left behind.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}

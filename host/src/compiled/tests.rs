@@ -1,0 +1,338 @@
+//! Tests of the compiled cache on real files, with real engines and components.
+
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{CacheStore, Config, Engine, Store};
+
+use super::*;
+
+/// A component exporting `answer: func() -> u32` that returns `n`.
+fn component_wat(n: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+            (core module $m (func (export "f") (result i32) i32.const {n}))
+            (core instance $i (instantiate $m))
+            (func (export "answer") (result u32) (canon lift (core func $i "f"))))"#
+    ))
+    .unwrap()
+}
+
+fn engine(zero_copy: bool) -> Engine {
+    let mut config = Config::new();
+    if zero_copy {
+        configure(&mut config);
+    }
+    Engine::new(&config).unwrap()
+}
+
+fn answer(engine: &Engine, component: &Component) -> u32 {
+    let mut store = Store::new(engine, ());
+    let instance = Linker::new(engine).instantiate(&mut store, component).unwrap();
+    let f = instance.get_typed_func::<(), (u32,)>(&mut store, "answer").unwrap();
+    f.call(&mut store, ()).unwrap().0
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    cache: FileCache,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::open(dir.path().join("cache")).unwrap();
+        Fixture { dir, cache }
+    }
+    /// A fresh `ComponentCache`: nothing in memory, as in a new process.
+    fn compiled(&self, engine: &Engine) -> ComponentCache {
+        ComponentCache::new(&self.cache, engine, CompiledOptions::default())
+    }
+    fn artifact_path(&self, key: &Key) -> std::path::PathBuf {
+        let hex = key.to_string();
+        self.dir
+            .path()
+            .join("cache")
+            .join(COMPILED_NAMESPACE)
+            .join(&hex[..2])
+            .join(hex)
+    }
+}
+
+#[test]
+fn compiles_once_then_maps_the_stored_artifact() {
+    let f = Fixture::new();
+    let engine = engine(true);
+    let wasm = component_wat(7);
+    let (c, s) = f.compiled(&engine).load_component_with_source(&wasm).unwrap();
+    assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 7));
+
+    let kept = code_memory::kept_bytes();
+    let cc = f.compiled(&engine);
+    let (c, s) = cc.load_component_with_source(&wasm).unwrap();
+    assert_eq!((s, answer(&engine, &c)), (Source::Disk, 7));
+    assert!(
+        code_memory::kept_bytes() > kept,
+        "a hit on a configured engine maps the artifact"
+    );
+    // The same cache again: the component in memory.
+    assert_eq!(cc.load_component_with_source(&wasm).unwrap().1, Source::Memory);
+    let counts = cc.counts();
+    assert_eq!((counts.hits, counts.misses, counts.rejected), (1, 1, 0));
+
+    // The artifact starts on a page boundary of its file.
+    let key = cc.key(Kind::Component, &wasm);
+    let bytes = std::fs::read(f.artifact_path(&key)).unwrap();
+    assert_eq!(bytes[page_size()..page_size() + 4], *b"\x7fELF");
+
+    // Another component is another key.
+    let (c, s) = cc.load_component_with_source(&component_wat(8)).unwrap();
+    assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 8));
+}
+
+#[test]
+fn an_engine_without_the_code_memory_hook_loads_by_copying() {
+    let f = Fixture::new();
+    let plain = engine(false);
+    let wasm = component_wat(9);
+    f.compiled(&plain).load_component(&wasm).unwrap();
+    let (c, s) = f.compiled(&plain).load_component_with_source(&wasm).unwrap();
+    assert_eq!((s, answer(&plain, &c)), (Source::Disk, 9));
+}
+
+#[test]
+fn modules_are_cached_apart_from_components() {
+    let f = Fixture::new();
+    let engine = engine(true);
+    let wasm = wat::parse_str("(module (func (export \"f\") (result i32) i32.const 5))").unwrap();
+    f.compiled(&engine).load_module(&wasm).unwrap();
+    let cc = f.compiled(&engine);
+    let m = cc.load_module(&wasm).unwrap();
+    let mut store = Store::new(&engine, ());
+    let i = wasmtime::Instance::new(&mut store, &m, &[]).unwrap();
+    assert_eq!(
+        i.get_typed_func::<(), i32>(&mut store, "f")
+            .unwrap()
+            .call(&mut store, ())
+            .unwrap(),
+        5
+    );
+    assert_eq!(cc.counts().hits, 1);
+    assert_ne!(cc.key(Kind::Module, &wasm), cc.key(Kind::Component, &wasm));
+}
+
+/// Every byte of the headers, and bytes all through the artifact, flipped one at a time; and
+/// truncations at many lengths: each load gives a working component, recompiling when needed.
+#[test]
+fn damaged_artifacts_are_rejected_and_recompiled() {
+    let f = Fixture::new();
+    let engine = engine(true);
+    let wasm = component_wat(11);
+    f.compiled(&engine).load_component(&wasm).unwrap();
+    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let path = f.artifact_path(&key);
+    let good = std::fs::read(&path).unwrap();
+    let mut positions: Vec<usize> = (0..HEADER_LEN + ARTIFACT_HEADER).collect();
+    positions.extend((HEADER_LEN + ARTIFACT_HEADER..good.len()).step_by(97));
+    positions.push(good.len() - 1);
+    for &at in &positions {
+        let mut bad = good.clone();
+        bad[at] ^= 0x20;
+        std::fs::write(&path, &bad).unwrap();
+        let (c, s) = f.compiled(&engine).load_component_with_source(&wasm).unwrap();
+        assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 11), "flip at {at}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            good,
+            "recompiled and stored again (flip at {at})"
+        );
+    }
+    for len in (0..good.len()).step_by(211) {
+        std::fs::write(&path, &good[..len]).unwrap();
+        let (c, s) = f.compiled(&engine).load_component_with_source(&wasm).unwrap();
+        assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 11), "truncated to {len}");
+    }
+}
+
+/// A writer that tracing can log into, for checking what was logged.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    (out, text)
+}
+
+#[test]
+fn an_artifact_made_under_another_secret_is_rejected_before_deserializing() {
+    // Two caches, two secrets. An entry copied from one into the other has valid checksums
+    // (the store's header and CRC) but no valid MAC.
+    let (a, b) = (Fixture::new(), Fixture::new());
+    let engine = engine(true);
+    let wasm = component_wat(13);
+    a.compiled(&engine).load_component(&wasm).unwrap();
+    b.compiled(&engine).load_component(&component_wat(14)).unwrap(); // creates b's secret
+    let key = a.compiled(&engine).key(Kind::Component, &wasm);
+    std::fs::create_dir_all(b.artifact_path(&key).parent().unwrap()).unwrap();
+    std::fs::copy(a.artifact_path(&key), b.artifact_path(&key)).unwrap();
+    assert!(
+        b.cache
+            .reserved_namespace(COMPILED_NAMESPACE, NamespaceOptions::default())
+            .unwrap()
+            .verify_entry(&key)
+            .unwrap(),
+        "the planted entry passes the store's own checks"
+    );
+
+    let ((c, s), log) = logged(|| b.compiled(&engine).load_component_with_source(&wasm).unwrap());
+    assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 13));
+    assert!(log.contains("not authenticated by this cache's secret"), "{log}");
+    assert!(
+        !log.contains("does not load on this engine"),
+        "deserialize was never tried:\n{log}"
+    );
+    assert_eq!(b.compiled(&engine).counts().rejected, 1);
+}
+
+#[test]
+fn an_artifact_of_another_engine_configuration_is_deleted_and_recompiled() {
+    let f = Fixture::new();
+    let engine = engine(true);
+    let mut other = Config::new();
+    other.consume_fuel(true);
+    let other = Engine::new(&other).unwrap();
+    let wasm = component_wat(17);
+    // The other engine's artifact, authenticated by this cache, under this engine's key: as if
+    // the configuration had changed without the key noticing.
+    let foreign = Component::new(&other, &wasm).unwrap();
+    let cc = f.compiled(&engine);
+    let key = cc.key(Kind::Component, &wasm);
+    cc.inner.store(Kind::Component, &key, &Artifact::Component(foreign));
+
+    let ((c, s), log) = logged(|| f.compiled(&engine).load_component_with_source(&wasm).unwrap());
+    assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 17));
+    assert!(log.contains("does not load on this engine"), "{log}");
+    // Replaced by this engine's own artifact, which now loads.
+    assert_eq!(
+        f.compiled(&engine).load_component_with_source(&wasm).unwrap().1,
+        Source::Disk
+    );
+}
+
+#[test]
+fn concurrent_loads_of_one_component_compile_it_once() {
+    let f = Fixture::new();
+    let engine = engine(true);
+    let wasm = component_wat(19);
+    let cc = f.compiled(&engine);
+    let sources: Vec<Source> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| cc.load_component_with_source(&wasm).unwrap().1))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        sources.iter().filter(|s| **s == Source::Compiled).count(),
+        1,
+        "{sources:?}"
+    );
+    assert_eq!(cc.counts().misses, 1);
+}
+
+#[test]
+fn component_files_are_remembered_by_identity_and_rehashed_when_changed() {
+    let f = Fixture::new();
+    let engine = engine(true);
+    let path = f.dir.path().join("c.wasm");
+    std::fs::write(&path, component_wat(21)).unwrap();
+    // Old enough that its timestamps can be trusted.
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    std::thread::sleep(RACY + Duration::from_millis(50));
+    assert_eq!(
+        f.compiled(&engine).load_component_file(&path).unwrap().1,
+        Source::Compiled
+    );
+    let digests = f
+        .cache
+        .reserved_namespace(DIGESTS_NAMESPACE, NamespaceOptions::default())
+        .unwrap();
+    assert_eq!(digests.scan(0).unwrap().entries, 1, "the digest is remembered");
+    let (c, s) = f.compiled(&engine).load_component_file(&path).unwrap();
+    assert_eq!((s, answer(&engine, &c)), (Source::Disk, 21));
+
+    // Rewritten in place (same inode) with other code, even with the old mtime put back: the
+    // change time differs, so it is hashed again.
+    std::fs::write(&path, component_wat(22)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    std::thread::sleep(RACY + Duration::from_millis(50));
+    let (c, s) = f.compiled(&engine).load_component_file(&path).unwrap();
+    assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 22));
+    assert_eq!(
+        digests.scan(0).unwrap().entries,
+        2,
+        "the new identity is remembered too"
+    );
+
+    // A file changed just now is not remembered (its timestamps may not show the next change).
+    std::fs::write(&path, component_wat(23)).unwrap();
+    f.compiled(&engine).load_component_file(&path).unwrap();
+    assert_eq!(digests.scan(0).unwrap().entries, 2);
+
+    // A forged memo (a digest record without the MAC) is ignored.
+    let meta = std::fs::metadata(&path).unwrap();
+    let mut record = *Key::digest(component_wat(21)).as_bytes();
+    record[0] ^= 1;
+    let mut forged = record.to_vec();
+    forged.extend_from_slice(&[0u8; 32]);
+    digests.add(&file_identity(&meta), &forged).unwrap();
+    let (c, _) = f.compiled(&engine).load_component_file(&path).unwrap();
+    assert_eq!(answer(&engine, &c), 23);
+}
+
+#[test]
+fn incremental_entries_are_authenticated() {
+    let f = Fixture::new();
+    let store = IncrementalCache::open(&f.cache, 1 << 20).unwrap();
+    assert!(store.insert(b"k1", b"native code".to_vec()));
+    assert_eq!(store.get(b"k1").as_deref(), Some(&b"native code"[..]));
+    assert_eq!(store.get(b"k2"), None);
+    // Tamper with the stored value (the store's CRC is recomputed, the MAC cannot be).
+    let ns = f
+        .cache
+        .reserved_namespace(INCREMENTAL_NAMESPACE, NamespaceOptions::default())
+        .unwrap();
+    let k = Key::digest(b"k1");
+    let mut record = ns.get(&k).unwrap().unwrap();
+    *record.last_mut().unwrap() ^= 1;
+    ns.add(&k, &record).unwrap();
+    assert_eq!(store.get(b"k1"), None);
+    assert!(!ns.contains(&k).unwrap(), "removed");
+}
