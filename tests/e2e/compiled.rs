@@ -1,0 +1,246 @@
+//! The compiled-component cache end to end: the real CLI compiling real components once,
+//! loading them afterwards, and surviving damage, read-only filesystems and concurrent runs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn stats_json(cache: &TestCache) -> serde_json::Value {
+    let out = cache.cli("stats", &["--json"]);
+    assert_success(&out, "stats");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `(entries, hits, misses, rejected)` of the `.compiled` namespace.
+fn compiled_counts(cache: &TestCache) -> (u64, u64, u64, u64) {
+    let json = stats_json(cache);
+    let ns = json["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == ".compiled")
+        .cloned()
+        .unwrap_or_default();
+    let n = |f: &str| ns[f].as_u64().unwrap_or(0);
+    (n("entries"), n("hits"), n("misses"), n("rejected"))
+}
+
+#[test]
+fn runs_compile_once_and_compile_warms_ahead() {
+    let cache = TestCache::new();
+    // A fresh cache directory: compiled in memory, stored once the run could start.
+    cache.contract(&[], &["absent", "x"]);
+    assert_eq!(compiled_counts(&cache), (1, 0, 1, 0));
+    cache.contract(&[], &["absent", "x"]);
+    cache.contract(&["--namespace", "other"], &["absent", "x"]);
+    assert_eq!(compiled_counts(&cache), (1, 2, 1, 0));
+    // Not using the cache touches nothing of it.
+    cache.contract(&["--no-compile-cache"], &["absent", "x"]);
+    assert_eq!(compiled_counts(&cache), (1, 2, 1, 0));
+
+    // `compile` warms the cache for `run`: the same engine configuration, so the same key.
+    let out = cache.cli("compile", &[hostile_wasm().to_str().unwrap()]);
+    assert_success(&out, "compile");
+    assert!(stdout(&out).contains("compiled component"), "{}", stdout(&out));
+    let out = cache.cli("compile", &[hostile_wasm().to_str().unwrap()]);
+    assert!(stdout(&out).contains("already compiled"), "{}", stdout(&out));
+    assert_eq!(compiled_counts(&cache), (2, 3, 2, 0));
+    let out = cache.run(hostile_wasm(), &[], &["miss-loop", "10"]);
+    assert_success(&out, "hostile miss-loop");
+    assert_eq!(compiled_counts(&cache), (2, 4, 2, 0));
+
+    // Core modules compile too (they cannot be run, but an embedder may load them).
+    let core = cache.tmp.path().join("core.wasm");
+    std::fs::write(&core, wat::parse_str("(module (func (export \"f\")))").unwrap()).unwrap();
+    let out = cache.cli("compile", &[core.to_str().unwrap()]);
+    assert!(stdout(&out).contains("compiled module"), "{}", stdout(&out));
+    let out = cache.cli("compile", &[cache.tmp.path().join("nope.wasm").to_str().unwrap()]);
+    assert!(!out.status.success() && stderr(&out).contains("cannot read component"));
+
+    let text = stdout(&cache.cli("stats", &[]));
+    assert!(
+        text.contains("compiled code: 3 artifacts") && text.contains("4 loads from the cache, 3 compiles"),
+        "{text}"
+    );
+    // --incremental works on a warm cache, and on a cold one.
+    cache.contract(&["--incremental"], &["absent", "x"]);
+    let cold = TestCache::new();
+    cold.contract(&["--incremental"], &["absent", "x"]);
+    assert!(cold.dir().join(".incremental").is_dir());
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Every file the compiled cache keeps (artifact, remembered digest, their namespaces' state
+/// and counters, the secret), flipped or truncated, one at a time: the next run still passes.
+#[test]
+fn every_file_of_the_compiled_cache_damaged_the_next_run_is_still_right() {
+    let pristine = TestCache::new();
+    pristine.contract(&[], &["absent", "x"]);
+    pristine.contract(&[], &["absent", "x"]); // remembers the component's digest
+    let root = pristine.dir();
+    let mut files: Vec<PathBuf> = files_under(&root.join(".compiled"));
+    files.extend(files_under(&root.join(".compiled-digests")));
+    files.push(root.join("compiled.key"));
+    let artifacts = files
+        .iter()
+        .filter(|p| p.parent().unwrap().file_name().unwrap().len() == 2)
+        .count();
+    assert_eq!(artifacts, 2, "one artifact and one remembered digest: {files:?}");
+
+    for file in &files {
+        let rel = file.strip_prefix(&root).unwrap();
+        let len = std::fs::metadata(file).unwrap().len() as usize;
+        let damages: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
+            ("flip first byte", Box::new(|b| b[0] ^= 0x01)),
+            ("flip middle byte", Box::new(move |b| b[len / 2] ^= 0x80)),
+            ("truncate to half", Box::new(move |b| b.truncate(len / 2))),
+        ];
+        for (what, damage) in &damages {
+            let cache = TestCache::new();
+            copy_dir(&root, &cache.dir());
+            let target = cache.dir().join(rel);
+            let mut bytes = std::fs::read(&target).unwrap();
+            if bytes.is_empty() {
+                continue;
+            }
+            damage(&mut bytes);
+            std::fs::write(&target, &bytes).unwrap();
+            let out = cache.run(contract_wasm(), &[], &["absent", "x"]);
+            assert_success(&out, &format!("run after {what} of {}", rel.display()));
+            assert!(stdout(&out).contains("ok absent"));
+            // And the run after that is a hit again (the cache repaired itself).
+            let (entries, hits_before, ..) = compiled_counts(&cache);
+            assert_eq!(entries, 1, "after {what} of {}", rel.display());
+            cache.contract(&[], &["absent", "x"]);
+            assert_eq!(
+                compiled_counts(&cache).1,
+                hits_before + 1,
+                "after {what} of {}",
+                rel.display()
+            );
+        }
+    }
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "this test needs to mount a tmpfs (it runs as root in CI); mount failed: {status}"
+        );
+        Mount(at.to_path_buf())
+    }
+    fn remount_read_only(&self) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount read-only failed");
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn warnings(out: &std::process::Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| l.contains("WARN"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_read_only_cache_directory_still_runs_with_one_warning() {
+    // Populated while writable, then read-only: compiled code is still loaded from it.
+    let cache = TestCache::new();
+    let mount = Mount::tmpfs(&cache.dir());
+    cache.contract(&[], &["put", "kept", "1000"]);
+    mount.remount_read_only();
+    let out = cache.contract(&[], &["read-only-check", "kept", "1000"]);
+    assert_eq!(warnings(&out).len(), 1, "{}", stderr(&out));
+    assert!(warnings(&out)[0].contains("cannot be written"), "{}", stderr(&out));
+    assert_eq!(compiled_counts(&cache).0, 1);
+
+    // Empty and read-only: no secret can be made, so everything is compiled in memory.
+    let empty = TestCache::new();
+    let mount = Mount::tmpfs(&empty.dir());
+    mount.remount_read_only();
+    let out = empty.contract(&[], &["read-only"]);
+    assert_eq!(warnings(&out).len(), 1, "{}", stderr(&out));
+    let out = empty.contract(&["--read-only"], &["read-only"]);
+    assert_eq!(warnings(&out).len(), 1, "{}", stderr(&out));
+    drop(mount);
+}
+
+#[test]
+fn processes_compiling_the_same_component_at_once_all_succeed() {
+    let cache = TestCache::new();
+    std::fs::create_dir_all(cache.dir()).unwrap();
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            filecache()
+                .arg("run")
+                .arg("--cache-dir")
+                .arg(cache.dir())
+                .args(["--namespace", &format!("p{i}")])
+                .arg(contract_wasm())
+                .arg("basics")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_success(&out, "concurrent run");
+        assert!(warnings(&out).is_empty(), "{}", stderr(&out));
+    }
+    let (entries, hits, misses, rejected) = compiled_counts(&cache);
+    assert_eq!((entries, rejected), (1, 0));
+    assert_eq!(hits + misses, 3);
+    let out = cache.cli("verify", &[]);
+    assert_success(&out, "verify");
+    assert!(stdout(&out).contains("0 corrupt"), "{}", stdout(&out));
+}
