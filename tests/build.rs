@@ -10,7 +10,7 @@ use std::process::Command;
 /// (package, extra cargo arguments, binaries it produces)
 const GUESTS: &[(&str, &[&str], &[&str])] = &[
     ("filecache-guest", &["--features", "demo"], &["brotli-assets"]),
-    ("filecache-test-programs", &[], &["contract", "hostile"]),
+    ("filecache-test-programs", &[], &["contract", "hostile", "markdown"]),
 ];
 
 fn main() {

@@ -244,3 +244,15 @@ fn processes_compiling_the_same_component_at_once_all_succeed() {
     assert_success(&out, "verify");
     assert!(stdout(&out).contains("0 corrupt"), "{}", stdout(&out));
 }
+
+#[test]
+fn a_plain_command_component_runs_and_its_code_is_cached() {
+    let cache = TestCache::new();
+    for _ in 0..2 {
+        let out = cache.run(markdown_wasm(), &[], &[]);
+        assert_success(&out, "markdown");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json[0]["links"][0], "https://webassembly.org", "{json}");
+    }
+    assert_eq!(compiled_counts(&cache), (1, 1, 1, 0));
+}

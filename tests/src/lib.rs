@@ -18,6 +18,11 @@ pub fn hostile_wasm() -> &'static Path {
     Path::new(env!("FILECACHE_WASM_HOSTILE"))
 }
 
+/// A plain command component (no filecache import) of realistic size, for start-up benchmarks.
+pub fn markdown_wasm() -> &'static Path {
+    Path::new(env!("FILECACHE_WASM_MARKDOWN"))
+}
+
 /// The demo's sample input.
 pub fn demo_assets_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/demo/assets"))
