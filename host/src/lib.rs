@@ -57,6 +57,7 @@ pub mod bindings;
 pub mod entry;
 mod error;
 mod key;
+pub mod remote;
 pub mod size;
 pub mod store;
 

@@ -4,9 +4,11 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
+use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore, read_fleet_key};
 use filecache_host::size::{format_size, parse_size};
 use filecache_host::store::{DEFAULT_NAMESPACE, Progress, validate_namespace_name};
 use filecache_host::{Durability, FileCache, FileCacheCtx, FileCacheView, NamespaceOptions};
@@ -116,11 +118,46 @@ struct RunArgs {
     /// Set an environment variable for the component (NAME=VALUE, or NAME to pass this one's)
     #[arg(long = "env", value_name = "NAME[=VALUE]")]
     envs: Vec<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// The component (.wasm)
     component: PathBuf,
     /// Arguments for the component
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct RemoteArgs {
+    /// Share the cache through a Redis server: local misses are read from it, adds written to it
+    #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
+    remote: Option<String>,
+    /// The fleet key (a file of at least 32 random bytes) that authenticates the host's own
+    /// entries (compiled code) in the remote; without it they are neither shared nor accepted
+    #[arg(long, value_name = "FILE", requires = "remote")]
+    remote_key_file: Option<PathBuf>,
+    /// Read from the remote but never write to it
+    #[arg(long, requires = "remote")]
+    remote_read_only: bool,
+    /// Fail (an `io` error to the component) when the remote fails, instead of carrying on locally
+    #[arg(long, requires = "remote")]
+    remote_required: bool,
+}
+
+impl RemoteArgs {
+    /// The remote tier asked for, checked; a required one must answer now.
+    fn tier(&self) -> Result<Option<RemoteTier>> {
+        let Some(url) = &self.remote else { return Ok(None) };
+        let mut options = RemoteOptions::new(url.clone());
+        options.fleet_key = self.remote_key_file.as_deref().map(read_fleet_key).transpose()?;
+        options.read_only = self.remote_read_only;
+        options.required = self.remote_required;
+        let tier = RemoteTier::new(options)?;
+        if self.remote_required {
+            tier.ping().map_err(|e| anyhow!("{} (--remote-required)", e.full_message()))?;
+        }
+        Ok(Some(tier))
+    }
 }
 
 struct Host {
@@ -200,6 +237,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     validate_namespace_name(&args.namespace)?;
     let dirs = args.dirs.iter().map(|d| parse_dir(d)).collect::<Result<Vec<_>>>()?;
     let cache_dir = args.cache.resolve()?;
+    let remote = args.remote.tier()?;
     let defaults = NamespaceOptions::default();
     let options = NamespaceOptions {
         max_entry_size: args.max_entry_size.unwrap_or(defaults.max_entry_size),
@@ -264,12 +302,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let namespace = cache
         .namespace(&args.namespace, options)
         .with_context(|| format!("cannot open namespace {:?} in {}", args.namespace, cache_dir.display()))?;
+    let mut cache_ctx = FileCacheCtx::builder();
+    match remote {
+        Some(remote) => cache_ctx.store(Arc::new(TieredStore::new(namespace, remote))),
+        None => cache_ctx.namespace(namespace),
+    };
     let host = Host {
         wasi: wasi.build(),
-        cache: FileCacheCtx::builder()
-            .namespace(namespace)
-            .max_handles(args.max_handles)
-            .build()?,
+        cache: cache_ctx.max_handles(args.max_handles).build()?,
         table: ResourceTable::new(),
     };
     let mut store = Store::new(&engine, host);
