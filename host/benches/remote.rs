@@ -79,5 +79,8 @@ fn main() {
         writer.local().clear().unwrap();
     }
     let c = reader_ns.counts();
-    println!("reader counters: {} remote hits, {} remote errors", c.remote_hits, c.remote_errors);
+    println!(
+        "reader counters: {} remote hits, {} remote errors",
+        c.remote_hits, c.remote_errors
+    );
 }

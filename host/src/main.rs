@@ -154,7 +154,8 @@ impl RemoteArgs {
         options.required = self.remote_required;
         let tier = RemoteTier::new(options)?;
         if self.remote_required {
-            tier.ping().map_err(|e| anyhow!("{} (--remote-required)", e.full_message()))?;
+            tier.ping()
+                .map_err(|e| anyhow!("{} (--remote-required)", e.full_message()))?;
         }
         Ok(Some(tier))
     }

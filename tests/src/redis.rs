@@ -112,7 +112,9 @@ impl RedisServer {
         let mut child = cmd.spawn().map_err(|e| format!("cannot run redis-cli: {e}"))?;
         let mut stdin = child.stdin.take().expect("piped stdin");
         if let Some(input) = input {
-            stdin.write_all(input).map_err(|e| format!("cannot write to redis-cli: {e}"))?;
+            stdin
+                .write_all(input)
+                .map_err(|e| format!("cannot write to redis-cli: {e}"))?;
         }
         drop(stdin);
         let out = child.wait_with_output().map_err(|e| format!("redis-cli: {e}"))?;

@@ -26,9 +26,9 @@
 //! logged and counted; they reach the caller only when the remote is
 //! [`required`](RemoteOptions::required).
 
-mod tiered;
 #[cfg(test)]
 mod tests;
+mod tiered;
 
 use std::fmt;
 use std::io;
@@ -101,7 +101,8 @@ impl RemoteOptions {
 /// Reads a fleet key file: its bytes, as they are, are the key; at least 32 are required
 /// (e.g. `head -c 32 /dev/urandom > fleet.key`).
 pub fn read_fleet_key(path: &Path) -> Result<Vec<u8>> {
-    let key = std::fs::read(path).map_err(|e| Error::io(format!("cannot read fleet key file {}", path.display()), e))?;
+    let key =
+        std::fs::read(path).map_err(|e| Error::io(format!("cannot read fleet key file {}", path.display()), e))?;
     if key.len() < MIN_FLEET_KEY_LEN {
         return Err(Error::io(
             format!("invalid fleet key file {}", path.display()),
@@ -171,7 +172,9 @@ struct Breaker {
 
 impl fmt::Debug for RemoteTier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteTier").field("options", &self.inner.options).finish()
+        f.debug_struct("RemoteTier")
+            .field("options", &self.inner.options)
+            .finish()
     }
 }
 
@@ -256,16 +259,15 @@ impl RemoteTier {
         let last = HEADER_LEN as u64 + max_len + trailer;
         let rkey = Self::redis_key(namespace, key);
         let got = self.call("get", |c| {
-            redis::cmd("GETRANGE")
-                .arg(&rkey)
-                .arg(0)
-                .arg(last)
-                .query::<Vec<u8>>(c)
+            redis::cmd("GETRANGE").arg(&rkey).arg(0).arg(last).query::<Vec<u8>>(c)
         });
         let value = match got {
             Ok(v) => v,
             Err(f) => {
-                count(local, &[(Counter::RemoteErrors, u64::from(matches!(f, Failure::Failed(_))))]);
+                count(
+                    local,
+                    &[(Counter::RemoteErrors, u64::from(matches!(f, Failure::Failed(_))))],
+                );
                 return if self.inner.options.required {
                     Err(self.failure_error("get", f))
                 } else {
@@ -323,7 +325,10 @@ impl RemoteTier {
         match done {
             Ok(()) => Ok(()),
             Err(f) => {
-                count(local, &[(Counter::RemoteErrors, u64::from(matches!(f, Failure::Failed(_))))]);
+                count(
+                    local,
+                    &[(Counter::RemoteErrors, u64::from(matches!(f, Failure::Failed(_))))],
+                );
                 if self.inner.options.required {
                     Err(self.failure_error(op, f))
                 } else {

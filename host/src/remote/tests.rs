@@ -27,7 +27,10 @@ fn plain_values_round_trip_and_every_damage_is_refused() {
     for i in (0..value.len()).step_by(7) {
         let mut bad = value.clone();
         bad[i] ^= 0x20;
-        assert!(t.decode("plugin", &key, bad, 1 << 20).is_err(), "flip at byte {i} accepted");
+        assert!(
+            t.decode("plugin", &key, bad, 1 << 20).is_err(),
+            "flip at byte {i} accepted"
+        );
     }
     assert_eq!(
         t.decode("plugin", &Key::digest(b"other"), value.clone(), 1 << 20),
@@ -58,7 +61,10 @@ fn reserved_namespaces_need_the_fleet_key() {
     let key = Key::digest(b"component");
     let code = b"native code".repeat(100);
 
-    assert!(keyless.encode(".compiled", &key, &code).is_none(), "published without a key");
+    assert!(
+        keyless.encode(".compiled", &key, &code).is_none(),
+        "published without a key"
+    );
     let value = keyed.encode(".compiled", &key, &code).unwrap();
     assert_eq!(value.len(), HEADER_LEN + code.len() + MAC_LEN);
     assert_eq!(keyed.decode(".compiled", &key, value.clone(), 1 << 20).unwrap(), code);
@@ -85,7 +91,10 @@ fn reserved_namespaces_need_the_fleet_key() {
         );
     }
     // A plugin namespace's value carries no MAC, whatever the key.
-    assert_eq!(keyed.encode("plugin", &key, &code).unwrap().len(), HEADER_LEN + code.len());
+    assert_eq!(
+        keyed.encode("plugin", &key, &code).unwrap().len(),
+        HEADER_LEN + code.len()
+    );
 }
 
 #[test]
@@ -103,7 +112,11 @@ fn options_are_checked() {
         let err = RemoteTier::new(RemoteOptions::new(bad)).unwrap_err();
         assert!(err.to_string().contains("invalid remote URL"), "{bad:?}: {err}");
     }
-    for good in ["redis://127.0.0.1:6379", "redis://localhost", "redis://cache.example:7000/3"] {
+    for good in [
+        "redis://127.0.0.1:6379",
+        "redis://localhost",
+        "redis://cache.example:7000/3",
+    ] {
         RemoteTier::new(RemoteOptions::new(good)).unwrap();
     }
     let mut o = RemoteOptions::new("redis://localhost");
