@@ -62,6 +62,12 @@ fn two_hosts_share_plugin_entries_through_redis() {
     // Namespaces stay apart in Redis too.
     b.contract(&["--remote", &url, "--namespace", "other"], &["absent", "shared"]);
 
+    // A host whose entry size limit is smaller does not take the entry: a miss, not damage.
+    let small = TestCache::new();
+    small.contract(&["--remote", &url, "--max-entry-size", "50000"], &["absent", "shared"]);
+    assert_eq!(counter(&small, "default", "rejected"), 0);
+    assert_eq!(counter(&small, "default", "remote_misses"), 3);
+
     // Without --remote, B still has them (the local copies).
     b.contract(&[], &["check", "shared", "100000"]);
 
@@ -222,9 +228,11 @@ fn reserved_namespaces_accept_only_values_macd_under_the_fleet_key() {
     assert_eq!(keyless.fetch(&compiled, &key, 1 << 30).unwrap(), None);
     assert_eq!(fleet.fetch(&compiled, &key, 1 << 30).unwrap(), Some(code.clone()));
     assert_eq!(compiled.counts().remote_hits, 1);
-    // Not more than the caller's limit.
+    // Not more than the caller's limit: a miss (not damage), transferred only up to the limit.
     assert_eq!(fleet.fetch(&compiled, &key, code.len() as u64 - 1).unwrap(), None);
-    assert_eq!(compiled.counts().rejected, 4);
+    assert_eq!(compiled.counts().rejected, 3);
+    assert_eq!(compiled.counts().remote_misses, 1);
+    assert_eq!(fleet.fetch(&compiled, &key, code.len() as u64).unwrap(), Some(code));
 }
 
 #[test]

@@ -256,7 +256,10 @@ impl RemoteTier {
         let trailer = if reserved { MAC_LEN as u64 } else { 0 };
         // At most one byte over the largest acceptable value, so a larger one is refused
         // without being transferred (GETRANGE's end is inclusive).
-        let last = HEADER_LEN as u64 + max_len + trailer;
+        let last = (HEADER_LEN as u64)
+            .saturating_add(max_len)
+            .saturating_add(trailer)
+            .min(i64::MAX as u64 - 1);
         let rkey = Self::redis_key(namespace, key);
         let got = self.call("get", |c| {
             redis::cmd("GETRANGE").arg(&rkey).arg(0).arg(last).query::<Vec<u8>>(c)
@@ -276,6 +279,12 @@ impl RemoteTier {
             }
         };
         if value.is_empty() {
+            count(local, &[(Counter::RemoteMisses, 1)]);
+            return Ok(None);
+        }
+        if value.len() as u64 > last {
+            // Another host's limit may be larger: not damage, just not for this namespace.
+            tracing::debug!(remote = %self.inner.shown, key = %rkey, max_len, "remote entry over the size limit");
             count(local, &[(Counter::RemoteMisses, 1)]);
             return Ok(None);
         }
@@ -469,7 +478,11 @@ impl RemoteTier {
                 "shorter than a header"
             });
         }
-        if value.len() as u64 > HEADER_LEN as u64 + max_len + trailer as u64 {
+        if value.len() as u64
+            > (HEADER_LEN as u64)
+                .saturating_add(max_len)
+                .saturating_add(trailer as u64)
+        {
             return Err("larger than the size limit");
         }
         if reserved {
