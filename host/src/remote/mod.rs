@@ -267,15 +267,8 @@ impl RemoteTier {
         let value = match got {
             Ok(v) => v,
             Err(f) => {
-                count(
-                    local,
-                    &[(Counter::RemoteErrors, u64::from(matches!(f, Failure::Failed(_))))],
-                );
-                return if self.inner.options.required {
-                    Err(self.failure_error("get", f))
-                } else {
-                    Ok(None)
-                };
+                self.failed(local, "get", f)?;
+                return Ok(None);
             }
         };
         if value.is_empty() {
@@ -316,7 +309,7 @@ impl RemoteTier {
         };
         let rkey = Self::redis_key(namespace, key);
         let done = self.call("set", |c| redis::cmd("SET").arg(&rkey).arg(&value).query::<()>(c));
-        self.settle(local, "set", done)
+        done.or_else(|f| self.failed(local, "set", f))
     }
 
     /// Removes `key` from the remote copy of `local`'s namespace (not when read-only).
@@ -326,24 +319,18 @@ impl RemoteTier {
         }
         let rkey = Self::redis_key(local.name(), key);
         let done = self.call("delete", |c| redis::cmd("DEL").arg(&rkey).query::<()>(c));
-        self.settle(local, "delete", done)
+        done.or_else(|f| self.failed(local, "delete", f))
     }
 
-    /// Counts a failed write, and makes it an error if the tier is required.
-    fn settle(&self, local: &Namespace, op: &'static str, done: std::result::Result<(), Failure>) -> Result<()> {
-        match done {
-            Ok(()) => Ok(()),
-            Err(f) => {
-                count(
-                    local,
-                    &[(Counter::RemoteErrors, u64::from(matches!(f, Failure::Failed(_))))],
-                );
-                if self.inner.options.required {
-                    Err(self.failure_error(op, f))
-                } else {
-                    Ok(())
-                }
-            }
+    /// Counts a failure (not a skip), and makes it an error if the tier is required.
+    fn failed(&self, local: &Namespace, op: &'static str, f: Failure) -> Result<()> {
+        if matches!(f, Failure::Failed(_)) {
+            count(local, &[(Counter::RemoteErrors, 1)]);
+        }
+        if self.inner.options.required {
+            Err(self.failure_error(op, f))
+        } else {
+            Ok(())
         }
     }
 
@@ -515,9 +502,6 @@ fn is_reserved(namespace: &str) -> bool {
 
 /// Adds to a namespace's counters; statistics only, so a failure is logged, not returned.
 fn count(local: &Namespace, deltas: &[(Counter, u64)]) {
-    if deltas.iter().all(|&(_, n)| n == 0) {
-        return;
-    }
     if let Err(e) = local.count(deltas) {
         tracing::debug!(namespace = local.name(), error = %e.full_message(), "cannot update counters");
     }
