@@ -116,6 +116,21 @@ fn killed_server_runs_carry_on_locally_within_the_bound() {
 }
 
 #[test]
+fn a_remote_that_never_answers_costs_a_run_the_timeouts_only() {
+    // A socket that accepts connections (the kernel's backlog) but never answers a command.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let a = TestCache::new();
+    let start = Instant::now();
+    a.contract(&["--remote", &url], &["basics"]);
+    let took = start.elapsed();
+    // basics makes hundreds of cache calls; the breaker stops after 3 timeouts of 500 ms.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(counter(&a, "default", "remote_errors"), 3);
+    drop(listener);
+}
+
+#[test]
 fn server_killed_in_the_middle_of_a_run() {
     let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
