@@ -9,6 +9,8 @@
 //! - [`bindings`]: the wasmtime host implementation of the WIT interface, in the style of
 //!   wasmtime's own `wasmtime-wasi-*` crates: a [`FileCacheCtx`] built by a builder, a
 //!   [`FileCacheView`] borrowing it, and [`add_to_linker`].
+//! - [`remote`]: a shared tier in Redis for a fleet of hosts ([`remote::RemoteTier`]) and a
+//!   [`remote::TieredStore`] that puts a local namespace in front of it.
 //! - [`size`]: parsing sizes such as `64MiB` (for command lines and configuration).
 //!
 //! # Embedding
@@ -58,6 +60,7 @@ pub mod compiled;
 pub mod entry;
 mod error;
 mod key;
+pub mod remote;
 pub mod size;
 pub mod store;
 

@@ -4,10 +4,12 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use filecache_host::compiled::{self, CompiledOptions, ComponentCache, IncrementalCache, Source};
+use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore, read_fleet_key};
 use filecache_host::size::{format_size, parse_size};
 use filecache_host::store::{DEFAULT_NAMESPACE, Progress, validate_namespace_name};
 use filecache_host::{Durability, FileCache, FileCacheCtx, FileCacheView, NamespaceOptions};
@@ -134,11 +136,47 @@ struct RunArgs {
     /// Set an environment variable for the component (NAME=VALUE, or NAME to pass this one's)
     #[arg(long = "env", value_name = "NAME[=VALUE]")]
     envs: Vec<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// The component (.wasm)
     component: PathBuf,
     /// Arguments for the component
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct RemoteArgs {
+    /// Share the cache through a Redis server: local misses are read from it, adds written to it
+    #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
+    remote: Option<String>,
+    /// The fleet key (a file of at least 32 random bytes) that authenticates the host's own
+    /// entries (compiled code) in the remote; without it they are neither shared nor accepted
+    #[arg(long, value_name = "FILE", requires = "remote")]
+    remote_key_file: Option<PathBuf>,
+    /// Read from the remote but never write to it
+    #[arg(long, requires = "remote")]
+    remote_read_only: bool,
+    /// Fail (an `io` error to the component) when the remote fails, instead of carrying on locally
+    #[arg(long, requires = "remote")]
+    remote_required: bool,
+}
+
+impl RemoteArgs {
+    /// The remote tier asked for, checked; a required one must answer now.
+    fn tier(&self) -> Result<Option<RemoteTier>> {
+        let Some(url) = &self.remote else { return Ok(None) };
+        let mut options = RemoteOptions::new(url.clone());
+        options.fleet_key = self.remote_key_file.as_deref().map(read_fleet_key).transpose()?;
+        options.read_only = self.remote_read_only;
+        options.required = self.remote_required;
+        let tier = RemoteTier::new(options)?;
+        if self.remote_required {
+            tier.ping()
+                .map_err(|e| anyhow!("{} (--remote-required)", e.full_message()))?;
+        }
+        Ok(Some(tier))
+    }
 }
 
 struct Host {
@@ -260,6 +298,13 @@ fn unwritable_dir(dir: &Path) -> bool {
             .is_err_and(|e| e == rustix::io::Errno::ROFS || e == rustix::io::Errno::ACCESS)
 }
 
+fn with_remote(compiled: ComponentCache, remote: &Option<RemoteTier>) -> ComponentCache {
+    match remote {
+        Some(r) => compiled.with_remote(r.clone()),
+        None => compiled,
+    }
+}
+
 /// Bytes the incremental-compilation cache may take.
 const INCREMENTAL_QUOTA: u64 = 1 << 30;
 
@@ -268,6 +313,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     validate_namespace_name(&args.namespace)?;
     let dirs = args.dirs.iter().map(|d| parse_dir(d)).collect::<Result<Vec<_>>>()?;
     let cache_dir = args.cache.resolve()?;
+    let remote = args.remote.tier()?;
     let defaults = NamespaceOptions::default();
     let options = NamespaceOptions {
         max_entry_size: args.max_entry_size.unwrap_or(defaults.max_entry_size),
@@ -287,7 +333,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     // its compiled code is stored then.
     let use_cache = !args.no_compile_cache;
     let mut cache = None;
-    if use_cache && (cache_dir.is_dir() || args.incremental) {
+    // (With a remote tier, the compiled code may come from it: the cache is needed first.)
+    if use_cache && (cache_dir.is_dir() || args.incremental || remote.is_some()) {
         cache = Some(open_cache(&cache_dir)?);
     }
     // A cache directory that cannot be written (a read-only filesystem, no permission) is still
@@ -313,7 +360,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let mut compiled_in_memory = None;
     let component = match &cache {
         Some(c) => {
-            ComponentCache::new(c, &engine, compiled_options)
+            with_remote(ComponentCache::new(c, &engine, compiled_options), &remote)
                 .load_component_file(&args.component)
                 .map_err(invalid_component(&args.component))?
                 .0
@@ -379,17 +426,20 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         None => open_cache(&cache_dir)?,
     };
     if let Some(bytes) = compiled_in_memory {
-        let _ = ComponentCache::new(&cache, &engine, compiled_options).insert_component(&bytes, &component);
+        let compiled = with_remote(ComponentCache::new(&cache, &engine, compiled_options), &remote);
+        let _ = compiled.insert_component(&bytes, &component);
     }
     let namespace = cache
         .namespace(&args.namespace, options)
         .with_context(|| format!("cannot open namespace {:?} in {}", args.namespace, cache_dir.display()))?;
+    let mut cache_ctx = FileCacheCtx::builder();
+    match remote {
+        Some(remote) => cache_ctx.store(Arc::new(TieredStore::new(namespace, remote))),
+        None => cache_ctx.namespace(namespace),
+    };
     let host = Host {
         wasi: wasi.build(),
-        cache: FileCacheCtx::builder()
-            .namespace(namespace)
-            .max_handles(args.max_handles)
-            .build()?,
+        cache: cache_ctx.max_handles(args.max_handles).build()?,
         table: ResourceTable::new(),
     };
     let mut store = Store::new(&engine, host);

@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+mod redis;
+pub use redis::RedisServer;
+
 /// The demo plugin: pre-compresses a folder of assets with Brotli, memoized in the cache.
 pub fn brotli_assets_wasm() -> &'static Path {
     Path::new(env!("FILECACHE_WASM_BROTLI_ASSETS"))

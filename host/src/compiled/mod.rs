@@ -41,6 +41,7 @@ pub use incremental::{INCREMENTAL_NAMESPACE, IncrementalCache};
 pub use secret::SECRET_FILE;
 
 use crate::entry::HEADER_LEN;
+use crate::remote::RemoteTier;
 use crate::store::{Counter, Counts};
 use crate::{Durability, FileCache, Key, Namespace, NamespaceOptions};
 use code_memory::{Mapping, page_size};
@@ -78,6 +79,8 @@ pub enum Source {
     Memory,
     /// An artifact of the cache directory, checked and mapped.
     Disk,
+    /// Fetched from the remote tier (authenticated by the fleet key), then stored locally.
+    Remote,
     /// Compiled now (and stored, if the cache can be written).
     Compiled,
 }
@@ -121,6 +124,8 @@ pub struct ComponentCache {
 struct Inner {
     engine: Engine,
     disk: Option<Disk>,
+    /// Shares artifacts with other hosts (only under a fleet key; see [`crate::remote`]).
+    remote: Option<RemoteTier>,
     /// SHA-256 state over the format and the engine's compatibility hash.
     prefix: Sha256,
     loaded: Mutex<HashMap<Key, Arc<Mutex<Option<Artifact>>>>>,
@@ -194,6 +199,22 @@ impl ComponentCache {
         ComponentCache::with_disk(engine, disk)
     }
 
+    /// Also shares artifacts through `remote`: a local miss asks it before compiling, and a
+    /// compile is published to it. Artifacts travel only under the tier's fleet key (without
+    /// one, the tier neither sends nor accepts them) and are checked against it on arrival.
+    pub fn with_remote(self, remote: RemoteTier) -> ComponentCache {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            Err(_) => panic!("ComponentCache::with_remote must be called before the cache is cloned"),
+        };
+        ComponentCache {
+            inner: Arc::new(Inner {
+                remote: Some(remote),
+                ..inner
+            }),
+        }
+    }
+
     /// A cache that keeps compiled code in this process only.
     pub fn in_memory(engine: &Engine) -> ComponentCache {
         ComponentCache::with_disk(engine, None)
@@ -210,6 +231,7 @@ impl ComponentCache {
             inner: Arc::new(Inner {
                 engine: engine.clone(),
                 disk,
+                remote: None,
                 prefix,
                 loaded: Mutex::new(HashMap::new()),
                 zero_copy: AtomicBool::new(true),
@@ -452,6 +474,10 @@ impl Inner {
             *slot = Some(a.clone());
             return Ok((a, Source::Disk));
         }
+        if let Some(a) = self.load_remote(kind, &key) {
+            *slot = Some(a.clone());
+            return Ok((a, Source::Remote));
+        }
         let wasm = wasm()?;
         let a = match kind {
             Kind::Component => Artifact::Component(Component::new(&self.engine, &*wasm)?),
@@ -574,16 +600,60 @@ impl Inner {
         }
     }
 
-    /// Stores a freshly compiled artifact. Best effort: a failure is logged once.
+    /// Stores a freshly compiled artifact, and publishes it to the remote tier. Best effort: a
+    /// failure is logged once.
     fn store(&self, kind: Kind, key: &Key, a: &Artifact) {
         let Some(disk) = self.disk.as_ref().filter(|d| d.writable) else {
             return;
         };
+        let artifact = match a {
+            Artifact::Component(c) => c.serialize(),
+            Artifact::Module(m) => m.serialize(),
+        };
+        let artifact = match artifact {
+            Ok(artifact) => artifact,
+            Err(e) => return tracing::warn!("cannot serialize compiled code: {e:#}"),
+        };
+        self.store_bytes(kind, key, &artifact);
+        if let Some(remote) = &self.remote
+            && let Err(e) = remote.publish(&disk.artifacts, key, &artifact)
+        {
+            tracing::warn!("cannot publish compiled code to the remote tier: {}", e.full_message());
+        }
+    }
+
+    /// The artifact for `key` from the remote tier, authenticated there by the fleet key, then
+    /// stored under this cache's own MAC and loaded like any stored artifact.
+    fn load_remote(&self, kind: Kind, key: &Key) -> Option<Artifact> {
+        let (disk, remote) = (self.disk.as_ref()?, self.remote.as_ref()?);
+        let artifact = match remote.fetch(&disk.artifacts, key, u64::MAX) {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!("cannot fetch compiled code from the remote tier: {}", e.full_message());
+                return None;
+            }
+        };
+        if disk.writable {
+            self.store_bytes(kind, key, &artifact);
+            return self.load_stored(kind, key);
+        }
+        // SAFETY: authenticated by the fleet key as an artifact a host of the fleet serialized
+        // for this key, which covers this engine's configuration; copied into wasmtime's memory.
+        match unsafe { deserialize(&self.engine, kind, &artifact) } {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(key = %key, "compiled code from the remote tier does not load: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Writes an artifact entry: header, MAC, padding, artifact.
+    fn store_bytes(&self, kind: Kind, key: &Key, artifact: &[u8]) {
+        let Some(disk) = self.disk.as_ref().filter(|d| d.writable) else {
+            return;
+        };
         let result = (|| -> wasmtime::Result<()> {
-            let artifact = match a {
-                Artifact::Component(c) => c.serialize()?,
-                Artifact::Module(m) => m.serialize()?,
-            };
             let offset = artifact_offset();
             let header = ArtifactHeader {
                 kind: kind as u32,
@@ -594,11 +664,11 @@ impl Inner {
             .encode();
             let mut head = vec![0u8; offset];
             head[..64].copy_from_slice(&header);
-            let tag = mac(&disk.secret.artifact, &[&header, &head[ARTIFACT_HEADER..], &artifact]);
+            let tag = mac(&disk.secret.artifact, &[&header, &head[ARTIFACT_HEADER..], artifact]);
             head[64..96].copy_from_slice(tag.as_bytes());
             let mut w = disk.artifacts.create(key)?;
             w.write(&head)?;
-            w.write(&artifact)?;
+            w.write(artifact)?;
             w.commit()?;
             Ok(())
         })();

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub use filecache_tests::{brotli_assets_wasm, contract_wasm, demo_assets_dir, hostile_wasm, markdown_wasm};
+pub use filecache_tests::{
+    RedisServer, brotli_assets_wasm, contract_wasm, demo_assets_dir, hostile_wasm, markdown_wasm,
+};
 
 /// The `filecache` binary built for these tests.
 pub fn filecache() -> Command {

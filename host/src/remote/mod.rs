@@ -1,0 +1,508 @@
+//! The remote tier: a cache shared by a fleet of hosts through Redis.
+//!
+//! [`RemoteTier`] talks to one Redis server (or anything speaking its protocol: Valkey, KeyDB)
+//! with the synchronous client of the [`redis`] crate; [`TieredStore`] puts a local
+//! [`Namespace`] in front of it (read-through and write-through).
+//!
+//! # Values
+//!
+//! An entry of namespace `NS` under key `K` is the Redis string `filecache:v1:NS:<K in hex>`,
+//! holding the same 64-byte header as a local entry file (magic, version, length, CRC32C of the
+//! content, key; see [`crate::entry`]) followed by the content. Entries of reserved namespaces
+//! (names starting with `.`, e.g. `.compiled`, which holds native code) are followed by a
+//! 32-byte HMAC-SHA256, under the fleet key, of the namespace, the header and the content.
+//! Without a fleet key such entries are neither published nor accepted.
+//!
+//! Every value is checked on arrival (header, key, length, size limit, checksum, and the MAC
+//! where one is due); one that fails is neither served nor copied to the local tier: it is
+//! logged, counted as rejected and as a remote error, and answered as a miss.
+//!
+//! # Failures
+//!
+//! Connecting and every read or write on the socket have timeouts (500 ms by default). After
+//! [`RemoteOptions::breaker_threshold`] consecutive failures a circuit breaker skips the remote
+//! for [`RemoteOptions::breaker_cooldown`], then lets one attempt through: a dead or stalled
+//! remote costs a run about `threshold × timeout` (1.5 s by default) per cool-down. Failures are
+//! logged and counted; they reach the caller only when the remote is
+//! [`required`](RemoteOptions::required).
+
+#[cfg(test)]
+mod tests;
+mod tiered;
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use redis::{Client, Connection, ConnectionAddr, RedisResult};
+use sha2::Sha256;
+
+pub use tiered::TieredStore;
+
+use crate::entry::{Checksum, HEADER_LEN, Header};
+use crate::store::Counter;
+use crate::{Error, Key, Namespace, Result};
+
+/// The shortest fleet key accepted, in bytes.
+pub const MIN_FLEET_KEY_LEN: usize = 32;
+/// The length of the MAC that follows the content of a reserved namespace's entry.
+pub const MAC_LEN: usize = 32;
+/// The default largest content sent to or accepted from the remote: 64 MiB.
+pub const DEFAULT_MAX_VALUE_SIZE: u64 = 64 << 20;
+/// The default connect and per-operation timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+const KEY_PREFIX: &str = "filecache:v1:";
+const MAC_DOMAIN: &[u8] = b"filecache remote entry v1\0";
+
+/// How to reach the remote tier and how to use it.
+#[derive(Clone)]
+pub struct RemoteOptions {
+    /// `redis://HOST[:PORT][/DB]` (user and password may be given as `redis://USER:PASS@HOST`).
+    pub url: String,
+    /// The fleet key, for entries of reserved namespaces (at least 32 bytes).
+    pub fleet_key: Option<Vec<u8>>,
+    /// Never write to the remote (no publish, no delete).
+    pub read_only: bool,
+    /// Remote failures are errors (`io`) instead of being logged and skipped.
+    pub required: bool,
+    /// How long connecting (with the handshake) may take.
+    pub connect_timeout: Duration,
+    /// How long one read or write on the connection may block.
+    pub op_timeout: Duration,
+    /// The largest content sent or accepted, in bytes; larger entries stay local.
+    pub max_value_size: u64,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker skips the remote.
+    pub breaker_cooldown: Duration,
+}
+
+impl RemoteOptions {
+    /// Options for `url` with the defaults: no fleet key, read-write, not required, 500 ms
+    /// timeouts, 64 MiB values, breaker open after 3 failures for 30 s.
+    pub fn new(url: impl Into<String>) -> RemoteOptions {
+        RemoteOptions {
+            url: url.into(),
+            fleet_key: None,
+            read_only: false,
+            required: false,
+            connect_timeout: DEFAULT_TIMEOUT,
+            op_timeout: DEFAULT_TIMEOUT,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Reads a fleet key file: its bytes, as they are, are the key; at least 32 are required
+/// (e.g. `head -c 32 /dev/urandom > fleet.key`).
+pub fn read_fleet_key(path: &Path) -> Result<Vec<u8>> {
+    let key =
+        std::fs::read(path).map_err(|e| Error::io(format!("cannot read fleet key file {}", path.display()), e))?;
+    if key.len() < MIN_FLEET_KEY_LEN {
+        return Err(Error::io(
+            format!("invalid fleet key file {}", path.display()),
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "it holds {} bytes; a fleet key must hold at least {MIN_FLEET_KEY_LEN} random bytes \
+                     (e.g. `head -c 32 /dev/urandom > FILE`)",
+                    key.len()
+                ),
+            ),
+        ));
+    }
+    Ok(key)
+}
+
+impl fmt::Debug for RemoteOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteOptions")
+            .field("url", &redact(&self.url))
+            .field("fleet_key", &self.fleet_key.as_ref().map(|_| "<redacted>"))
+            .field("read_only", &self.read_only)
+            .field("required", &self.required)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("op_timeout", &self.op_timeout)
+            .field("max_value_size", &self.max_value_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}<credentials>{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Why a remote operation did not happen.
+enum Failure {
+    /// The circuit breaker is open.
+    Skipped,
+    /// It was tried and failed.
+    Failed(redis::RedisError),
+}
+
+/// A shared cache tier in Redis. Cheap to clone; clones share the connection and the breaker.
+#[derive(Clone)]
+pub struct RemoteTier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    options: RemoteOptions,
+    /// The URL without credentials, for messages.
+    shown: String,
+    conn: Mutex<Option<Connection>>,
+    breaker: Mutex<Breaker>,
+}
+
+#[derive(Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+}
+
+impl fmt::Debug for RemoteTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteTier")
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+fn invalid(url: &str, why: impl fmt::Display) -> Error {
+    Error::io(
+        format!("invalid remote URL {:?}", redact(url)),
+        io::Error::new(io::ErrorKind::InvalidInput, why.to_string()),
+    )
+}
+
+impl RemoteTier {
+    /// Checks the options (URL, fleet key length) and makes a tier. Nothing is connected yet:
+    /// the first operation connects (see [`RemoteTier::ping`] to check the server now).
+    pub fn new(options: RemoteOptions) -> Result<RemoteTier> {
+        let url = &options.url;
+        if !url.starts_with("redis://") {
+            return Err(invalid(url, "expected redis://HOST:PORT[/DB]"));
+        }
+        let client = Client::open(url.as_str()).map_err(|e| invalid(url, e))?;
+        match client.get_connection_info().addr() {
+            ConnectionAddr::Tcp(host, _) if !host.is_empty() => {}
+            _ => return Err(invalid(url, "expected redis://HOST:PORT[/DB]")),
+        }
+        if let Some(key) = &options.fleet_key
+            && key.len() < MIN_FLEET_KEY_LEN
+        {
+            return Err(Error::io(
+                "invalid fleet key",
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "it has {} bytes; a fleet key must hold at least {MIN_FLEET_KEY_LEN} random bytes",
+                        key.len()
+                    ),
+                ),
+            ));
+        }
+        if options.breaker_threshold == 0 {
+            return Err(invalid(url, "the breaker threshold must be at least 1"));
+        }
+        Ok(RemoteTier {
+            inner: Arc::new(Inner {
+                client,
+                shown: redact(url),
+                options,
+                conn: Mutex::new(None),
+                breaker: Mutex::new(Breaker::default()),
+            }),
+        })
+    }
+
+    /// The options it was made with.
+    pub fn options(&self) -> &RemoteOptions {
+        &self.inner.options
+    }
+
+    /// Connects (if needed) and pings the server; an error says why it cannot be reached.
+    pub fn ping(&self) -> Result<()> {
+        self.call("ping", |c| redis::cmd("PING").query::<String>(c).map(drop))
+            .map_err(|f| self.failure_error("ping", f))
+    }
+
+    /// The Redis key of `key` in `namespace`.
+    pub fn redis_key(namespace: &str, key: &Key) -> String {
+        format!("{KEY_PREFIX}{namespace}:{}", key.hex().as_str())
+    }
+
+    /// The verified content of `key` in `namespace` (the local namespace `local`, where the
+    /// remote events are counted), at most `max_len` bytes. `None` on a miss, on a value that
+    /// fails its checks (logged, counted, never served), on an entry of a reserved namespace
+    /// when there is no fleet key, and, unless the tier is required, when the remote fails.
+    pub fn fetch(&self, local: &Namespace, key: &Key, max_len: u64) -> Result<Option<Vec<u8>>> {
+        let namespace = local.name();
+        let reserved = is_reserved(namespace);
+        if reserved && self.inner.options.fleet_key.is_none() {
+            return Ok(None);
+        }
+        let max_len = max_len.min(self.inner.options.max_value_size);
+        let trailer = if reserved { MAC_LEN as u64 } else { 0 };
+        // At most one byte over the largest acceptable value, so a larger one is refused
+        // without being transferred (GETRANGE's end is inclusive).
+        let last = (HEADER_LEN as u64)
+            .saturating_add(max_len)
+            .saturating_add(trailer)
+            .min(i64::MAX as u64 - 1);
+        let rkey = Self::redis_key(namespace, key);
+        let got = self.call("get", |c| {
+            redis::cmd("GETRANGE").arg(&rkey).arg(0).arg(last).query::<Vec<u8>>(c)
+        });
+        let value = match got {
+            Ok(v) => v,
+            Err(f) => {
+                self.failed(local, "get", f)?;
+                return Ok(None);
+            }
+        };
+        if value.is_empty() {
+            count(local, &[(Counter::RemoteMisses, 1)]);
+            return Ok(None);
+        }
+        if value.len() as u64 > last {
+            // Another host's limit may be larger: not damage, just not for this namespace.
+            tracing::debug!(remote = %self.inner.shown, key = %rkey, max_len, "remote entry over the size limit");
+            count(local, &[(Counter::RemoteMisses, 1)]);
+            return Ok(None);
+        }
+        match self.decode(namespace, key, value, max_len) {
+            Ok(content) => {
+                count(local, &[(Counter::RemoteHits, 1)]);
+                Ok(Some(content))
+            }
+            Err(reason) => {
+                tracing::warn!(remote = %self.inner.shown, key = %rkey, reason, "rejected a value from the remote tier");
+                count(local, &[(Counter::Rejected, 1), (Counter::RemoteErrors, 1)]);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores `content` under `key` in the remote copy of `local`'s namespace. Does nothing when
+    /// the tier is read-only, when the content is over the size limit, or for a reserved
+    /// namespace without a fleet key. A failure is logged and counted, and an error only if the
+    /// tier is required.
+    pub fn publish(&self, local: &Namespace, key: &Key, content: &[u8]) -> Result<()> {
+        let namespace = local.name();
+        let opts = &self.inner.options;
+        if opts.read_only || content.len() as u64 > opts.max_value_size {
+            return Ok(());
+        }
+        let Some(value) = self.encode(namespace, key, content) else {
+            return Ok(());
+        };
+        let rkey = Self::redis_key(namespace, key);
+        let done = self.call("set", |c| redis::cmd("SET").arg(&rkey).arg(&value).query::<()>(c));
+        done.or_else(|f| self.failed(local, "set", f))
+    }
+
+    /// Removes `key` from the remote copy of `local`'s namespace (not when read-only).
+    pub fn remove(&self, local: &Namespace, key: &Key) -> Result<()> {
+        if self.inner.options.read_only {
+            return Ok(());
+        }
+        let rkey = Self::redis_key(local.name(), key);
+        let done = self.call("delete", |c| redis::cmd("DEL").arg(&rkey).query::<()>(c));
+        done.or_else(|f| self.failed(local, "delete", f))
+    }
+
+    /// Counts a failure (not a skip), and makes it an error if the tier is required.
+    fn failed(&self, local: &Namespace, op: &'static str, f: Failure) -> Result<()> {
+        if matches!(f, Failure::Failed(_)) {
+            count(local, &[(Counter::RemoteErrors, 1)]);
+        }
+        if self.inner.options.required {
+            Err(self.failure_error(op, f))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn failure_error(&self, op: &str, f: Failure) -> Error {
+        let source = match f {
+            Failure::Skipped => io::Error::other("skipped after repeated failures (circuit breaker open)"),
+            Failure::Failed(e) => io::Error::other(e.to_string()),
+        };
+        Error::io(format!("remote tier {}: {op} failed", self.inner.shown), source)
+    }
+
+    /// Runs `f` on the connection (connecting first if needed), unless the breaker is open.
+    /// A failure drops the connection, whose state is then unknown.
+    fn call<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> std::result::Result<T, Failure> {
+        if !self.breaker_allows() {
+            return Err(Failure::Skipped);
+        }
+        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match conn.as_mut() {
+            Some(c) => f(c),
+            None => self.connect().and_then(|mut c| {
+                let r = f(&mut c);
+                *conn = Some(c);
+                r
+            }),
+        };
+        match result {
+            Ok(v) => {
+                self.record(op, None);
+                Ok(v)
+            }
+            Err(e) => {
+                *conn = None;
+                drop(conn);
+                self.record(op, Some(&e));
+                Err(Failure::Failed(e))
+            }
+        }
+    }
+
+    fn connect(&self) -> RedisResult<Connection> {
+        let opts = &self.inner.options;
+        let c = self.inner.client.get_connection_with_timeout(opts.connect_timeout)?;
+        c.set_read_timeout(Some(opts.op_timeout))?;
+        c.set_write_timeout(Some(opts.op_timeout))?;
+        Ok(c)
+    }
+
+    fn breaker_allows(&self) -> bool {
+        let b = self.inner.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        b.open_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// Updates the breaker with an outcome, and logs transitions (not every failure).
+    fn record(&self, op: &'static str, error: Option<&redis::RedisError>) {
+        let opts = &self.inner.options;
+        let mut b = self.inner.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(error) = error else {
+            if b.consecutive_failures > 0 {
+                tracing::info!(remote = %self.inner.shown, "the remote tier answers again");
+            }
+            *b = Breaker::default();
+            return;
+        };
+        b.consecutive_failures = b.consecutive_failures.saturating_add(1);
+        if b.consecutive_failures == 1 {
+            tracing::warn!(remote = %self.inner.shown, op, error = %error, "remote tier failed; the local tier carries on");
+        } else {
+            tracing::debug!(remote = %self.inner.shown, op, error = %error, "remote tier failed again");
+        }
+        if b.consecutive_failures >= opts.breaker_threshold {
+            if b.consecutive_failures == opts.breaker_threshold {
+                tracing::warn!(
+                    remote = %self.inner.shown,
+                    failures = b.consecutive_failures,
+                    cooldown_ms = opts.breaker_cooldown.as_millis() as u64,
+                    "remote tier failing repeatedly; skipping it for the cool-down"
+                );
+            }
+            b.open_until = Some(Instant::now() + opts.breaker_cooldown);
+        }
+    }
+
+    fn mac(&self, namespace: &str) -> Option<Hmac<Sha256>> {
+        let key = self.inner.options.fleet_key.as_ref()?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+        mac.update(MAC_DOMAIN);
+        mac.update(&[namespace.len() as u8]);
+        mac.update(namespace.as_bytes());
+        Some(mac)
+    }
+
+    /// The value stored for `content`: header, content, and the MAC for a reserved namespace
+    /// (`None` for a reserved namespace without a fleet key).
+    pub(crate) fn encode(&self, namespace: &str, key: &Key, content: &[u8]) -> Option<Vec<u8>> {
+        let reserved = is_reserved(namespace);
+        let header = Header {
+            len: content.len() as u64,
+            crc: Checksum::of(content),
+            key: *key,
+        }
+        .encode();
+        let mut value = Vec::with_capacity(HEADER_LEN + content.len() + if reserved { MAC_LEN } else { 0 });
+        value.extend_from_slice(&header);
+        value.extend_from_slice(content);
+        if reserved {
+            let mut mac = self.mac(namespace)?;
+            mac.update(&value);
+            value.extend_from_slice(&mac.finalize().into_bytes());
+        }
+        Some(value)
+    }
+
+    /// Checks a value from the remote and returns its content, or why it is refused.
+    pub(crate) fn decode(
+        &self,
+        namespace: &str,
+        key: &Key,
+        mut value: Vec<u8>,
+        max_len: u64,
+    ) -> std::result::Result<Vec<u8>, &'static str> {
+        let reserved = is_reserved(namespace);
+        let trailer = if reserved { MAC_LEN } else { 0 };
+        if value.len() < HEADER_LEN + trailer {
+            return Err(if reserved {
+                "shorter than a header and a MAC"
+            } else {
+                "shorter than a header"
+            });
+        }
+        if value.len() as u64
+            > (HEADER_LEN as u64)
+                .saturating_add(max_len)
+                .saturating_add(trailer as u64)
+        {
+            return Err("larger than the size limit");
+        }
+        if reserved {
+            let mut mac = self.mac(namespace).ok_or("no fleet key to check its MAC")?;
+            let (body, tag) = value.split_at(value.len() - MAC_LEN);
+            mac.update(body);
+            mac.verify_slice(tag)
+                .map_err(|_| "MAC mismatch (not written under this fleet key)")?;
+            value.truncate(value.len() - MAC_LEN);
+        }
+        let header_bytes: &[u8; HEADER_LEN] = value[..HEADER_LEN].try_into().expect("checked length");
+        let header = Header::decode(header_bytes).map_err(|e| e.describe())?;
+        if header.key != *key {
+            return Err("written under another key");
+        }
+        if header.len != (value.len() - HEADER_LEN) as u64 {
+            return Err("length does not match the value's size");
+        }
+        if Checksum::of(&value[HEADER_LEN..]) != header.crc {
+            return Err("content checksum mismatch");
+        }
+        value.drain(..HEADER_LEN);
+        Ok(value)
+    }
+}
+
+fn is_reserved(namespace: &str) -> bool {
+    namespace.starts_with('.')
+}
+
+/// Adds to a namespace's counters; statistics only, so a failure is logged, not returned.
+fn count(local: &Namespace, deltas: &[(Counter, u64)]) {
+    if let Err(e) = local.count(deltas) {
+        tracing::debug!(namespace = local.name(), error = %e.full_message(), "cannot update counters");
+    }
+}

@@ -1,0 +1,166 @@
+//! [`TieredStore`]: a local namespace in front of the remote tier.
+
+use super::RemoteTier;
+use crate::store::{EntryReader, EntryWriter, FileWriter, MAX_READ_CHUNK};
+use crate::{Key, Namespace, Result, Store};
+
+/// A local [`Namespace`] in front of a [`RemoteTier`].
+///
+/// - Reads go to the local tier first; a local miss asks the remote, and a verified answer is
+///   copied to the local tier (unless it is read-only) and served.
+/// - `add` and a streamed writer's `commit` write the local tier, then publish to the remote
+///   (a streamed entry is read back from the local tier once committed, so memory stays bounded
+///   by the remote's size limit whatever the guest streams).
+/// - `delete` removes from both; `contains` asks the remote on a local miss (and copies the
+///   entry, so that a `get` after a `contains` of `true` finds it).
+///
+/// Remote failures are logged and counted in the local namespace's counters, and reach the
+/// caller only when the remote tier is [`required`](super::RemoteOptions::required).
+#[derive(Clone, Debug)]
+pub struct TieredStore {
+    local: Namespace,
+    remote: RemoteTier,
+}
+
+impl TieredStore {
+    /// Puts `local` in front of `remote`; entries live under `local`'s name in both.
+    pub fn new(local: Namespace, remote: RemoteTier) -> TieredStore {
+        TieredStore { local, remote }
+    }
+
+    /// The local tier.
+    pub fn local(&self) -> &Namespace {
+        &self.local
+    }
+
+    /// The remote tier.
+    pub fn remote(&self) -> &RemoteTier {
+        &self.remote
+    }
+
+    /// Asks the remote for `key` and copies a verified answer to the local tier.
+    /// Returns the content, and whether the local tier now holds it.
+    fn fill(&self, key: &Key) -> Result<Option<(Vec<u8>, bool)>> {
+        let max = self.local.options().max_entry_size;
+        let Some(content) = self.remote.fetch(&self.local, key, max)? else {
+            return Ok(None);
+        };
+        let stored = !self.local.options().read_only
+            && match self.local.add(key, &content) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(namespace = self.local.name(), key = %key, error = %e.full_message(),
+                        "a remote entry is served but not kept locally");
+                    false
+                }
+            };
+        Ok(Some((content, stored)))
+    }
+}
+
+impl Store for TieredStore {
+    fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
+        if let Some(content) = self.local.get(key)? {
+            return Ok(Some(content));
+        }
+        Ok(self.fill(key)?.map(|(content, _)| content))
+    }
+
+    fn open(&self, key: &Key) -> Result<Option<Box<dyn EntryReader>>> {
+        if let Some(r) = self.local.open(key)? {
+            return Ok(Some(Box::new(r)));
+        }
+        let Some((content, stored)) = self.fill(key)? else {
+            return Ok(None);
+        };
+        // Stream from the local copy rather than hold the content for the reader's lifetime.
+        if stored {
+            drop(content);
+            if let Some(r) = self.local.open(key)? {
+                return Ok(Some(Box::new(r)));
+            }
+            return Ok(None);
+        }
+        Ok(Some(Box::new(MemReader { content, pos: 0 })))
+    }
+
+    fn add(&self, key: &Key, content: &[u8]) -> Result<()> {
+        self.local.add(key, content)?;
+        self.remote.publish(&self.local, key, content)
+    }
+
+    fn create(&self, key: &Key) -> Result<Box<dyn EntryWriter>> {
+        Ok(Box::new(TieredWriter {
+            local: self.local.create(key)?,
+            store: self.clone(),
+            key: *key,
+            len: 0,
+        }))
+    }
+
+    fn delete(&self, key: &Key) -> Result<()> {
+        self.local.delete(key)?;
+        self.remote.remove(&self.local, key)
+    }
+
+    fn contains(&self, key: &Key) -> Result<bool> {
+        if self.local.contains(key)? {
+            return Ok(true);
+        }
+        Ok(self.fill(key)?.is_some())
+    }
+}
+
+/// A streamed entry: written locally, published to the remote once committed.
+struct TieredWriter {
+    local: FileWriter,
+    store: TieredStore,
+    key: Key,
+    len: u64,
+}
+
+impl EntryWriter for TieredWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.local.write(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        let TieredWriter { local, store, key, len } = *self;
+        local.commit()?;
+        let remote = &store.remote;
+        if remote.options().read_only || len > remote.options().max_value_size {
+            return Ok(());
+        }
+        // Read back what was committed (or what replaced it since: an entry for the same key).
+        match store.local.get(&key) {
+            Ok(Some(content)) => remote.publish(&store.local, &key, &content),
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::debug!(namespace = store.local.name(), key = %key, error = %e.full_message(),
+                    "cannot read a committed entry back to publish it");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A reader over content held in memory: a remote entry the local tier could not keep.
+struct MemReader {
+    content: Vec<u8>,
+    pos: usize,
+}
+
+impl EntryReader for MemReader {
+    fn size(&self) -> u64 {
+        self.content.len() as u64
+    }
+
+    fn read_chunk(&mut self, max: usize) -> Result<Vec<u8>> {
+        let n = max.min(MAX_READ_CHUNK).min(self.content.len() - self.pos);
+        let chunk = self.content[self.pos..self.pos + n].to_vec();
+        self.pos += n;
+        Ok(chunk)
+    }
+}

@@ -1,0 +1,163 @@
+//! A real `redis-server` for tests, on a free loopback port, killed when dropped.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` process started for one test: no persistence, loopback only.
+///
+/// ```no_run
+/// let redis = filecache_tests::RedisServer::start();
+/// let url = redis.url(); // redis://127.0.0.1:PORT
+/// assert_eq!(redis.cli(&["DBSIZE"]), "0");
+/// ```
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+fn require(program: &str) {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{program} is not installed (or not on PATH): the remote-tier tests run a real Redis server. \
+         Install it with `apt-get install -y redis-server` (.ci/run does this)."
+    );
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it answers. Panics with the reason if it cannot.
+    pub fn start() -> RedisServer {
+        require("redis-server");
+        require("redis-cli");
+        let mut last_error = String::new();
+        // A port found free may be taken before the server binds it: try a few.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("cannot find a free loopback port")
+                .port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+                .arg("--dir")
+                .arg(std::env::temp_dir())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("cannot start redis-server");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let out = child.wait_with_output().expect("redis-server output");
+                    last_error = format!(
+                        "redis-server exited with {status}: {}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    let mut server = RedisServer {
+                        child: Some(child),
+                        port,
+                    };
+                    match server.try_cli(&["PING"]) {
+                        Ok(pong) if pong == "PONG" => return server,
+                        other => last_error = format!("redis-server answered PING with {other:?}"),
+                    }
+                    server.kill();
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_error = "redis-server did not answer within 10 s".into();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("cannot start redis-server: {last_error}");
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        self.try_cli_stdin(args, None)
+    }
+
+    fn try_cli_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Result<String, String> {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(input.map(|_| "-x"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run redis-cli: {e}"))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        if let Some(input) = input {
+            stdin
+                .write_all(input)
+                .map_err(|e| format!("cannot write to redis-cli: {e}"))?;
+        }
+        drop(stdin);
+        let out = child.wait_with_output().map_err(|e| format!("redis-cli: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || stdout.starts_with("ERR") || stdout.starts_with("Could not connect") {
+            return Err(format!(
+                "redis-cli {args:?} failed ({}): {stdout} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(stdout)
+    }
+
+    /// Runs `redis-cli -p PORT ARGS...` and returns its output, trimmed. Panics on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`RedisServer::cli`], with `input` as the last argument (`redis-cli -x`): for binary
+    /// values, e.g. `cli_with_value(&["SET", key], bytes)`.
+    pub fn cli_with_value(&self, args: &[&str], input: &[u8]) -> String {
+        self.try_cli_stdin(args, Some(input)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `DBSIZE`: how many keys the server holds.
+    pub fn dbsize(&self) -> u64 {
+        let out = self.cli(&["DBSIZE"]);
+        out.parse()
+            .unwrap_or_else(|_| panic!("unexpected DBSIZE answer {out:?}"))
+    }
+
+    /// Kills the server (SIGKILL) and waits for it; later connections are refused.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
