@@ -56,6 +56,11 @@
 pub mod bindings;
 pub mod entry;
 mod error;
+#[cfg(any(test, feature = "fault-injection"))]
+#[doc(hidden)]
+pub mod fault;
+#[cfg(not(any(test, feature = "fault-injection")))]
+mod fault;
 mod key;
 pub mod size;
 pub mod store;

@@ -5,6 +5,8 @@
 //! [`cap_std::fs::Dir`] handles, so no key, file name or planted symlink can reach outside it.
 //! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`Store`].
 
+#[cfg(test)]
+mod fault_tests;
 mod maintenance;
 #[cfg(test)]
 mod model_tests;
@@ -19,7 +21,7 @@ use cap_fs_ext::DirExt;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
-pub use maintenance::{GcReport, NamespaceStats, Progress, VerifyReport};
+pub use maintenance::{DamagedEntry, GcReport, NamespaceStats, Progress, VerifyReport};
 pub use namespace::{EntryInfo, FileReader, FileWriter, MAX_READ_CHUNK, Namespace};
 
 use crate::error::IoContext;
