@@ -61,6 +61,9 @@ mod error;
 pub mod fault;
 #[cfg(not(any(test, feature = "fault-injection")))]
 mod fault;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod key;
 pub mod size;
 pub mod store;

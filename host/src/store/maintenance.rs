@@ -101,7 +101,7 @@ impl FileCache {
         let mut namespaces = Vec::new();
         for name in self.namespace_names()? {
             let ns = self.open_existing(&name, maintenance_options(false))?;
-            report.temporary_files += ns.reclaim_temporary_files()?;
+            report.temporary_files += ns.reclaimed_at_open() + ns.reclaim_temporary_files()?;
             let scan = ns.recount()?;
             report.remaining_bytes += scan.used;
             namespaces.push(ns);

@@ -62,6 +62,8 @@ struct Inner {
     /// `None` when read-only.
     writable: Option<Writable>,
     options: NamespaceOptions,
+    /// How many temporary files of dead writers opening the namespace reclaimed.
+    reclaimed_at_open: AtomicU64,
 }
 
 struct Writable {
@@ -202,10 +204,17 @@ impl Namespace {
                 dir,
                 writable,
                 options,
+                reclaimed_at_open: AtomicU64::new(0),
             }),
         };
-        ns.reclaim_temporary_files()?;
+        let reclaimed = ns.reclaim_temporary_files()?;
+        ns.inner.reclaimed_at_open.store(reclaimed, Ordering::Relaxed);
         Ok(ns)
+    }
+
+    /// How many temporary files of dead writers were reclaimed when this handle was opened.
+    pub(crate) fn reclaimed_at_open(&self) -> u64 {
+        self.inner.reclaimed_at_open.load(Ordering::Relaxed)
     }
 
     /// The namespace's name.
