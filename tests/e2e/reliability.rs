@@ -310,7 +310,7 @@ fn crash_child_process() {
     let spec = spec.into_string().unwrap();
     let (dir, child) = spec.rsplit_once(':').unwrap();
     let child: usize = child.parse().unwrap();
-    let durability = if child % 2 == 0 {
+    let durability = if child.is_multiple_of(2) {
         Durability::Relaxed
     } else {
         Durability::Sync

@@ -72,7 +72,9 @@ pub enum Durability {
     /// checksum fails and it is removed). The default, as for most caches.
     #[default]
     Relaxed,
-    /// fsync the entry before the rename that publishes it, and its directory after.
+    /// fsync the entry before the rename that publishes it, and its directory after. A commit
+    /// succeeds only once both have; if either fails, it fails with [`Error::Io`] and the entry
+    /// is not left visible (the entry it would have replaced is then gone too).
     Sync,
 }
 
