@@ -59,6 +59,14 @@ pub mod bindings;
 pub mod compiled;
 pub mod entry;
 mod error;
+#[cfg(any(test, feature = "fault-injection"))]
+#[doc(hidden)]
+pub mod fault;
+#[cfg(not(any(test, feature = "fault-injection")))]
+mod fault;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod key;
 pub mod remote;
 pub mod size;

@@ -590,6 +590,9 @@ fn gc(cache: &CacheDirArg, max_size: u64) -> Result<()> {
 fn verify(cache: &CacheDirArg) -> Result<()> {
     let (_, cache) = cache.open()?;
     let report = cache.verify(&mut progress_bar("verify"))?;
+    for d in &report.damaged {
+        println!("corrupt (removed): {}/{}: {}", d.namespace, d.key, d.reason);
+    }
     println!(
         "checked {} entries: {} ok, {} corrupt (removed)",
         report.checked, report.ok, report.removed

@@ -192,12 +192,13 @@ fn an_artifact_made_under_another_secret_is_rejected_before_deserializing() {
     let key = a.compiled(&engine).key(Kind::Component, &wasm);
     std::fs::create_dir_all(b.artifact_path(&key).parent().unwrap()).unwrap();
     std::fs::copy(a.artifact_path(&key), b.artifact_path(&key)).unwrap();
-    assert!(
+    assert_eq!(
         b.cache
             .reserved_namespace(COMPILED_NAMESPACE, NamespaceOptions::default())
             .unwrap()
             .verify_entry(&key)
             .unwrap(),
+        None,
         "the planted entry passes the store's own checks"
     );
 

@@ -44,6 +44,19 @@ pub struct VerifyReport {
     pub ok: u64,
     /// Entries that failed and were removed.
     pub removed: u64,
+    /// Each entry that failed, in the order found.
+    pub damaged: Vec<DamagedEntry>,
+}
+
+/// An entry that [`FileCache::verify`] found damaged (and removed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedEntry {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its key, in hex (its file name).
+    pub key: String,
+    /// What the check found.
+    pub reason: &'static str,
 }
 
 /// Progress of a long operation, for a progress bar.
@@ -93,7 +106,7 @@ impl FileCache {
         let mut namespaces = Vec::new();
         for name in self.namespace_names()? {
             let ns = self.open_existing(&name, maintenance_options(false))?;
-            report.temporary_files += ns.reclaim_temporary_files()?;
+            report.temporary_files += ns.reclaimed_at_open() + ns.reclaim_temporary_files()?;
             let scan = ns.recount()?;
             report.remaining_bytes += scan.used;
             namespaces.push(ns);
@@ -150,10 +163,16 @@ impl FileCache {
         let mut report = VerifyReport::default();
         for (ns, keys) in work {
             for key in keys {
-                if ns.verify_entry(&key)? {
-                    report.ok += 1;
-                } else {
-                    report.removed += 1;
+                match ns.verify_entry(&key)? {
+                    None => report.ok += 1,
+                    Some(reason) => {
+                        report.removed += 1;
+                        report.damaged.push(DamagedEntry {
+                            namespace: ns.name().to_string(),
+                            key: key.to_string(),
+                            reason,
+                        });
+                    }
                 }
                 report.checked += 1;
                 progress(Progress {

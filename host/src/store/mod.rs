@@ -6,6 +6,8 @@
 //! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`Store`].
 
 mod counters;
+#[cfg(test)]
+mod fault_tests;
 mod maintenance;
 #[cfg(test)]
 mod model_tests;
@@ -21,7 +23,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
 pub use counters::{Counter, Counts};
-pub use maintenance::{GcReport, NamespaceStats, Progress, VerifyReport};
+pub use maintenance::{DamagedEntry, GcReport, NamespaceStats, Progress, VerifyReport};
 pub use namespace::{EntryInfo, FileReader, FileWriter, MAX_READ_CHUNK, Namespace, RawEntry};
 
 use crate::error::IoContext;
@@ -72,7 +74,9 @@ pub enum Durability {
     /// checksum fails and it is removed). The default, as for most caches.
     #[default]
     Relaxed,
-    /// fsync the entry before the rename that publishes it, and its directory after.
+    /// fsync the entry before the rename that publishes it, and its directory after. A commit
+    /// succeeds only once both have; if either fails, it fails with [`Error::Io`] and the entry
+    /// is not left visible (the entry it would have replaced is then gone too).
     Sync,
 }
 

@@ -29,6 +29,7 @@ use super::counters::{self, COUNTERS_FILE, Counter, Counts};
 use super::{Durability, EntryReader, EntryWriter, NamespaceOptions, Store};
 use crate::entry::{Checksum, HEADER_LEN, Header};
 use crate::error::IoContext;
+use crate::fault::{self, Point};
 use crate::key::HexKey;
 use crate::{Error, Key, Result};
 
@@ -63,8 +64,8 @@ struct Inner {
     /// `None` when read-only.
     writable: Option<Writable>,
     options: NamespaceOptions,
-    /// How many damaged entries this process found (removed, or would have in read-only mode).
-    discarded: AtomicU64,
+    /// How many temporary files of dead writers opening the namespace reclaimed.
+    reclaimed_at_open: AtomicU64,
 }
 
 struct Writable {
@@ -183,6 +184,11 @@ fn random_suffix() -> u64 {
     u64::from_le_bytes(b) ^ (now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64)
 }
 
+thread_local! {
+    /// Why the last entry this thread found damaged was refused (see `verify_entry`).
+    static LAST_DISCARD: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
 /// The namespace lock, with the usage counter read under it.
 struct Locked<'a> {
     file: MutexGuard<'a, File>,
@@ -194,8 +200,8 @@ impl Locked<'_> {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&STATE_MAGIC);
         b[8..].copy_from_slice(&used.to_le_bytes());
-        self.file
-            .write_all_at(&b, 0)
+        fault::check(Point::UpdateCounter)
+            .and_then(|()| self.file.write_all_at(&b, 0))
             .context(|| "cannot update the namespace's usage counter".into())?;
         self.used = Some(used);
         Ok(())
@@ -227,11 +233,17 @@ impl Namespace {
                 dir,
                 writable,
                 options,
-                discarded: AtomicU64::new(0),
+                reclaimed_at_open: AtomicU64::new(0),
             }),
         };
-        ns.reclaim_temporary_files()?;
+        let reclaimed = ns.reclaim_temporary_files()?;
+        ns.inner.reclaimed_at_open.store(reclaimed, Ordering::Relaxed);
         Ok(ns)
+    }
+
+    /// How many temporary files of dead writers were reclaimed when this handle was opened.
+    pub(crate) fn reclaimed_at_open(&self) -> u64 {
+        self.inner.reclaimed_at_open.load(Ordering::Relaxed)
     }
 
     /// The namespace's name.
@@ -285,7 +297,8 @@ impl Namespace {
     fn lock(&self) -> Result<Locked<'_>> {
         let w = self.writable()?;
         let file = w.state.lock().unwrap_or_else(|p| p.into_inner());
-        file.lock()
+        fault::check(Point::LockNamespace)
+            .and_then(|()| file.lock())
             .context(|| format!("cannot lock namespace {:?}", self.inner.name))?;
         let mut b = [0u8; 16];
         let used = match file.read_at(&mut b, 0) {
@@ -422,7 +435,7 @@ impl Namespace {
     /// Removes a damaged entry if it is still the file that was checked, and logs it.
     fn discard_path(&self, hk: &HexKey, checked: Option<&std::fs::Metadata>, reason: &'static str) {
         tracing::warn!(namespace = %self.inner.name, key = hk.as_str(), reason, "removing damaged cache entry");
-        self.inner.discarded.fetch_add(1, Ordering::Relaxed);
+        LAST_DISCARD.with(|d| d.set(Some(reason)));
         let (Some(dir), Ok(mut lk)) = (self.dir(), self.lock()) else {
             return;
         };
@@ -552,19 +565,24 @@ impl Namespace {
         oo.write(true).create_new(true).follow(FollowSymlinks::No).mode(0o600);
         loop {
             let name = format!("{}.{}.{:016x}.tmp", hk.as_str(), std::process::id(), random_suffix());
-            let file = w
-                .tmp
-                .open_with(&name, &oo)
+            let file = fault::check(Point::CreateTemp)
+                .and_then(|()| w.tmp.open_with(&name, &oo))
                 .context(|| format!("cannot create a temporary file in namespace {:?}", self.inner.name))?
                 .into_std();
-            file.lock().context(|| "cannot lock a temporary file".into())?;
+            if let Err(e) = fault::check(Point::LockTemp).and_then(|()| file.lock()) {
+                let _ = w.tmp.remove_file(&name);
+                return Err(Error::io("cannot lock a temporary file", e));
+            }
             // A reclaimer may have taken the file in the instant before we locked it.
             if file.metadata().map(|m| m.nlink() == 0).unwrap_or(true) {
                 continue;
             }
-            let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-            out.write_all(&[0u8; HEADER_LEN])
-                .context(|| "cannot write a temporary file".into())?;
+            let mut out = BufWriter::with_capacity(WRITE_BUFFER, TmpFile(file));
+            if let Err(e) = out.write_all(&[0u8; HEADER_LEN]) {
+                drop(out);
+                let _ = w.tmp.remove_file(&name);
+                return Err(Error::io("cannot write a temporary file", e));
+            }
             return Ok(FileWriter {
                 ns: self.clone(),
                 key: *key,
@@ -597,7 +615,10 @@ impl Namespace {
         if let (Some(used), true) = (lk.used, meta.file_type().is_file()) {
             lk.store_used(used.saturating_sub(charged(&meta)))?;
         }
-        self.durable_sync_dir(hk.shard());
+        // The entry is gone either way; should it come back after a power loss, it is whole.
+        if let Err(e) = self.durable_sync_dir(hk.shard()) {
+            tracing::warn!(namespace = %self.inner.name, error = %e.full_message(), "a delete may not survive power loss");
+        }
         Ok(())
     }
 
@@ -606,14 +627,20 @@ impl Namespace {
         Ok(self.open_checked(key)?.is_some())
     }
 
-    fn durable_sync_dir(&self, rel: &str) {
-        if self.inner.options.durability == Durability::Sync
-            && let Some(dir) = self.dir()
-            && let Ok(d) = dir.open_dir_nofollow(rel)
-            && let Err(e) = rustix::fs::fsync(&d)
-        {
-            tracing::warn!(namespace = %self.inner.name, error = %e, "fsync of a cache directory failed");
+    /// fsyncs the directory `rel` in durable mode; nothing otherwise.
+    fn durable_sync_dir(&self, rel: &str) -> Result<()> {
+        if self.inner.options.durability != Durability::Sync {
+            return Ok(());
         }
+        let Some(dir) = self.dir() else { return Ok(()) };
+        // Not `open_dir_nofollow`: its `O_PATH` handle cannot be fsynced (EBADF).
+        let mut oo = OpenOptions::new();
+        oo.read(true)
+            .follow(FollowSymlinks::No)
+            .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32);
+        dir.open_with(rel, &oo)
+            .and_then(|d| fault::check(Point::SyncDir).and_then(|()| d.sync_all()))
+            .context(|| format!("cannot fsync a directory of namespace {:?}", self.inner.name))
     }
 
     /// Publishes a finished temporary file of `len` bytes of content under `key`: accounting,
@@ -624,10 +651,13 @@ impl Namespace {
         let quota = self.inner.options.quota;
         let hk = key.hex();
         let rel = hk.rel_path();
-        file.set_modified(now())
+        fault::check(Point::SetTime)
+            .and_then(|()| file.set_modified(now()))
             .context(|| "cannot set a temporary file's time".into())?;
         if self.inner.options.durability == Durability::Sync {
-            file.sync_all().context(|| "cannot fsync a new entry".into())?;
+            fault::check(Point::SyncFile)
+                .and_then(|()| file.sync_all())
+                .context(|| "cannot fsync a new entry".into())?;
         }
         let mut lk = self.lock()?;
         let used = match lk.used {
@@ -640,26 +670,43 @@ impl Namespace {
         if projected > quota {
             projected = self.evict(w, &mut lk, key, old, len)?;
         }
+        // What the counter must say if the entry is not published after all (eviction may have
+        // lowered it).
+        let before = lk.used.unwrap_or(used);
         lk.store_used(projected)?;
-        let renamed = match w.tmp.rename(tmp_name, dir, &rel) {
+        if let Err(e) = self.rename_into_place(w, dir, tmp_name, &hk) {
+            let _ = lk.store_used(before);
+            return Err(e);
+        }
+        // Durable mode promises that a committed entry survives power loss; when that cannot be
+        // made true, the entry is taken back (under the lock still) and the commit fails.
+        if let Err(e) = self.durable_sync_dir(hk.shard()) {
+            if dir.remove_file(&rel).is_ok() {
+                let _ = lk.store_used(before.saturating_sub(old));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Renames the temporary file `tmp_name` to the entry's name, creating its fan-out directory
+    /// if needed.
+    fn rename_into_place(&self, w: &Writable, dir: &Dir, tmp_name: &str, hk: &HexKey) -> Result<()> {
+        let rel = hk.rel_path();
+        let rename = || fault::check(Point::Rename).and_then(|()| w.tmp.rename(tmp_name, dir, &rel));
+        let renamed = match rename() {
             Err(e) if is_not_found(&e) => {
                 // The fan-out directory does not exist yet.
-                match dir.create_dir(hk.shard()) {
-                    Ok(()) => self.durable_sync_dir("."),
+                match fault::check(Point::CreateShard).and_then(|()| dir.create_dir(hk.shard())) {
+                    Ok(()) => self.durable_sync_dir(".")?,
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(Error::io("cannot create a fan-out directory", e)),
                 }
-                w.tmp.rename(tmp_name, dir, &rel)
+                rename()
             }
             r => r,
         };
-        if let Err(e) = renamed {
-            let _ = lk.store_used(used);
-            return Err(Error::io(format!("cannot publish entry {}", hk.as_str()), e));
-        }
-        drop(lk);
-        self.durable_sync_dir(hk.shard());
-        Ok(())
+        renamed.context(|| format!("cannot publish entry {}", hk.as_str()))
     }
 
     /// Evicts least recently used entries (never `keep`) until an entry of `size` bytes,
@@ -834,18 +881,18 @@ impl Namespace {
         Ok((removed, freed))
     }
 
-    /// Reads and checks one entry completely. `Ok(false)` when it was damaged (and removed, unless
-    /// the namespace is read-only); a file that vanished meanwhile counts as sound.
-    pub(crate) fn verify_entry(&self, key: &Key) -> Result<bool> {
-        let before = self.inner.discarded.load(Ordering::Relaxed);
+    /// Reads and checks one entry completely. `Some(reason)` when it was damaged (and removed,
+    /// unless the namespace is read-only); a file that vanished meanwhile counts as sound.
+    pub(crate) fn verify_entry(&self, key: &Key) -> Result<Option<&'static str>> {
+        LAST_DISCARD.with(|d| d.set(None));
         let Some(mut reader) = self.open_reader(key, false)? else {
-            return Ok(self.inner.discarded.load(Ordering::Relaxed) == before);
+            return Ok(LAST_DISCARD.with(|d| d.take()));
         };
         loop {
             match reader.read_chunk(MAX_READ_CHUNK) {
-                Ok(chunk) if chunk.is_empty() => return Ok(true),
+                Ok(chunk) if chunk.is_empty() => return Ok(None),
                 Ok(_) => {}
-                Err(Error::Corrupt { .. }) => return Ok(false),
+                Err(Error::Corrupt { reason, .. }) => return Ok(Some(reason)),
                 Err(e) => return Err(e),
             }
         }
@@ -1000,7 +1047,7 @@ pub struct FileWriter {
     ns: Namespace,
     key: Key,
     tmp_name: Option<String>,
-    out: Option<BufWriter<File>>,
+    out: Option<BufWriter<TmpFile>>,
     len: u64,
     crc: Checksum,
     failed: Option<Error>,
@@ -1014,7 +1061,16 @@ fn replay(e: &Error) -> Error {
             quota: *quota,
         },
         Error::ReadOnly => Error::ReadOnly,
+        Error::Io { context, source } => Error::io(format!("this writer failed earlier: {context}"), copy_io(source)),
         other => Error::io("this writer failed earlier", io::Error::other(other.full_message())),
+    }
+}
+
+/// A copy of an I/O error: the same OS error where there is one, else the same kind and message.
+fn copy_io(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 
@@ -1030,7 +1086,11 @@ impl FileWriter {
     /// Records `err` as the writer's fate and throws the temporary file away.
     fn spend(&mut self, err: Error) -> Error {
         self.discard();
-        let ret = replay(&err);
+        let ret = match &err {
+            // The first report is the error itself, OS error included.
+            Error::Io { context, source } => Error::io(context.clone(), copy_io(source)),
+            other => replay(other),
+        };
         self.failed = Some(err);
         ret
     }
@@ -1071,7 +1131,7 @@ impl FileWriter {
 
     fn finish(&mut self) -> Result<()> {
         let out = self.out.take().expect("a writer that has not failed has its file");
-        let file = out
+        let TmpFile(file) = out
             .into_inner()
             .map_err(|e| Error::io("cannot write a new entry", e.into_error()))?;
         let header = Header {
@@ -1079,7 +1139,8 @@ impl FileWriter {
             crc: self.crc.value(),
             key: self.key,
         };
-        file.write_all_at(&header.encode(), 0)
+        fault::check(Point::WriteHeader)
+            .and_then(|()| file.write_all_at(&header.encode(), 0))
             .context(|| "cannot write a new entry".into())?;
         let name = self
             .tmp_name
@@ -1089,9 +1150,23 @@ impl FileWriter {
         if published.is_ok() {
             self.tmp_name = None;
         } else {
-            self.out = Some(BufWriter::new(file));
+            self.out = Some(BufWriter::new(TmpFile(file)));
         }
         published
+    }
+}
+
+/// A temporary file being written (a newtype only so that writes pass the fault-injection hook,
+/// which costs nothing in a normal build).
+struct TmpFile(File);
+
+impl Write for TmpFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        fault::check(Point::Write)?;
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
     }
 }
 

@@ -525,3 +525,15 @@ fn counters_add_up_across_handles_and_survive_damage() {
     ro.count(&[(Counter::Hits, 1)]).unwrap();
     assert_eq!(ro.counts().hits, 0);
 }
+
+#[test]
+fn gc_counts_the_temporary_files_it_reclaims() {
+    let (d, cache) = cache();
+    ns(&cache).add(&Key::digest(b"x"), b"x").unwrap();
+    for i in 0..3 {
+        std::fs::write(d.path().join(format!("cache/test/tmp/dead.{i}.tmp")), b"partial").unwrap();
+    }
+    let report = cache.gc(u64::MAX, &mut |_| {}).unwrap();
+    assert_eq!(report.temporary_files, 3);
+    assert_eq!(tmp_files(d.path(), "test"), 0);
+}

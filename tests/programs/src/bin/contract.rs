@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 const USAGE: &str = "contract SCENARIO [ARGS...]; scenarios: basics | handles | all | \
     put SEED SIZE | put-stream SEED SIZE | check SEED SIZE | absent SEED | too-large LIMIT | \
     quota QUOTA | read-only | read-only-check SEED SIZE | corrupt-check SEED | corrupt-stream SEED | \
-    io-error SEED | exit CODE | race SEED OPS";
+    io-error SEED | disk-full SEED SIZE | exit CODE | race SEED OPS";
 
 fn main() {
     let args = args();
@@ -68,6 +68,11 @@ fn main() {
                 .expect("race SEED OPS: OPS is a number"),
         ),
         "io-error" => io_error(Ctx::new("contract", "io-error"), arg(rest, 0, "io-error SEED")),
+        "disk-full" => disk_full(
+            Ctx::new("contract", "disk-full"),
+            arg(rest, 0, "disk-full SEED SIZE"),
+            parse_size(arg(rest, 1, "disk-full SEED SIZE")),
+        ),
         "exit" => {
             let code: i32 = arg(rest, 0, "exit CODE").parse().expect("exit CODE: CODE is a number");
             std::process::exit(code);
@@ -951,4 +956,37 @@ fn corrupt_stream(cx: Ctx, seed: &str) {
         }
     }
     cx.assert_absent("damaged entry removed", &key);
+}
+
+// ---------------------------------------------------------------------------------------------
+// disk-full: run with no room left for an entry of SIZE bytes (a full filesystem, or a file size
+// limit). `add` and a streamed write must answer `io`, and nothing may become visible.
+
+fn disk_full(cx: Ctx, seed: &str, size: u64) {
+    let key = key_for(seed);
+    let data = content(seed, size);
+    let is_io = |step: &str, e: Error| match e {
+        Error::Io(msg) if !msg.is_empty() => eprintln!("{step}: io({msg})"),
+        other => cx.fail(step, format!("expected io(..), got {other:?}")),
+    };
+    is_io("add", cx.err("add", add(&key, &data)));
+    cx.assert_absent("after the failed add", &key);
+
+    // The failure comes from a write (once the host's buffer meets the disk) or from commit.
+    let w = cx.ok("create", create(&key));
+    let mut failed = None;
+    for (i, piece) in data.chunks(256 * 1024).enumerate() {
+        if let Err(e) = w.write(piece) {
+            failed = Some((format!("write #{i}"), e));
+            break;
+        }
+    }
+    match failed {
+        Some((step, e)) => {
+            is_io(&step, e);
+            drop(w);
+        }
+        None => is_io("commit", cx.err("commit", Writer::commit(w))),
+    }
+    cx.assert_absent("after the failed stream", &key);
 }

@@ -1,0 +1,567 @@
+//! The fuzz targets' logic, shared by the cargo-fuzz targets in `fuzz/`, by the test that
+//! replays their committed corpus (what CI runs), and by the model-based property test.
+//!
+//! Not part of the API: built for the crate's tests or with the `fuzzing` feature. Each target
+//! panics when the store breaks a promise; it never panics on any input otherwise.
+//!
+//! - [`entry`]: an arbitrary entry file — raw bytes, or a valid entry damaged in a few places —
+//!   is planted in a namespace and read back with `get`, `open`, `contains` and `verify`. An
+//!   independent check of the format decides what must happen: a valid file is served exactly,
+//!   anything else is a miss (or `corrupt` at the end of a read) and is removed.
+//! - [`store_ops`]: a sequence of operations (add, get, open, streamed and abandoned writes,
+//!   delete, contains, reopen, and writes during which an injected disk fault strikes) is run
+//!   against a namespace and against [`Model`], which must agree after every step.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use crate::entry::{Checksum, HEADER_LEN, Header};
+use crate::fault;
+use crate::store::{Durability, FileCache, Namespace, NamespaceOptions};
+use crate::{Error, Key};
+
+// ---------------------------------------------------------------------------------------------
+// entry
+
+/// The key every planted entry is looked up under.
+fn entry_key() -> Key {
+    Key::digest(b"fuzzed entry")
+}
+
+/// The format, checked independently of the store's code: the content if `file` is a valid entry
+/// for `key`.
+fn valid_content<'a>(file: &'a [u8], key: &Key) -> Option<&'a [u8]> {
+    if file.len() < HEADER_LEN {
+        return None;
+    }
+    let (h, content) = file.split_at(HEADER_LEN);
+    let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap());
+    let header_crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), &h[32..]);
+    let ok = h[..8] == *b"FCACHE\r\n"
+        && u32_at(8) == 1
+        && u32_at(12) == 0
+        && u64::from_le_bytes(h[16..24].try_into().unwrap()) == content.len() as u64
+        && u32_at(24) == crc32c::crc32c(content)
+        && u32_at(28) == header_crc
+        && h[32..] == *key.as_bytes();
+    ok.then_some(content)
+}
+
+/// A little reader of fuzz input: every read succeeds, with zeros past the end.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Builds the entry file a fuzz input describes. First byte: bit 0 set = a valid entry of the
+/// rest's content, then damaged by up to 3 edits (byte changes, a truncation, appended bytes);
+/// bit 1 set = written under another key. Otherwise the rest is the file, raw.
+fn planted_file(data: &[u8]) -> Vec<u8> {
+    let mut input = Bytes(data);
+    let mode = input.u8();
+    if mode & 1 == 0 {
+        return input.0.to_vec();
+    }
+    let edits: Vec<(u8, u16, u8)> = (0..input.u8() % 4)
+        .map(|_| (input.u8(), input.u16(), input.u8()))
+        .collect();
+    let content = input.0;
+    let key = if mode & 2 == 0 {
+        entry_key()
+    } else {
+        Key::digest(b"another key")
+    };
+    let header = Header {
+        len: content.len() as u64,
+        crc: Checksum::of(content),
+        key,
+    };
+    let mut file = header.encode().to_vec();
+    file.extend_from_slice(content);
+    for (kind, pos, value) in edits {
+        let at = pos as usize % (file.len() + 1);
+        match kind % 3 {
+            0 if at < file.len() => file[at] ^= value.max(1),
+            1 => file.truncate(at),
+            _ => file.extend(std::iter::repeat_n(value, pos as usize % 16 + 1)),
+        }
+    }
+    file
+}
+
+/// Plants `file` as the entry for [`entry_key`] in namespace `ns` of the cache at `root`.
+fn plant(root: &Path, ns: &str, file: &[u8]) -> std::path::PathBuf {
+    let hex = entry_key().to_string();
+    let shard = root.join(ns).join(&hex[..2]);
+    std::fs::create_dir_all(&shard).expect("create a fan-out directory");
+    let path = shard.join(hex);
+    std::fs::write(&path, file).expect("plant an entry file");
+    path
+}
+
+/// The entry-file target: see the module documentation.
+pub fn entry(data: &[u8]) {
+    // The header codec: whatever decodes re-encodes to the same bytes.
+    if let Some(bytes) = data.get(..HEADER_LEN) {
+        let bytes: [u8; HEADER_LEN] = bytes.try_into().unwrap();
+        if let Ok(h) = Header::decode(&bytes) {
+            assert_eq!(h.encode(), bytes, "a header decoded from bytes it does not encode to");
+        }
+    }
+    let file = planted_file(data);
+    let key = entry_key();
+    let expected = valid_content(&file, &key);
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let root = tmp.path().join("cache");
+    let cache = FileCache::open(&root).expect("open the cache");
+    let ns = cache
+        .namespace("fuzz", NamespaceOptions::default())
+        .expect("open a namespace");
+
+    plant(&root, "fuzz", &file);
+    assert_eq!(
+        ns.contains(&key).expect("contains answers"),
+        header_fools_contains(&file, &key)
+    );
+    let path = plant(&root, "fuzz", &file);
+    match ns.get(&key).expect("get answers") {
+        Some(got) => assert_eq!(Some(&got[..]), expected, "get served bytes of an invalid entry"),
+        None => {
+            assert!(expected.is_none(), "get missed a valid entry");
+            assert!(!path.exists(), "a damaged entry was not removed");
+        }
+    }
+
+    let path = plant(&root, "fuzz", &file);
+    let chunk = (data.len() % 97 + 1) * 13;
+    match ns.open(&key).expect("open answers") {
+        None => {
+            assert!(expected.is_none(), "open missed a valid entry");
+            assert!(!path.exists(), "a damaged entry was not removed");
+        }
+        Some(mut reader) => {
+            let mut got = Vec::new();
+            let end = loop {
+                match reader.read_chunk(chunk) {
+                    Ok(c) if c.is_empty() => break Ok(()),
+                    Ok(c) => got.extend(c),
+                    Err(e) => break Err(e),
+                }
+            };
+            match end {
+                Ok(()) => assert_eq!(Some(&got[..]), expected, "a reader served an invalid entry"),
+                Err(Error::Corrupt { .. }) => {
+                    assert!(expected.is_none(), "a reader refused a valid entry");
+                    assert!(!path.exists(), "a damaged entry was not removed");
+                }
+                Err(e) => panic!("a reader failed with {e}"),
+            }
+        }
+    }
+
+    plant(&root, "fuzz", &file);
+    let report = cache.verify(&mut |_| {}).expect("verify answers");
+    assert_eq!(report.checked, 1);
+    assert_eq!(report.removed, u64::from(expected.is_none()), "verify judged wrongly");
+}
+
+/// `contains` reads only the header: it also accepts an entry whose header is valid but whose
+/// content is damaged.
+fn header_fools_contains(file: &[u8], key: &Key) -> bool {
+    let Some(h) = file.get(..HEADER_LEN) else { return false };
+    matches!(Header::decode(h.try_into().unwrap()),
+        Ok(h) if h.key == *key && h.len == (file.len() - HEADER_LEN) as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// store_ops
+
+/// The quota of the namespace the operations run in.
+pub const QUOTA: u64 = 4000;
+/// How many distinct keys the operations use.
+pub const KEYS: u8 = 6;
+/// The longest content an operation writes.
+pub const MAX_LEN: u16 = 1800;
+
+/// One operation on the store. Keys are `0..KEYS`, lengths `0..MAX_LEN`.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// `add`.
+    Add(u8, u16),
+    /// `get`.
+    Get(u8),
+    /// `open`, read to the end in chunks of the given size.
+    Open(u8, u16),
+    /// `create`, writes of the given chunk size, `commit`.
+    Stream(u8, u16, u16),
+    /// `create`, a write, then dropped without `commit`.
+    AbandonedStream(u8, u16),
+    /// `delete`.
+    Delete(u8),
+    /// `contains`.
+    Contains(u8),
+    /// Drops the namespace and opens it again, as a new process would.
+    Reopen,
+    /// An `add` (or, with `stream`, a streamed write) during which the `nth` hooked operation of
+    /// the write path fails (and, with `persistent`, every later one), as on a full disk.
+    Faulty {
+        /// The key.
+        key: u8,
+        /// The content's length.
+        len: u16,
+        /// Streamed rather than `add`.
+        stream: bool,
+        /// Which hooked operation fails first (from 1).
+        nth: u8,
+        /// Whether every later one fails too.
+        persistent: bool,
+    },
+}
+
+/// Decodes a fuzz input into operations (at most 64).
+pub fn decode_ops(data: &[u8]) -> Vec<Op> {
+    let mut b = Bytes(data);
+    let mut ops = Vec::new();
+    while !b.is_empty() && ops.len() < 64 {
+        let kind = b.u8();
+        let key = b.u8() % KEYS;
+        ops.push(match kind % 9 {
+            0 | 1 => Op::Add(key, b.u16() % MAX_LEN),
+            2 => Op::Get(key),
+            3 => Op::Open(key, b.u16() % 700 + 1),
+            4 => Op::Stream(key, b.u16() % MAX_LEN, b.u16() % 700 + 1),
+            5 => Op::AbandonedStream(key, b.u16() % MAX_LEN),
+            6 => Op::Delete(key),
+            7 if kind & 0x80 == 0 => Op::Contains(key),
+            7 => Op::Reopen,
+            _ => Op::Faulty {
+                key,
+                len: b.u16() % MAX_LEN,
+                stream: kind & 0x10 != 0,
+                nth: b.u8() % 16 + 1,
+                persistent: kind & 0x20 != 0,
+            },
+        });
+    }
+    ops
+}
+
+/// The operation-sequence target: see the module documentation.
+pub fn store_ops(data: &[u8]) {
+    if let Err(e) = check_ops(&decode_ops(data)) {
+        panic!("{e}");
+    }
+}
+
+/// What the store promises, in memory: content per key, and use order (oldest first), under
+/// [`QUOTA`].
+#[derive(Default, Debug)]
+pub struct Model {
+    entries: HashMap<u8, Vec<u8>>,
+    order: Vec<u8>,
+}
+
+impl Model {
+    /// Bytes of content held.
+    pub fn used(&self) -> u64 {
+        self.entries.values().map(|v| v.len() as u64).sum()
+    }
+    fn touch(&mut self, k: u8) {
+        self.order.retain(|&x| x != k);
+        self.order.push(k);
+    }
+    /// The keys `add(k, len)` would evict, oldest first; `None` if it cannot fit at all.
+    fn victims(&self, k: u8, len: u64) -> Option<Vec<u8>> {
+        if len > QUOTA {
+            return None;
+        }
+        let old = self.entries.get(&k).map_or(0, |o| o.len() as u64);
+        let mut used = self.used() - old + len;
+        let mut victims = Vec::new();
+        for &x in self.order.iter().filter(|&&x| x != k) {
+            if used <= QUOTA {
+                break;
+            }
+            used -= self.entries[&x].len() as u64;
+            victims.push(x);
+        }
+        Some(victims)
+    }
+    fn add(&mut self, k: u8, v: Vec<u8>) -> bool {
+        let Some(victims) = self.victims(k, v.len() as u64) else {
+            return false;
+        };
+        for x in victims {
+            self.delete(x);
+        }
+        self.entries.insert(k, v);
+        self.touch(k);
+        true
+    }
+    fn get(&mut self, k: u8) -> Option<Vec<u8>> {
+        let v = self.entries.get(&k).cloned();
+        if v.is_some() {
+            self.touch(k);
+        }
+        v
+    }
+    fn delete(&mut self, k: u8) {
+        self.entries.remove(&k);
+        self.order.retain(|&x| x != k);
+    }
+}
+
+fn value(k: u8, len: u16, salt: u64) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| ((i * 31 + k as u64 * 7 + salt) % 251) as u8)
+        .collect()
+}
+
+fn key(k: u8) -> Key {
+    Key::digest([k])
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// The usage counter in the state file of the namespace at `dir`.
+fn stored_counter(dir: &Path) -> Option<u64> {
+    let b = std::fs::read(dir.join("state")).ok()?;
+    Some(u64::from_le_bytes(b.get(8..16)?.try_into().ok()?))
+}
+
+fn read_all(ns: &Namespace, k: u8, chunk: u16) -> Result<Option<Vec<u8>>, String> {
+    let Some(mut r) = ns.open(&key(k)).map_err(|e| format!("open: {e}"))? else {
+        return Ok(None);
+    };
+    let mut v = Vec::new();
+    let mut buf = vec![0u8; chunk as usize];
+    loop {
+        let n = r.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Ok(Some(v));
+        }
+        v.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn write(ns: &Namespace, k: u8, v: &[u8], stream: Option<u16>) -> crate::Result<()> {
+    match stream {
+        None => ns.add(&key(k), v),
+        Some(chunk) => {
+            let mut w = ns.create(&key(k))?;
+            for c in v.chunks(chunk.max(1) as usize) {
+                w.write(c)?;
+            }
+            w.commit()
+        }
+    }
+}
+
+/// Runs `ops` against a fresh namespace and against [`Model`]; the first disagreement.
+pub fn check_ops(ops: &[Op]) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let options = NamespaceOptions {
+        quota: QUOTA,
+        durability: Durability::Relaxed,
+        ..Default::default()
+    };
+    let open = || {
+        FileCache::open(dir.path())
+            .and_then(|c| c.namespace("model", options))
+            .map_err(|e| format!("reopen: {e}"))
+    };
+    let ns_dir = dir.path().join("model");
+    let mut ns = open()?;
+    let mut model = Model::default();
+    for (step, op) in ops.iter().enumerate() {
+        let salt = step as u64;
+        match *op {
+            Op::Add(k, len) | Op::Stream(k, len, _) => {
+                let stream = if let Op::Stream(_, _, c) = *op { Some(c) } else { None };
+                let v = value(k, len, salt);
+                let r = write(&ns, k, &v, stream);
+                ensure!(r.is_ok() == model.add(k, v), "step {step} {op:?}: {r:?}");
+            }
+            Op::Get(k) => {
+                let got = ns.get(&key(k)).map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                ensure!(got == model.get(k), "step {step} {op:?}: wrong answer");
+            }
+            Op::Open(k, chunk) => {
+                let got = read_all(&ns, k, chunk).map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                ensure!(got == model.get(k), "step {step} {op:?}: wrong answer");
+            }
+            Op::AbandonedStream(k, len) => {
+                let mut w = ns.create(&key(k)).map_err(|e| format!("step {step}: {e}"))?;
+                w.write(&value(k, len, salt)).map_err(|e| format!("step {step}: {e}"))?;
+                drop(w);
+            }
+            Op::Delete(k) => {
+                ns.delete(&key(k)).map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                model.delete(k);
+            }
+            Op::Contains(k) => {
+                let got = ns.contains(&key(k)).map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                ensure!(
+                    got == model.entries.contains_key(&k),
+                    "step {step} {op:?}: wrong answer"
+                );
+            }
+            Op::Reopen => {
+                drop(ns);
+                ns = open()?;
+            }
+            Op::Faulty {
+                key: k,
+                len,
+                stream,
+                nth,
+                persistent,
+            } => {
+                let v = value(k, len, salt);
+                let guard = fault::inject(u64::from(nth), rustix::io::Errno::NOSPC.raw_os_error(), persistent);
+                let r = write(&ns, k, &v, stream.then_some(97));
+                let hits = fault::hits();
+                drop(guard);
+                if !hits.iter().any(|h| h.failed) {
+                    ensure!(
+                        r.is_ok() == model.add(k, v),
+                        "step {step} {op:?} (no fault struck): {r:?}"
+                    );
+                } else {
+                    ensure!(
+                        matches!(r, Err(Error::Io { .. })),
+                        "step {step} {op:?}: expected io, got {r:?}"
+                    );
+                    after_fault(&ns, &mut model, k, len, &hits).map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                }
+            }
+        }
+        let used = ns.scan(0).map_err(|e| e.to_string())?.used;
+        ensure!(
+            used == model.used(),
+            "step {step} {op:?}: {used} bytes stored, model {}",
+            model.used()
+        );
+        ensure!(used <= QUOTA, "step {step}: over quota");
+        if let Some(counter) = stored_counter(&ns_dir) {
+            ensure!(
+                counter == used,
+                "step {step} {op:?}: counter {counter}, {used} bytes present"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// After a write failed on an injected fault: the key keeps its old entry; the entries the write
+/// may have evicted first (the oldest, in order) may be gone, nothing else. A failed write of the
+/// usage counter leaves it too high, which the next scan corrects (here, at once).
+fn after_fault(ns: &Namespace, model: &mut Model, k: u8, len: u16, hits: &[fault::Hit]) -> Result<(), String> {
+    let old = model.entries.get(&k).cloned();
+    let got = ns.get(&key(k)).map_err(|e| e.to_string())?;
+    ensure!(got == old, "the key's old entry changed");
+    model.get(k);
+    let victims = model.victims(k, u64::from(len)).unwrap_or_default();
+    let mut gone = Vec::new();
+    for &x in &model.order {
+        if !ns.contains(&key(x)).map_err(|e| e.to_string())? {
+            gone.push(x);
+        }
+    }
+    ensure!(
+        victims.starts_with(&gone),
+        "lost {gone:?}; only a prefix of the eviction order {victims:?} may go"
+    );
+    for x in gone {
+        model.delete(x);
+    }
+    if hits.iter().any(|h| h.point == fault::Point::UpdateCounter && h.failed) {
+        ns.recount().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every input of the committed corpus of `target` (`fuzz/corpus/<target>/`).
+    fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(target);
+        let mut inputs: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        inputs.sort();
+        assert!(
+            inputs.len() >= 10,
+            "the corpus of {target} has only {} inputs",
+            inputs.len()
+        );
+        inputs
+    }
+
+    #[test]
+    fn entry_corpus_replays() {
+        for (name, input) in corpus("entry") {
+            let r = std::panic::catch_unwind(|| entry(&input));
+            assert!(r.is_ok(), "fuzz/corpus/entry/{name} fails");
+        }
+    }
+
+    #[test]
+    fn store_ops_corpus_replays() {
+        for (name, input) in corpus("store_ops") {
+            if let Err(e) = check_ops(&decode_ops(&input)) {
+                panic!("fuzz/corpus/store_ops/{name}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_independent_format_check_agrees_with_the_encoder() {
+        let key = entry_key();
+        let content = b"some content";
+        let header = Header {
+            len: content.len() as u64,
+            crc: Checksum::of(content),
+            key,
+        };
+        let mut file = header.encode().to_vec();
+        file.extend_from_slice(content);
+        assert_eq!(valid_content(&file, &key), Some(&content[..]));
+        assert_eq!(valid_content(&file, &Key::digest(b"other")), None);
+        file[70] ^= 1;
+        assert_eq!(valid_content(&file, &key), None);
+    }
+}
