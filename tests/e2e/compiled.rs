@@ -97,6 +97,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A way to damage a file's bytes.
+type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
 /// Every file the compiled cache keeps (artifact, remembered digest, their namespaces' state
 /// and counters, the secret), flipped or truncated, one at a time: the next run still passes.
 #[test]
@@ -117,7 +120,7 @@ fn every_file_of_the_compiled_cache_damaged_the_next_run_is_still_right() {
     for file in &files {
         let rel = file.strip_prefix(&root).unwrap();
         let len = std::fs::metadata(file).unwrap().len() as usize;
-        let damages: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
+        let damages: [(&str, Damage); 3] = [
             ("flip first byte", Box::new(|b| b[0] ^= 0x01)),
             ("flip middle byte", Box::new(move |b| b[len / 2] ^= 0x80)),
             ("truncate to half", Box::new(move |b| b.truncate(len / 2))),
