@@ -9,8 +9,9 @@
 //!   `std::fs::read`, with no integrity check at all.
 //!
 //! Every `get` reads an entry written once before timing starts (page cache warm); every `add`
-//! replaces one of 8 entries in turn, so the directory does not grow while it is timed. A miss
-//! asks for a key that was never written.
+//! writes a new entry (as a cache fill does), and the entries are removed after each sample,
+//! outside the timed region. A miss asks for a key that was never written: the same one every
+//! time (`filecache`, …), or one never asked for before (`filecache-fresh`, …).
 //!
 //! `cargo bench -p filecache-host --bench store` (about 6 minutes; add `-- --quick` for a rough
 //! run, or a filter such as `-- get/` for one group). Results land in `target/criterion/`;
@@ -18,7 +19,7 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
@@ -27,8 +28,8 @@ use filecache_host::{Durability, FileCache, Key, Namespace, NamespaceOptions};
 
 /// The entry sizes measured, in bytes.
 const SIZES: [usize; 4] = [1 << 10, 64 << 10, 1 << 20, 64 << 20];
-/// How many entries an `add` benchmark cycles through.
-const ADD_KEYS: usize = 8;
+/// How many keys never written a fresh-miss benchmark has (more than it uses in a run).
+const FRESH_MISSES: usize = 1_000_000;
 
 fn content(size: usize) -> Vec<u8> {
     (0..size)
@@ -130,41 +131,66 @@ fn get(c: &mut Criterion) {
     group.finish();
 }
 
+/// Times `iters` calls of `add(i)`, each for a new entry, then runs `clean` (not timed), so that
+/// the disk does not fill up however many iterations criterion asks for.
+fn fresh_adds(iters: u64, mut add: impl FnMut(u64), clean: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    for i in 0..iters {
+        add(i);
+    }
+    let elapsed = start.elapsed();
+    clean();
+    elapsed
+}
+
 fn add(c: &mut Criterion) {
     let p = Peers::new();
     let mut group = c.benchmark_group("add");
     group.warm_up_time(Duration::from_secs(1));
+    let mut round = 0u64;
+    let mut name = move |size: usize, i: u64| {
+        round += 1;
+        format!("{size}-{round}-{i}")
+    };
     for size in SIZES {
         let data = content(size);
-        let keys: Vec<Key> = (0..ADD_KEYS).map(|i| Key::digest(format!("add/{size}/{i}"))).collect();
-        let names: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         configure(&mut group, size);
         group.throughput(Throughput::Bytes(size as u64));
         for (id, ns) in [("filecache", &p.ns), ("filecache-sync", &p.ns_sync)] {
-            let mut i = 0;
             group.bench_function(BenchmarkId::new(id, size), |b| {
-                b.iter(|| {
-                    i += 1;
-                    ns.add(&keys[i % ADD_KEYS], black_box(&data)).expect("add")
+                b.iter_custom(|iters| {
+                    fresh_adds(
+                        iters,
+                        |i| ns.add(&Key::digest(name(size, i)), black_box(&data)).expect("add"),
+                        || {
+                            ns.clear().expect("clear");
+                        },
+                    )
                 })
             });
-            ns.clear().expect("clear");
         }
-        let mut i = 0;
         group.bench_function(BenchmarkId::new("cacache", size), |b| {
-            b.iter(|| {
-                i += 1;
-                cacache::write_sync(&p.cacache, &names[i % ADD_KEYS], black_box(&data)).expect("cacache write")
+            b.iter_custom(|iters| {
+                fresh_adds(
+                    iters,
+                    |i| {
+                        cacache::write_sync(&p.cacache, Key::digest(name(size, i)).to_string(), black_box(&data))
+                            .expect("cacache write");
+                    },
+                    || cacache::clear_sync(&p.cacache).expect("cacache clear"),
+                )
             })
         });
-        if p.cacache.exists() {
-            cacache::clear_sync(&p.cacache).expect("cacache clear");
-        }
-        let mut i = 0;
         group.bench_function(BenchmarkId::new("std-fs", size), |b| {
-            b.iter(|| {
-                i += 1;
-                fs_add(&p.raw, &names[i % ADD_KEYS], black_box(&data))
+            b.iter_custom(|iters| {
+                fresh_adds(
+                    iters,
+                    |i| fs_add(&p.raw, &Key::digest(name(size, i)).to_string(), black_box(&data)),
+                    || {
+                        std::fs::remove_dir_all(&p.raw).expect("remove");
+                        std::fs::create_dir(&p.raw).expect("a directory");
+                    },
+                )
             })
         });
     }
@@ -197,6 +223,32 @@ fn miss(c: &mut Criterion) {
     });
     group.bench_function("std-fs", |b| {
         b.iter(|| assert!(std::fs::read(black_box(&raw_absent)).is_err()))
+    });
+    // The same, for keys never asked for before: the kernel has no negative entry cached for
+    // them, so each miss looks in the directory itself (made outside the timed region).
+    let fresh: Vec<Key> = (0..FRESH_MISSES).map(|i| Key::digest(format!("absent/{i}"))).collect();
+    let fresh_names: Vec<String> = fresh.iter().map(|k| k.to_string()).collect();
+    let fresh_paths: Vec<PathBuf> = fresh_names.iter().map(|n| p.raw.join(n)).collect();
+    let mut i = 0;
+    group.bench_function("filecache-fresh", |b| {
+        b.iter(|| {
+            i += 1;
+            assert!(p.ns.get(black_box(&fresh[i % FRESH_MISSES])).expect("get").is_none())
+        })
+    });
+    let mut i = 0;
+    group.bench_function("cacache-fresh", |b| {
+        b.iter(|| {
+            i += 1;
+            assert!(cacache::read_sync(&p.cacache, black_box(&fresh_names[i % FRESH_MISSES])).is_err())
+        })
+    });
+    let mut i = 0;
+    group.bench_function("std-fs-fresh", |b| {
+        b.iter(|| {
+            i += 1;
+            assert!(std::fs::read(black_box(&fresh_paths[i % FRESH_MISSES])).is_err())
+        })
     });
     group.finish();
 }
