@@ -45,8 +45,10 @@ impl Guest {
         let engine = Engine::default();
         let mut linker = Linker::<Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI links");
-        filecache_host::add_to_linker(&mut linker, |h: &mut Host| FileCacheView::new(&mut h.cache, &mut h.table))
-            .expect("the cache links");
+        filecache_host::add_to_linker(&mut linker, |h: &mut Host| {
+            FileCacheView::new(&mut h.cache, &mut h.table)
+        })
+        .expect("the cache links");
         let component = Component::from_file(&engine, filecache_tests::bench_wasm()).expect("the bench guest compiles");
         let host = Host {
             wasi: WasiCtx::builder().inherit_stderr().build(),
@@ -57,8 +59,12 @@ impl Guest {
             table: ResourceTable::new(),
         };
         let mut store = Store::new(&engine, host);
-        let instance = linker.instantiate(&mut store, &component).expect("the bench guest instantiates");
-        let prepare = instance.get_typed_func(&mut store, "prepare").expect("`prepare` is exported");
+        let instance = linker
+            .instantiate(&mut store, &component)
+            .expect("the bench guest instantiates");
+        let prepare = instance
+            .get_typed_func(&mut store, "prepare")
+            .expect("`prepare` is exported");
         let run = instance.get_typed_func(&mut store, "run").expect("`run` is exported");
         Guest { store, prepare, run }
     }

@@ -3,7 +3,8 @@
 //! - `scale/{get,miss,add}/N`: latency with N = 1 thousand, 100 thousand and 1 million entries of
 //!   1 KiB. `get` cycles through 10 000 of the N entries (a hot working set, in the page cache
 //!   after warm-up), `miss` asks for keys never written (nor asked for before), `add` writes new entries (the
-//!   namespace grows by the few thousand it adds).
+//!   namespace grows by the few thousand it adds, and they are deleted afterwards);
+//!   `std-fs-miss` is `std::fs::read` of never-seen names in the same directories.
 //! - `maintenance/{stats,verify,gc}/100000`: [`FileCache::stats`], [`FileCache::verify`] (reads
 //!   and checks every entry) and [`FileCache::gc`] with a size the cache is already under (a full
 //!   scan that removes nothing, so that it can be repeated).
@@ -80,13 +81,17 @@ fn options() -> NamespaceOptions {
     }
 }
 
+fn root_of(n: usize) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bench-scale")
+        .join(n.to_string())
+}
+
 /// A cache root holding one namespace of `n` entries. Kept under `target/bench-scale/<n>` and
 /// reused by later runs (writing a million files takes many minutes on a busy 2-core machine);
 /// `FILECACHE_BENCH_FRESH=1` writes it again.
 fn open(n: usize) -> (FileCache, Namespace) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/bench-scale")
-        .join(n.to_string());
+    let root = root_of(n);
     let done = root.join("populated");
     if std::env::var_os("FILECACHE_BENCH_FRESH").is_some() || !done.exists() {
         let _ = std::fs::remove_dir_all(&root);
@@ -110,7 +115,11 @@ fn sizes() -> Vec<usize> {
     match std::env::var("FILECACHE_BENCH_SCALE") {
         Ok(list) => list
             .split(',')
-            .map(|n| n.trim().parse().expect("FILECACHE_BENCH_SCALE: numbers separated by commas"))
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("FILECACHE_BENCH_SCALE: numbers separated by commas")
+            })
             .collect(),
         Err(_) => vec![1_000, 100_000, 1_000_000],
     }
@@ -123,6 +132,11 @@ fn scale(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3))
         .sample_size(50);
     let content = vec![0xa5; ENTRY];
+    // Keys differ from run to run, so that none was asked for (or cached negative) before.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_nanos();
     for n in sizes() {
         let (_cache, ns) = open(n);
         let hot: Vec<Key> = (0..HOT.min(n)).map(|i| key((i * 7919) % n)).collect();
@@ -135,7 +149,9 @@ fn scale(c: &mut Criterion) {
         });
         // Keys never asked for before (made outside the timed region), so that no miss is
         // answered from a negative entry the kernel cached for an earlier one.
-        let absent: Vec<Key> = (0..FRESH).map(|i| Key::digest(format!("absent/{n}/{i}"))).collect();
+        let absent: Vec<Key> = (0..FRESH)
+            .map(|i| Key::digest(format!("absent/{run}/{n}/{i}")))
+            .collect();
         let mut i = 0;
         group.bench_function(BenchmarkId::new("miss", n), |b| {
             b.iter(|| {
@@ -143,7 +159,25 @@ fn scale(c: &mut Criterion) {
                 assert!(ns.get(black_box(&absent[i % FRESH])).expect("get").is_none())
             })
         });
-        let added: Vec<Key> = (0..FRESH).map(|i| Key::digest(format!("added/{n}/{i}"))).collect();
+        // The same lookups made by `std::fs::read` on the same directories: what the filesystem
+        // itself charges for a name it has never seen.
+        let dir = root_of(n).join("scale");
+        let absent_paths: Vec<std::path::PathBuf> = (0..FRESH)
+            .map(|i| {
+                let hex = Key::digest(format!("absent-fs/{run}/{n}/{i}")).to_string();
+                dir.join(&hex[..2]).join(hex)
+            })
+            .collect();
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("std-fs-miss", n), |b| {
+            b.iter(|| {
+                i += 1;
+                assert!(std::fs::read(black_box(&absent_paths[i % FRESH])).is_err())
+            })
+        });
+        let added: Vec<Key> = (0..FRESH)
+            .map(|i| Key::digest(format!("added/{run}/{n}/{i}")))
+            .collect();
         let mut i = 0;
         group.bench_function(BenchmarkId::new("add", n), |b| {
             b.iter(|| {
@@ -152,8 +186,8 @@ fn scale(c: &mut Criterion) {
             })
         });
         // Back to `n` entries for the next run.
-        for k in &added[..i.min(FRESH)] {
-            ns.delete(k).expect("delete");
+        for j in 0..=i {
+            ns.delete(&added[j % FRESH]).expect("delete");
         }
     }
     group.finish();
@@ -171,17 +205,20 @@ fn maintenance(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(10));
+    // N, and the entry the first `add` wrote.
+    let entries = cache.stats().expect("stats")[0].entries;
+    assert!(entries > N as u64);
     group.bench_function(BenchmarkId::new("stats", N), |b| {
         b.iter(|| {
             let stats = cache.stats().expect("stats");
-            assert_eq!(stats[0].entries, N as u64 + 1);
+            assert_eq!(stats[0].entries, entries);
             stats
         })
     });
     group.bench_function(BenchmarkId::new("verify", N), |b| {
         b.iter(|| {
             let report = cache.verify(&mut |_| {}).expect("verify");
-            assert_eq!(report.ok, N as u64 + 1);
+            assert_eq!((report.ok, report.removed), (entries, 0));
             report
         })
     });

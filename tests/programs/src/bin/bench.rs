@@ -58,9 +58,7 @@ fn one(op: &str, p: &Prepared) -> Result<u64, String> {
             None => Err("a miss".into()),
         },
         "open" => {
-            let r = open(&p.key)
-                .map_err(|e| format!("{e:?}"))?
-                .ok_or("a miss")?;
+            let r = open(&p.key).map_err(|e| format!("{e:?}"))?.ok_or("a miss")?;
             let mut got = 0u64;
             loop {
                 let chunk = r.read(CHUNK as u64).map_err(|e| format!("{e:?}"))?;
