@@ -10,7 +10,7 @@ use std::process::Command;
 /// (package, extra cargo arguments, binaries it produces)
 const GUESTS: &[(&str, &[&str], &[&str])] = &[
     ("filecache-guest", &["--features", "demo"], &["brotli-assets"]),
-    ("filecache-test-programs", &[], &["contract", "hostile", "markdown"]),
+    ("filecache-test-programs", &[], &["contract", "hostile", "markdown", "bench"]),
 ];
 
 fn main() {
@@ -26,6 +26,7 @@ fn main() {
         "guest/Cargo.toml",
         "tests/programs/src",
         "tests/programs/Cargo.toml",
+        "tests/programs/wit",
         // Compiled into the test programs.
         "host/src/size.rs",
         "Cargo.lock",

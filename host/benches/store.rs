@@ -1,80 +1,257 @@
-//! A first measurement of the store against the raw filesystem (plain `std::fs`: write to a
-//! temporary file and rename; read the file whole), in one run on one machine.
+//! The store, host-native, against its best-regarded Rust peer and against the raw filesystem, in
+//! one run on one machine:
 //!
-//! `cargo bench -p filecache-host --bench store`
+//! - `filecache`: [`Namespace::get`] / [`Namespace::add`] (default durability: no fsync), header
+//!   and CRC32C checks included; `filecache-sync` is `add` with [`Durability::Sync`].
+//! - `cacache`: `cacache` 13's sync API (`read_sync` / `write_sync`), with its default SHA-256
+//!   integrity checking; it does not fsync.
+//! - `std-fs`: `std::fs::write` of a temporary file and `std::fs::rename` into place, and
+//!   `std::fs::read`, with no integrity check at all.
+//!
+//! Every `get` reads an entry written once before timing starts (page cache warm); every `add`
+//! writes a new entry (as a cache fill does), and the entries are removed after each sample,
+//! outside the timed region. A miss asks for a key that was never written: the same one every
+//! time (`filecache`, …), or one never asked for before (`filecache-fresh`, …).
+//!
+//! `cargo bench -p filecache-host --bench store` (about 6 minutes; add `-- --quick` for a rough
+//! run, or a filter such as `-- get/` for one group). Results land in `target/criterion/`;
+//! `python3 scripts/plot.py` turns them into `docs/throughput.svg`.
 
 use std::hint::black_box;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use filecache_host::{FileCache, Key, NamespaceOptions};
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
+};
+use filecache_host::{Durability, FileCache, Key, Namespace, NamespaceOptions};
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+/// The entry sizes measured, in bytes.
+const SIZES: [usize; 4] = [1 << 10, 64 << 10, 1 << 20, 64 << 20];
+/// How many keys never written a fresh-miss benchmark has (more than it uses in a run).
+const FRESH_MISSES: usize = 1_000_000;
+
+fn content(size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect()
 }
 
-fn time(iters: usize, mut f: impl FnMut(usize)) -> Duration {
-    let mut samples = Vec::with_capacity(iters);
-    for i in 0..iters {
-        let t = Instant::now();
-        f(i);
-        samples.push(t.elapsed());
-    }
-    median(samples)
+struct Peers {
+    _tmp: tempfile::TempDir,
+    ns: Namespace,
+    ns_sync: Namespace,
+    cacache: PathBuf,
+    raw: PathBuf,
 }
 
-fn main() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = FileCache::open(tmp.path().join("cache")).unwrap();
-    let ns = cache
-        .namespace(
-            "bench",
-            NamespaceOptions {
-                quota: u64::MAX,
-                max_entry_size: u64::MAX,
-                ..NamespaceOptions::default()
-            },
-        )
-        .unwrap();
-    let raw = tmp.path().join("raw");
-    std::fs::create_dir(&raw).unwrap();
-
-    println!(
-        "{:>8}  {:>12} {:>12} {:>6}  {:>12} {:>12} {:>6}",
-        "size", "get", "fs::read", "ratio", "add", "fs write", "ratio"
-    );
-    for size in [1usize << 10, 64 << 10, 1 << 20, 64 << 20] {
-        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        let iters = ((256usize << 20) / size).clamp(20, 2000);
-        let keys: Vec<Key> = (0..iters).map(|i| Key::digest(format!("{size}/{i}"))).collect();
-        let add = time(iters, |i| ns.add(&keys[i], &data).unwrap());
-        let get = time(iters, |i| {
-            black_box(ns.get(&keys[i]).unwrap().unwrap());
-        });
-        let fs_write = time(iters, |i| {
-            let tmp = raw.join(format!("{i}.tmp"));
-            std::fs::write(&tmp, &data).unwrap();
-            std::fs::rename(&tmp, raw.join(i.to_string())).unwrap();
-        });
-        let fs_read = time(iters, |i| {
-            black_box(std::fs::read(raw.join(i.to_string())).unwrap());
-        });
-        println!(
-            "{:>8}  {:>12?} {:>12?} {:>6.2}  {:>12?} {:>12?} {:>6.2}",
-            size,
-            get,
-            fs_read,
-            fs_read.as_secs_f64() / get.as_secs_f64(),
-            add,
-            fs_write,
-            fs_write.as_secs_f64() / add.as_secs_f64()
-        );
-        ns.clear().unwrap();
-        for i in 0..iters {
-            let _ = std::fs::remove_file(raw.join(i.to_string()));
+impl Peers {
+    fn new() -> Peers {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let cache = FileCache::open(tmp.path().join("filecache")).expect("the cache opens");
+        let options = NamespaceOptions {
+            quota: u64::MAX,
+            max_entry_size: u64::MAX,
+            ..NamespaceOptions::default()
+        };
+        let ns = cache.namespace("bench", options).expect("a namespace");
+        let ns_sync = cache
+            .namespace(
+                "bench-sync",
+                NamespaceOptions {
+                    durability: Durability::Sync,
+                    ..options
+                },
+            )
+            .expect("a namespace");
+        let raw = tmp.path().join("raw");
+        std::fs::create_dir(&raw).expect("a directory");
+        Peers {
+            cacache: tmp.path().join("cacache"),
+            raw,
+            ns,
+            ns_sync,
+            _tmp: tmp,
         }
     }
-    let missing: Vec<Key> = (0..10_000).map(|i| Key::digest(format!("missing/{i}"))).collect();
-    let miss = time(missing.len(), |i| assert!(ns.get(&missing[i]).unwrap().is_none()));
-    println!("miss: {miss:?}");
 }
+
+fn fs_add(dir: &Path, name: &str, data: &[u8]) {
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, data).expect("write");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
+/// Fewer, longer samples for the large sizes, so that a full run stays affordable on 2 cores.
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>, size: usize) {
+    if size >= 64 << 20 {
+        group.sample_size(10).measurement_time(Duration::from_secs(8));
+    } else if size >= 1 << 20 {
+        group.sample_size(30).measurement_time(Duration::from_secs(4));
+    } else {
+        group.sample_size(50).measurement_time(Duration::from_secs(3));
+    }
+}
+
+fn get(c: &mut Criterion) {
+    let p = Peers::new();
+    let mut group = c.benchmark_group("get");
+    group.warm_up_time(Duration::from_secs(1));
+    for size in SIZES {
+        let data = content(size);
+        let key = Key::digest(format!("get/{size}"));
+        p.ns.add(&key, &data).expect("add");
+        cacache::write_sync(&p.cacache, key.to_string(), &data).expect("cacache write");
+        fs_add(&p.raw, &key.to_string(), &data);
+        let raw_path = p.raw.join(key.to_string());
+        configure(&mut group, size);
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(BenchmarkId::new("filecache", size), |b| {
+            b.iter(|| {
+                let got = p.ns.get(black_box(&key)).expect("get").expect("a hit");
+                assert_eq!(got.len(), size);
+                got
+            })
+        });
+        group.bench_function(BenchmarkId::new("cacache", size), |b| {
+            b.iter(|| {
+                let got = cacache::read_sync(&p.cacache, black_box(key.to_string())).expect("a hit");
+                assert_eq!(got.len(), size);
+                got
+            })
+        });
+        group.bench_function(BenchmarkId::new("std-fs", size), |b| {
+            b.iter(|| {
+                let got = std::fs::read(black_box(&raw_path)).expect("a hit");
+                assert_eq!(got.len(), size);
+                got
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Times `iters` calls of `add(i)`, each for a new entry, then runs `clean` (not timed), so that
+/// the disk does not fill up however many iterations criterion asks for.
+fn fresh_adds(iters: u64, mut add: impl FnMut(u64), clean: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    for i in 0..iters {
+        add(i);
+    }
+    let elapsed = start.elapsed();
+    clean();
+    elapsed
+}
+
+fn add(c: &mut Criterion) {
+    let p = Peers::new();
+    let mut group = c.benchmark_group("add");
+    group.warm_up_time(Duration::from_secs(1));
+    let mut round = 0u64;
+    let mut name = move |size: usize, i: u64| {
+        round += 1;
+        format!("{size}-{round}-{i}")
+    };
+    for size in SIZES {
+        let data = content(size);
+        configure(&mut group, size);
+        group.throughput(Throughput::Bytes(size as u64));
+        for (id, ns) in [("filecache", &p.ns), ("filecache-sync", &p.ns_sync)] {
+            group.bench_function(BenchmarkId::new(id, size), |b| {
+                b.iter_custom(|iters| {
+                    fresh_adds(
+                        iters,
+                        |i| ns.add(&Key::digest(name(size, i)), black_box(&data)).expect("add"),
+                        || {
+                            ns.clear().expect("clear");
+                        },
+                    )
+                })
+            });
+        }
+        group.bench_function(BenchmarkId::new("cacache", size), |b| {
+            b.iter_custom(|iters| {
+                fresh_adds(
+                    iters,
+                    |i| {
+                        cacache::write_sync(&p.cacache, Key::digest(name(size, i)).to_string(), black_box(&data))
+                            .expect("cacache write");
+                    },
+                    || cacache::clear_sync(&p.cacache).expect("cacache clear"),
+                )
+            })
+        });
+        group.bench_function(BenchmarkId::new("std-fs", size), |b| {
+            b.iter_custom(|iters| {
+                fresh_adds(
+                    iters,
+                    |i| fs_add(&p.raw, &Key::digest(name(size, i)).to_string(), black_box(&data)),
+                    || {
+                        std::fs::remove_dir_all(&p.raw).expect("remove");
+                        std::fs::create_dir(&p.raw).expect("a directory");
+                    },
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn miss(c: &mut Criterion) {
+    let p = Peers::new();
+    // Something in every store, so that a miss is not answered by a missing directory.
+    let present = Key::digest("present");
+    p.ns.add(&present, b"present").expect("add");
+    cacache::write_sync(&p.cacache, present.to_string(), b"present").expect("cacache write");
+    fs_add(&p.raw, &present.to_string(), b"present");
+    let absent = Key::digest("absent");
+    let raw_absent = p.raw.join(absent.to_string());
+    let mut group = c.benchmark_group("miss");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    group.bench_function("filecache", |b| {
+        b.iter(|| assert!(p.ns.get(black_box(&absent)).expect("get").is_none()))
+    });
+    group.bench_function("cacache", |b| {
+        b.iter(|| {
+            assert!(matches!(
+                cacache::read_sync(&p.cacache, black_box(absent.to_string())),
+                Err(cacache::Error::EntryNotFound(..))
+            ))
+        })
+    });
+    group.bench_function("std-fs", |b| {
+        b.iter(|| assert!(std::fs::read(black_box(&raw_absent)).is_err()))
+    });
+    // The same, for keys never asked for before: the kernel has no negative entry cached for
+    // them, so each miss looks in the directory itself (made outside the timed region).
+    let fresh: Vec<Key> = (0..FRESH_MISSES).map(|i| Key::digest(format!("absent/{i}"))).collect();
+    let fresh_names: Vec<String> = fresh.iter().map(|k| k.to_string()).collect();
+    let fresh_paths: Vec<PathBuf> = fresh_names.iter().map(|n| p.raw.join(n)).collect();
+    let mut i = 0;
+    group.bench_function("filecache-fresh", |b| {
+        b.iter(|| {
+            i += 1;
+            assert!(p.ns.get(black_box(&fresh[i % FRESH_MISSES])).expect("get").is_none())
+        })
+    });
+    let mut i = 0;
+    group.bench_function("cacache-fresh", |b| {
+        b.iter(|| {
+            i += 1;
+            assert!(cacache::read_sync(&p.cacache, black_box(&fresh_names[i % FRESH_MISSES])).is_err())
+        })
+    });
+    let mut i = 0;
+    group.bench_function("std-fs-fresh", |b| {
+        b.iter(|| {
+            i += 1;
+            assert!(std::fs::read(black_box(&fresh_paths[i % FRESH_MISSES])).is_err())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, get, add, miss);
+criterion_main!(benches);

@@ -30,3 +30,8 @@ pub fn markdown_wasm() -> &'static Path {
 pub fn demo_assets_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/demo/assets"))
 }
+
+/// The benchmark guest: exports `prepare` and `run` (see `tests/programs/wit/bench.wit`).
+pub fn bench_wasm() -> &'static Path {
+    Path::new(env!("FILECACHE_WASM_BENCH"))
+}

@@ -41,6 +41,12 @@ const TMP_DIR: &str = "tmp";
 /// How many eviction candidates one scan keeps (the oldest entries).
 const CANDIDATES_PER_SCAN: usize = 8192;
 const WRITE_BUFFER: usize = 64 << 10;
+/// `get` reads an entry of at most this much content together with its header, in one call.
+const SMALL_ENTRY: usize = 16 << 10;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const NOATIME: rustix::fs::OFlags = rustix::fs::OFlags::NOATIME;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const NOATIME: rustix::fs::OFlags = rustix::fs::OFlags::empty();
 
 /// A namespace of the cache. Cheap to clone; clones share state.
 #[derive(Clone)]
@@ -175,6 +181,18 @@ impl EntryInfo {
 
 fn is_not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
+}
+
+/// Checks the header bytes of an entry file of `file_len` bytes against the key it is read for.
+fn check_header_bytes(key: &Key, b: &[u8; HEADER_LEN], file_len: u64) -> std::result::Result<Header, &'static str> {
+    let header = Header::decode(b).map_err(|e| e.describe())?;
+    if header.key != *key {
+        return Err("written under another key");
+    }
+    if Some(header.len) != file_len.checked_sub(HEADER_LEN as u64) {
+        return Err("length does not match the file's size");
+    }
+    Ok(header)
 }
 
 fn random_suffix() -> u64 {
@@ -342,11 +360,21 @@ impl Namespace {
         let Some(dir) = self.dir() else { return Ok(None) };
         let mut oo = OpenOptions::new();
         // O_NONBLOCK: opening a planted FIFO must not hang; it has no effect on regular files.
+        // O_NOATIME: the cache keeps recency in the modification time, which a hit sets; without
+        // it, the next read would find the access time older than that and write the inode a
+        // second time (relatime). Only the file's owner may ask for it: others open without.
         oo.read(true)
             .follow(FollowSymlinks::No)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+            .custom_flags((rustix::fs::OFlags::NONBLOCK | NOATIME).bits() as i32);
         let rel = hk.rel_path();
-        let file = match dir.open_with(&rel, &oo) {
+        let opened = match dir.open_with(&rel, &oo) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !NOATIME.is_empty() => {
+                oo.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+                dir.open_with(&rel, &oo)
+            }
+            r => r,
+        };
+        let file = match opened {
             Ok(f) => f.into_std(),
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => {
@@ -389,14 +417,7 @@ impl Namespace {
             Ok(()) => {}
             Err(_) => return Err("unreadable header"),
         }
-        let header = Header::decode(&b).map_err(|e| e.describe())?;
-        if header.key != *key {
-            return Err("written under another key");
-        }
-        if header.len != meta.len() - HEADER_LEN as u64 {
-            return Err("length does not match the file's size");
-        }
-        Ok(header)
+        check_header_bytes(key, &b, meta.len())
     }
 
     /// Opens the entry for `key` and checks its header: `None` on a miss, or when the entry was
@@ -472,31 +493,84 @@ impl Namespace {
     /// The content stored under `key`, verified. A damaged entry is removed and answered as a
     /// miss; the returned error is then `None`, and the reason is logged.
     pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
-        let Some((hk, file, meta, header)) = self.open_checked(key)? else {
+        let hk = key.hex();
+        let Some((file, meta)) = self.open_entry_file(&hk)? else {
             return Ok(None);
+        };
+        match self.read_verified(key, &hk, &file, &meta)? {
+            Ok(content) => {
+                self.touch(&file);
+                Ok(Some(content))
+            }
+            Err(reason) => {
+                self.discard_path(&hk, Some(&meta), reason);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads a whole entry and checks it (header against key and size, content against its
+    /// checksum): the content, or why the entry is damaged.
+    fn read_verified(
+        &self,
+        key: &Key,
+        hk: &HexKey,
+        file: &File,
+        meta: &std::fs::Metadata,
+    ) -> Result<std::result::Result<Vec<u8>, &'static str>> {
+        let Some(content_len) = meta.len().checked_sub(HEADER_LEN as u64) else {
+            return Ok(Err("shorter than a header"));
         };
         // The entry's size was bounded when it was written (by the writer's limit, which the
         // reader's may be smaller than: it is still served whole; `open` streams it instead).
-        let len = usize::try_from(header.len).map_err(|_| Error::TooLarge {
+        let len = usize::try_from(content_len).map_err(|_| Error::TooLarge {
             limit: self.inner.options.max_entry_size,
         })?;
-        let mut content = Vec::with_capacity(len);
-        let mut offset = HEADER_LEN as u64;
-        while content.len() < len {
-            let n = rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut content), offset)
-                .map_err(|e| Error::io(format!("cannot read entry {}", hk.as_str()), e.into()))?;
-            if n == 0 {
-                self.discard_path(&hk, Some(&meta), "truncated");
-                return Ok(None);
+        let read_all = |buf: &mut Vec<u8>, want: usize, mut offset: u64| -> Result<()> {
+            while buf.len() < want {
+                let n = rustix::io::pread(file, rustix::buffer::spare_capacity(buf), offset)
+                    .map_err(|e| Error::io(format!("cannot read entry {}", hk.as_str()), e.into()))?;
+                if n == 0 {
+                    break;
+                }
+                offset += n as u64;
             }
-            offset += n as u64;
+            Ok(())
+        };
+        if len <= SMALL_ENTRY {
+            // Header and content in one read; moving the content down is cheaper than a second
+            // system call at this size.
+            let mut buf = Vec::with_capacity(HEADER_LEN + len);
+            read_all(&mut buf, HEADER_LEN + len, 0)?;
+            let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
+                return Ok(Err("unreadable header"));
+            };
+            let header = match check_header_bytes(key, head, meta.len()) {
+                Ok(h) => h,
+                Err(reason) => return Ok(Err(reason)),
+            };
+            if buf.len() < HEADER_LEN + len {
+                return Ok(Err("truncated"));
+            }
+            if Checksum::of(&buf[HEADER_LEN..]) != header.crc {
+                return Ok(Err("content checksum mismatch"));
+            }
+            buf.drain(..HEADER_LEN);
+            return Ok(Ok(buf));
+        }
+        let header = match self.check_header(key, file, meta) {
+            Ok(h) => h,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let mut content = Vec::with_capacity(len);
+        read_all(&mut content, len, HEADER_LEN as u64)?;
+        if content.len() < len {
+            return Ok(Err("truncated"));
         }
         if Checksum::of(&content) != header.crc {
-            self.discard_path(&hk, Some(&meta), "content checksum mismatch");
-            return Ok(None);
+            return Ok(Err("content checksum mismatch"));
         }
-        self.touch(&file);
-        Ok(Some(content))
+        Ok(Ok(content))
     }
 
     /// A reader over the content stored under `key`, or `None` on a miss.

@@ -299,6 +299,62 @@ fn every_byte_flip_and_truncation_is_a_miss_and_removed() {
 }
 
 #[test]
+fn whole_entry_reads_refuse_damage_on_both_sides_of_the_one_read_size() {
+    // `get` reads small entries together with their header in one call, larger ones in two.
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    for len in [(16usize << 10) - 1, 16 << 10, (16 << 10) + 1, 100 << 10] {
+        let key = Key::digest(len.to_le_bytes());
+        let data = content(3, len);
+        ns.add(&key, &data).unwrap();
+        let path = entry_path(d.path(), "test", &key);
+        let good = std::fs::read(&path).unwrap();
+        let total = good.len();
+        let flips = [0, 17, 24, 31, 40, HEADER_LEN, HEADER_LEN + len / 2, total - 1];
+        for i in flips {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            assert_eq!(ns.get(&key).unwrap(), None, "len {len}: flip at {i} served");
+            assert!(!path.exists(), "len {len}: flip at {i} not removed");
+        }
+        for cut in [HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + len / 2, total - 1] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            assert_eq!(ns.get(&key).unwrap(), None, "len {len}: truncation to {cut} served");
+            assert!(!path.exists());
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        assert_eq!(ns.get(&key).unwrap(), None, "len {len}: a trailing byte served");
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&data[..]), "len {len}");
+    }
+}
+
+#[test]
+fn a_hit_sets_the_modification_time_and_leaves_the_access_time() {
+    // Recency is the modification time; the access time is not written on a hit (O_NOATIME),
+    // which under `relatime` would otherwise cost a second inode write per hit.
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let key = Key::digest(b"atime");
+    ns.add(&key, b"content").unwrap();
+    let path = entry_path(d.path(), "test", &key);
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_accessed(old).set_modified(old))
+        .unwrap();
+    assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&b"content"[..]));
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.modified().unwrap() > old, "a hit refreshes recency");
+    assert_eq!(meta.accessed().unwrap(), old, "a hit wrote the access time");
+}
+
+#[test]
 fn a_file_under_another_keys_name_is_refused() {
     let (d, cache) = cache();
     let ns = ns(&cache);
