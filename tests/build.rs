@@ -10,7 +10,11 @@ use std::process::Command;
 /// (package, extra cargo arguments, binaries it produces)
 const GUESTS: &[(&str, &[&str], &[&str])] = &[
     ("filecache-guest", &["--features", "demo"], &["brotli-assets"]),
-    ("filecache-test-programs", &[], &["contract", "hostile", "markdown", "bench"]),
+    (
+        "filecache-test-programs",
+        &[],
+        &["contract", "hostile", "markdown", "bench"],
+    ),
 ];
 
 fn main() {
