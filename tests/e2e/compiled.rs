@@ -71,19 +71,6 @@ fn runs_compile_once_and_compile_warms_ahead() {
     assert!(cold.dir().join(".incremental").is_dir());
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -152,39 +139,6 @@ fn every_file_of_the_compiled_cache_damaged_the_next_run_is_still_right() {
     }
 }
 
-/// A tmpfs mounted for a test, unmounted when dropped.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path) -> Mount {
-        std::fs::create_dir_all(at).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "this test needs to mount a tmpfs (it runs as root in CI); mount failed: {status}"
-        );
-        Mount(at.to_path_buf())
-    }
-    fn remount_read_only(&self) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success(), "remount read-only failed");
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 fn warnings(out: &std::process::Output) -> Vec<String> {
     stderr(out)
         .lines()
@@ -197,7 +151,7 @@ fn warnings(out: &std::process::Output) -> Vec<String> {
 fn a_read_only_cache_directory_still_runs_with_one_warning() {
     // Populated while writable, then read-only: compiled code is still loaded from it.
     let cache = TestCache::new();
-    let mount = Mount::tmpfs(&cache.dir());
+    let mount = Tmpfs::mount(&cache.dir(), "64m").expect("this test mounts a tmpfs (it runs as root in CI)");
     cache.contract(&[], &["put", "kept", "1000"]);
     mount.remount_read_only();
     let out = cache.contract(&[], &["read-only-check", "kept", "1000"]);
@@ -207,7 +161,7 @@ fn a_read_only_cache_directory_still_runs_with_one_warning() {
 
     // Empty and read-only: no secret can be made, so everything is compiled in memory.
     let empty = TestCache::new();
-    let mount = Mount::tmpfs(&empty.dir());
+    let mount = Tmpfs::mount(&empty.dir(), "64m").expect("this test mounts a tmpfs (it runs as root in CI)");
     mount.remount_read_only();
     let out = empty.contract(&[], &["read-only"]);
     assert_eq!(warnings(&out).len(), 1, "{}", stderr(&out));

@@ -43,7 +43,7 @@ fn demo_second_run_hits_and_outputs_are_identical() {
 
     // Every output is identical across runs and decompresses to its input.
     let mut checked = 0;
-    for entry in walk(assets) {
+    for entry in files_under(assets) {
         let rel = entry.strip_prefix(assets).unwrap();
         let br = format!("{}.br", rel.display());
         let a = std::fs::read(out1.join(&br)).unwrap();
@@ -59,17 +59,4 @@ fn demo_second_run_hits_and_outputs_are_identical() {
         checked += 1;
     }
     assert!(checked > 10);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -257,6 +257,13 @@ fn concurrent_loads_of_one_component_compile_it_once() {
     assert_eq!(cc.counts().misses, 1);
 }
 
+/// Sets the file's modification time to `mtime`, then waits out the racy window.
+fn age(path: &std::path::Path, mtime: std::time::SystemTime) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(mtime).unwrap();
+    std::thread::sleep(RACY + Duration::from_millis(50));
+}
+
 #[test]
 fn component_files_are_remembered_by_identity_and_rehashed_when_changed() {
     let f = Fixture::new();
@@ -265,13 +272,7 @@ fn component_files_are_remembered_by_identity_and_rehashed_when_changed() {
     std::fs::write(&path, component_wat(21)).unwrap();
     // Old enough that its timestamps can be trusted.
     let old = std::time::SystemTime::now() - Duration::from_secs(60);
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
-    std::thread::sleep(RACY + Duration::from_millis(50));
+    age(&path, old);
     assert_eq!(
         f.compiled(&engine).load_component_file(&path).unwrap().1,
         Source::Compiled
@@ -287,13 +288,7 @@ fn component_files_are_remembered_by_identity_and_rehashed_when_changed() {
     // Rewritten in place (same inode) with other code, even with the old mtime put back: the
     // change time differs, so it is hashed again.
     std::fs::write(&path, component_wat(22)).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
-    std::thread::sleep(RACY + Duration::from_millis(50));
+    age(&path, old);
     let (c, s) = f.compiled(&engine).load_component_file(&path).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 22));
     assert_eq!(

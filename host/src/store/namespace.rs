@@ -179,6 +179,17 @@ impl EntryInfo {
     }
 }
 
+/// Read-write, created owner-only if missing, never through a symlink: the namespace's own files.
+fn private_rw_options() -> OpenOptions {
+    let mut oo = OpenOptions::new();
+    oo.read(true)
+        .write(true)
+        .create(true)
+        .follow(FollowSymlinks::No)
+        .mode(0o600);
+    oo
+}
+
 fn is_not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
@@ -333,14 +344,11 @@ impl Namespace {
             return Ok(());
         };
         let _lk = self.lock()?;
-        let mut oo = OpenOptions::new();
-        oo.read(true)
-            .write(true)
-            .create(true)
-            .follow(FollowSymlinks::No)
-            .mode(0o600);
         let ctx = || format!("cannot update the counters of namespace {:?}", self.inner.name);
-        let file = dir.open_with(COUNTERS_FILE, &oo).context(ctx)?.into_std();
+        let file = dir
+            .open_with(COUNTERS_FILE, &private_rw_options())
+            .context(ctx)?
+            .into_std();
         counters::add(&file, deltas).context(ctx)
     }
 
@@ -996,14 +1004,8 @@ impl Writable {
         let tmp = dir
             .open_dir_nofollow(TMP_DIR)
             .context(|| format!("cannot open the temporary directory of namespace {name:?}"))?;
-        let mut oo = OpenOptions::new();
-        oo.read(true)
-            .write(true)
-            .create(true)
-            .follow(FollowSymlinks::No)
-            .mode(0o600);
         let state = dir
-            .open_with(STATE_FILE, &oo)
+            .open_with(STATE_FILE, &private_rw_options())
             .context(|| format!("cannot open the state file of namespace {name:?}"))?
             .into_std();
         Ok(Writable {
