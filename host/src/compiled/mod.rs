@@ -125,7 +125,7 @@ struct Inner {
     engine: Engine,
     disk: Option<Disk>,
     /// Shares artifacts with other hosts (only under a fleet key; see [`crate::remote`]).
-    remote: Option<RemoteTier>,
+    remote: std::sync::OnceLock<RemoteTier>,
     /// SHA-256 state over the format and the engine's compatibility hash.
     prefix: Sha256,
     loaded: Mutex<HashMap<Key, Arc<Mutex<Option<Artifact>>>>>,
@@ -203,16 +203,11 @@ impl ComponentCache {
     /// compile is published to it. Artifacts travel only under the tier's fleet key (without
     /// one, the tier neither sends nor accepts them) and are checked against it on arrival.
     pub fn with_remote(self, remote: RemoteTier) -> ComponentCache {
-        let inner = match Arc::try_unwrap(self.inner) {
-            Ok(inner) => inner,
-            Err(_) => panic!("ComponentCache::with_remote must be called before the cache is cloned"),
-        };
-        ComponentCache {
-            inner: Arc::new(Inner {
-                remote: Some(remote),
-                ..inner
-            }),
+        // Clones share the tier; a cache keeps the first one it is given.
+        if self.inner.remote.set(remote).is_err() {
+            tracing::debug!("ComponentCache::with_remote: a remote tier is already set; keeping it");
         }
+        self
     }
 
     /// A cache that keeps compiled code in this process only.
@@ -231,7 +226,7 @@ impl ComponentCache {
             inner: Arc::new(Inner {
                 engine: engine.clone(),
                 disk,
-                remote: None,
+                remote: std::sync::OnceLock::new(),
                 prefix,
                 loaded: Mutex::new(HashMap::new()),
                 zero_copy: AtomicBool::new(true),
@@ -615,7 +610,7 @@ impl Inner {
             Err(e) => return tracing::warn!("cannot serialize compiled code: {e:#}"),
         };
         self.store_bytes(kind, key, &artifact);
-        if let Some(remote) = &self.remote
+        if let Some(remote) = self.remote.get()
             && let Err(e) = remote.publish(&disk.artifacts, key, &artifact)
         {
             tracing::warn!("cannot publish compiled code to the remote tier: {}", e.full_message());
@@ -625,7 +620,7 @@ impl Inner {
     /// The artifact for `key` from the remote tier, authenticated there by the fleet key, then
     /// stored under this cache's own MAC and loaded like any stored artifact.
     fn load_remote(&self, kind: Kind, key: &Key) -> Option<Artifact> {
-        let (disk, remote) = (self.disk.as_ref()?, self.remote.as_ref()?);
+        let (disk, remote) = (self.disk.as_ref()?, self.remote.get()?);
         let artifact = match remote.fetch(&disk.artifacts, key, u64::MAX) {
             Ok(found) => found?,
             Err(e) => {
