@@ -314,11 +314,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let dirs = args.dirs.iter().map(|d| parse_dir(d)).collect::<Result<Vec<_>>>()?;
     let cache_dir = args.cache.resolve()?;
     let remote = args.remote.tier()?;
+    // A cache directory that cannot be written (a read-only filesystem, no permission) is still
+    // used, read-only, with one warning (below).
+    let unwritable = unwritable_dir(&cache_dir);
     let defaults = NamespaceOptions::default();
     let options = NamespaceOptions {
         max_entry_size: args.max_entry_size.unwrap_or(defaults.max_entry_size),
         quota: args.quota.unwrap_or(defaults.quota),
-        read_only: args.read_only || unwritable_dir(&cache_dir),
+        read_only: args.read_only || unwritable,
         durability: if args.durable {
             Durability::Sync
         } else {
@@ -340,7 +343,6 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     // A cache directory that cannot be written (a read-only filesystem, no permission) is still
     // used, read-only, with one warning: stored code is loaded, new code is compiled in memory,
     // and the component's writes answer `read-only`.
-    let unwritable = unwritable_dir(&cache_dir);
     if unwritable {
         tracing::warn!(
             "the cache directory {} cannot be written: using it read-only (new compiled code stays in \
