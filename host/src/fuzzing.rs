@@ -69,6 +69,18 @@ impl Bytes<'_> {
     }
 }
 
+/// An entry file as the store writes it: the header for `content` under `key`, then `content`.
+fn entry_file(key: Key, content: &[u8]) -> Vec<u8> {
+    let header = Header {
+        len: content.len() as u64,
+        crc: Checksum::of(content),
+        key,
+    };
+    let mut file = header.encode().to_vec();
+    file.extend_from_slice(content);
+    file
+}
+
 /// Builds the entry file a fuzz input describes. First byte: bit 0 set = a valid entry of the
 /// rest's content, then damaged by up to 3 edits (byte changes, a truncation, appended bytes);
 /// bit 1 set = written under another key. Otherwise the rest is the file, raw.
@@ -87,13 +99,7 @@ fn planted_file(data: &[u8]) -> Vec<u8> {
     } else {
         Key::digest(b"another key")
     };
-    let header = Header {
-        len: content.len() as u64,
-        crc: Checksum::of(content),
-        key,
-    };
-    let mut file = header.encode().to_vec();
-    file.extend_from_slice(content);
+    let mut file = entry_file(key, content);
     for (kind, pos, value) in edits {
         let at = pos as usize % (file.len() + 1);
         match kind % 3 {
@@ -552,13 +558,7 @@ mod tests {
     fn the_independent_format_check_agrees_with_the_encoder() {
         let key = entry_key();
         let content = b"some content";
-        let header = Header {
-            len: content.len() as u64,
-            crc: Checksum::of(content),
-            key,
-        };
-        let mut file = header.encode().to_vec();
-        file.extend_from_slice(content);
+        let mut file = entry_file(key, content);
         assert_eq!(valid_content(&file, &key), Some(&content[..]));
         assert_eq!(valid_content(&file, &Key::digest(b"other")), None);
         file[70] ^= 1;
