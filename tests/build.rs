@@ -32,7 +32,7 @@ fn main() {
         "tests/programs/Cargo.toml",
         "tests/programs/wit",
         // Compiled into the test programs.
-        "host/src/size.rs",
+        "host/store/src/size.rs",
         "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());

@@ -69,7 +69,7 @@ pub use stream::{Reader, Writer};
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "plugin",
     });
 }

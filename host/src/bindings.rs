@@ -24,7 +24,7 @@ use crate::{Key, Namespace, NamespaceOptions, Store};
 
 mod generated {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "wit",
         world: "filecache:cache/plugin",
         imports: { default: trappable },
         with: {

@@ -56,26 +56,15 @@
 #![deny(missing_docs)]
 
 pub mod bindings;
+#[cfg(feature = "compiled")]
 pub mod compiled;
-pub mod entry;
-mod error;
-#[cfg(any(test, feature = "fault-injection"))]
-#[doc(hidden)]
-pub mod fault;
-#[cfg(not(any(test, feature = "fault-injection")))]
-mod fault;
-#[cfg(any(test, feature = "fuzzing"))]
-#[doc(hidden)]
-pub mod fuzzing;
-mod key;
-pub mod remote;
-pub mod size;
-pub mod store;
 
 pub use bindings::{FileCacheCtx, FileCacheCtxBuilder, FileCacheView, add_to_linker};
-pub use error::{Error, Result};
-pub use key::Key;
-pub use store::{Durability, FileCache, Namespace, NamespaceOptions, Store};
+/// The store this crate serves: [`filecache_store`], re-exported.
+pub use filecache_store as store;
+#[cfg(feature = "remote")]
+pub use filecache_store::remote;
+pub use filecache_store::{Durability, Error, FileCache, Key, Namespace, NamespaceOptions, Result, Store, entry, size};
 
 /// The README's Rust examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]

@@ -41,6 +41,7 @@ pub use incremental::{INCREMENTAL_NAMESPACE, IncrementalCache};
 pub use secret::SECRET_FILE;
 
 use crate::entry::HEADER_LEN;
+#[cfg(feature = "remote")]
 use crate::remote::RemoteTier;
 use crate::store::{Counter, Counts};
 use crate::{Durability, FileCache, Key, Namespace, NamespaceOptions};
@@ -124,7 +125,8 @@ pub struct ComponentCache {
 struct Inner {
     engine: Engine,
     disk: Option<Disk>,
-    /// Shares artifacts with other hosts (only under a fleet key; see [`crate::remote`]).
+    /// Shares artifacts with other hosts (only under a fleet key; see `filecache_store::remote`).
+    #[cfg(feature = "remote")]
     remote: std::sync::OnceLock<RemoteTier>,
     /// SHA-256 state over the format and the engine's compatibility hash.
     prefix: Sha256,
@@ -199,6 +201,7 @@ impl ComponentCache {
         ComponentCache::with_disk(engine, disk)
     }
 
+    #[cfg(feature = "remote")]
     /// Also shares artifacts through `remote`: a local miss asks it before compiling, and a
     /// compile is published to it. Artifacts travel only under the tier's fleet key (without
     /// one, the tier neither sends nor accepts them) and are checked against it on arrival.
@@ -226,6 +229,7 @@ impl ComponentCache {
             inner: Arc::new(Inner {
                 engine: engine.clone(),
                 disk,
+                #[cfg(feature = "remote")]
                 remote: std::sync::OnceLock::new(),
                 prefix,
                 loaded: Mutex::new(HashMap::new()),
@@ -469,6 +473,7 @@ impl Inner {
             *slot = Some(a.clone());
             return Ok((a, Source::Disk));
         }
+        #[cfg(feature = "remote")]
         if let Some(a) = self.load_remote(kind, &key) {
             *slot = Some(a.clone());
             return Ok((a, Source::Remote));
@@ -610,6 +615,7 @@ impl Inner {
             Err(e) => return tracing::warn!("cannot serialize compiled code: {e:#}"),
         };
         self.store_bytes(kind, key, &artifact);
+        #[cfg(feature = "remote")]
         if let Some(remote) = self.remote.get()
             && let Err(e) = remote.publish(&disk.artifacts, key, &artifact)
         {
@@ -617,6 +623,7 @@ impl Inner {
         }
     }
 
+    #[cfg(feature = "remote")]
     /// The artifact for `key` from the remote tier, authenticated there by the fleet key, then
     /// stored under this cache's own MAC and loaded like any stored artifact.
     fn load_remote(&self, kind: Kind, key: &Key) -> Option<Artifact> {

@@ -12,8 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 
-use crate::error::IoContext;
 use crate::{Error, Result};
+use filecache_store::IoContext;
 
 /// The key file's name in the cache root.
 pub const SECRET_FILE: &str = "compiled.key";

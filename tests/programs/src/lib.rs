@@ -74,7 +74,7 @@ pub fn content(seed: &str, size: u64) -> Vec<u8> {
 
 /// The host CLI's own size parser, compiled into the guests too (it is plain Rust), so that a
 /// scenario reads its size argument exactly as the CLI reads the matching flag.
-#[path = "../../../host/src/size.rs"]
+#[path = "../../../host/store/src/size.rs"]
 #[allow(dead_code)]
 mod host_size;
 

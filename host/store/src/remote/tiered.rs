@@ -1,7 +1,7 @@
 //! [`TieredStore`]: a local namespace in front of the remote tier.
 
 use super::RemoteTier;
-use crate::store::{EntryReader, EntryWriter, FileWriter, MAX_READ_CHUNK};
+use crate::{EntryReader, EntryWriter, FileWriter, MAX_READ_CHUNK};
 use crate::{Key, Namespace, Result, Store};
 
 /// A local [`Namespace`] in front of a [`RemoteTier`].

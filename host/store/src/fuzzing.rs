@@ -18,7 +18,7 @@ use std::path::Path;
 
 use crate::entry::{Checksum, HEADER_LEN, Header};
 use crate::fault;
-use crate::store::{Durability, FileCache, Namespace, NamespaceOptions};
+use crate::{Durability, FileCache, Namespace, NamespaceOptions};
 use crate::{Error, Key};
 
 // ---------------------------------------------------------------------------------------------
@@ -516,7 +516,7 @@ mod tests {
     /// Every input of the committed corpus of `target` (`fuzz/corpus/<target>/`).
     fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
+            .join("../../fuzz/corpus")
             .join(target);
         let mut inputs: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))

@@ -1,8 +1,6 @@
 //! Embedding the host bindings in a Rust host, as an embedder would: synchronously, and
 //! asynchronously on tokio. Both run the contract guest's full scenario.
 
-mod common;
-
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use filecache_host::{FileCache, FileCacheCtx, FileCacheView, NamespaceOptions};
@@ -45,7 +43,7 @@ fn sync_embedding_runs_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = FileCache::open(tmp.path()).unwrap();
     let engine = Engine::default();
-    let component = Component::from_file(&engine, common::contract_wasm()).unwrap();
+    let component = Component::from_file(&engine, filecache_tests::contract_wasm()).unwrap();
     let mut linker = Linker::<Host>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
     filecache_host::add_to_linker(&mut linker, view).unwrap();
@@ -68,7 +66,7 @@ fn sync_embedding_runs_the_contract() {
 async fn async_embedding_runs_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
     let engine = Engine::default();
-    let component = Component::from_file(&engine, common::contract_wasm()).unwrap();
+    let component = Component::from_file(&engine, filecache_tests::contract_wasm()).unwrap();
     let mut linker = Linker::<Host>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
     filecache_host::add_to_linker(&mut linker, view).unwrap();
@@ -105,7 +103,7 @@ fn many_instances_share_one_namespace_concurrently() {
     let cache = FileCache::open(tmp.path()).unwrap();
     let ns = cache.namespace("shared", NamespaceOptions::default()).unwrap();
     let engine = Engine::default();
-    let component = Component::from_file(&engine, common::contract_wasm()).unwrap();
+    let component = Component::from_file(&engine, filecache_tests::contract_wasm()).unwrap();
     let mut linker = Linker::<Host>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
     filecache_host::add_to_linker(&mut linker, view).unwrap();

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::store::Store;
+use crate::Store;
 use crate::{FileCache, NamespaceOptions};
 
 fn tier(fleet_key: Option<&[u8]>) -> RemoteTier {
@@ -140,7 +140,7 @@ fn local(dir: &tempfile::TempDir) -> Namespace {
 
 /// Runs 40 adds and 40 missing gets through a tiered store whose remote is `url`; every one
 /// must succeed on the local tier. Returns the time taken and the counters.
-fn run_against(url: String, timeout: Duration) -> (Duration, crate::store::Counts) {
+fn run_against(url: String, timeout: Duration) -> (Duration, crate::Counts) {
     let dir = tempfile::tempdir().unwrap();
     let ns = local(&dir);
     let mut o = RemoteOptions::new(url);

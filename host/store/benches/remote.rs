@@ -7,8 +7,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore};
-use filecache_host::{FileCache, Key, NamespaceOptions, Store};
+use filecache_store::remote::{RemoteOptions, RemoteTier, TieredStore};
+use filecache_store::{FileCache, Key, NamespaceOptions, Store};
 use filecache_tests::RedisServer;
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -42,8 +42,8 @@ use sha2::Sha256;
 
 pub use tiered::TieredStore;
 
+use crate::Counter;
 use crate::entry::{Checksum, HEADER_LEN, Header};
-use crate::store::Counter;
 use crate::{Error, Key, Namespace, Result};
 
 /// The shortest fleet key accepted, in bytes.

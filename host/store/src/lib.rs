@@ -1,9 +1,41 @@
-//! The store: content by key, in namespaces, on disk.
+//! The store of filecache: content by key, in namespaces, on disk, with no WebAssembly runtime.
 //!
 //! [`FileCache`] is the cache root: the one place where a path from the outside world is opened
 //! (with cap-std's ambient authority, in [`FileCache::open`]). Everything below works through
 //! [`cap_std::fs::Dir`] handles, so no key, file name or planted symlink can reach outside it.
 //! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`Store`].
+//!
+//! - [`entry`]: the format of one entry file (header, checked content).
+//! - [`remote`] (feature `remote`): a shared tier in Redis for a fleet of hosts.
+//! - [`size`]: parsing sizes such as `64MiB` (for command lines and configuration).
+//!
+//! # Cargo features
+//!
+//! - `remote` (off by default): [`remote::RemoteTier`] and [`remote::TieredStore`], over the
+//!   `redis` crate (synchronous client, no TLS or cluster support) and `hmac`.
+//! - `fault-injection`, `fuzzing`: hooks for this crate's own tests and fuzzers; never enable them
+//!   in a normal build.
+#![deny(missing_docs)]
+
+pub mod entry;
+mod error;
+#[cfg(any(test, feature = "fault-injection"))]
+#[doc(hidden)]
+pub mod fault;
+#[cfg(not(any(test, feature = "fault-injection")))]
+mod fault;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+mod key;
+#[cfg(feature = "remote")]
+pub mod remote;
+pub mod size;
+
+#[doc(hidden)]
+pub use error::IoContext;
+pub use error::{Error, Result};
+pub use key::Key;
 
 mod counters;
 #[cfg(test)]
@@ -25,9 +57,6 @@ use cap_std::fs::Dir;
 pub use counters::{Counter, Counts};
 pub use maintenance::{DamagedEntry, GcReport, NamespaceStats, Progress, VerifyReport};
 pub use namespace::{EntryInfo, FileReader, FileWriter, MAX_READ_CHUNK, Namespace, RawEntry};
-
-use crate::error::IoContext;
-use crate::{Error, Key, Result};
 
 /// The operations every cache tier offers: whole and streamed reads and writes, delete, contains.
 ///
@@ -115,7 +144,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// (such names are reserved for the host's own use).
 ///
 /// ```
-/// use filecache_host::store::validate_namespace_name;
+/// use filecache_store::store::validate_namespace_name;
 /// assert!(validate_namespace_name("my-plugin.v2").is_ok());
 /// assert!(validate_namespace_name("..").is_err());
 /// assert!(validate_namespace_name("a/b").is_err());
@@ -169,13 +198,13 @@ fn validate_reserved_name(name: &str) -> Result<()> {
 /// A cache root directory holding namespaces.
 ///
 /// ```no_run
-/// use filecache_host::{FileCache, Key, NamespaceOptions, Store};
+/// use filecache_store::{FileCache, Key, NamespaceOptions, Store};
 /// let cache = FileCache::open("/var/cache/my-host")?;
 /// let ns = cache.namespace("my-plugin", NamespaceOptions::default())?;
 /// let key = Key::digest(b"input");
 /// ns.add(&key, b"expensive result")?;
 /// assert_eq!(ns.get(&key)?.as_deref(), Some(&b"expensive result"[..]));
-/// # Ok::<(), filecache_host::Error>(())
+/// # Ok::<(), filecache_store::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct FileCache {
@@ -314,3 +343,8 @@ mod tests {
         }
     }
 }
+
+/// The crate README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

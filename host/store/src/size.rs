@@ -7,7 +7,7 @@
 /// (`1.5GiB`).
 ///
 /// ```
-/// use filecache_host::size::parse_size;
+/// use filecache_store::size::parse_size;
 /// assert_eq!(parse_size("1048576"), Ok(1 << 20));
 /// assert_eq!(parse_size("64MiB"), Ok(64 << 20));
 /// assert_eq!(parse_size("1GiB"), Ok(1 << 30));

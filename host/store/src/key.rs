@@ -9,7 +9,7 @@ use crate::Error;
 /// A cache key: a 32-byte SHA-256 digest of whatever identifies the content.
 ///
 /// ```
-/// use filecache_host::Key;
+/// use filecache_store::Key;
 /// let key = Key::digest(b"hello");
 /// assert_eq!(key.to_string().len(), 64);
 /// assert_eq!(Key::try_from(key.as_bytes().as_slice()).unwrap(), key);

@@ -24,8 +24,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
-use filecache_host::entry::{HEADER_LEN, Header};
-use filecache_host::{FileCache, Key, Namespace, NamespaceOptions};
+use filecache_store::entry::{HEADER_LEN, Header};
+use filecache_store::{FileCache, Key, Namespace, NamespaceOptions};
 
 const ENTRY: usize = 1 << 10;
 const HOT: usize = 10_000;
@@ -83,7 +83,7 @@ fn options() -> NamespaceOptions {
 
 fn root_of(n: usize) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/bench-scale")
+        .join("../../target/bench-scale")
         .join(n.to_string())
 }
 

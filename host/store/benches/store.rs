@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
 };
-use filecache_host::{Durability, FileCache, Key, Namespace, NamespaceOptions};
+use filecache_store::{Durability, FileCache, Key, Namespace, NamespaceOptions};
 
 /// The entry sizes measured, in bytes.
 const SIZES: [usize; 4] = [1 << 10, 64 << 10, 1 << 20, 64 << 20];

@@ -72,7 +72,8 @@ impl Error {
         out
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+    /// An [`Error::Io`]: what the store was doing, and the operating system's error.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),
             source,
@@ -80,11 +81,12 @@ impl Error {
     }
 }
 
-/// `Result<T, filecache_host::Error>`.
+/// `Result<T, filecache_store::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Adds a context message to an `io::Result`.
-pub(crate) trait IoContext<T> {
+#[doc(hidden)]
+pub trait IoContext<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;
 }
 

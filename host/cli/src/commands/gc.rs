@@ -1,0 +1,31 @@
+//! `filecache gc`: evict least recently used entries until the cache fits a size.
+
+use anyhow::Result;
+use clap::Args;
+use filecache_host::size::{format_size, parse_size};
+
+use crate::common::{CacheDirArg, progress_bar};
+
+#[derive(Args)]
+pub struct GcCommand {
+    #[command(flatten)]
+    cache: CacheDirArg,
+    /// The size to get under, e.g. 512MiB
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_size: u64,
+}
+
+impl GcCommand {
+    pub fn execute(self) -> Result<()> {
+        let (_, cache) = self.cache.open()?;
+        let report = cache.gc(self.max_size, &mut progress_bar("gc"))?;
+        println!(
+            "removed {} entries ({}); {} remain; reclaimed {} temporary files",
+            report.removed_entries,
+            format_size(report.removed_bytes),
+            format_size(report.remaining_bytes),
+            report.temporary_files
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! `filecache stats`: entries, bytes, hits and misses per namespace.
+
+use anyhow::Result;
+use clap::Args;
+use filecache_host::compiled;
+use filecache_host::size::format_size;
+
+use crate::common::CacheDirArg;
+
+#[derive(Args)]
+pub struct StatsCommand {
+    #[command(flatten)]
+    cache: CacheDirArg,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+impl StatsCommand {
+    pub fn execute(self) -> Result<()> {
+        let (dir, cache) = self.cache.open()?;
+        let stats = cache.stats()?;
+        let (entries, bytes) = stats.iter().fold((0, 0), |(e, b), s| (e + s.entries, b + s.bytes));
+        if self.json {
+            let out = serde_json::json!({
+                "cache_dir": dir,
+                "namespaces": stats,
+                "total": { "entries": entries, "bytes": bytes },
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        println!("cache directory: {}", dir.display());
+        let remote = stats
+            .iter()
+            .any(|s| s.counts.remote_hits + s.counts.remote_misses + s.counts.remote_errors > 0);
+        let mut header = format!(
+            "{:<32} {:>10} {:>12} {:>10} {:>10} {:>9}",
+            "namespace", "entries", "size", "hits", "misses", "rejected"
+        );
+        if remote {
+            header += &format!(" {:>12} {:>14} {:>14}", "remote hits", "remote misses", "remote errors");
+        }
+        println!("{header}");
+        for s in &stats {
+            let c = &s.counts;
+            let mut line = format!(
+                "{:<32} {:>10} {:>12} {:>10} {:>10} {:>9}",
+                s.name,
+                s.entries,
+                format_size(s.bytes),
+                c.hits,
+                c.misses,
+                c.rejected
+            );
+            if remote {
+                line += &format!(" {:>12} {:>14} {:>14}", c.remote_hits, c.remote_misses, c.remote_errors);
+            }
+            println!("{line}");
+        }
+        println!("{:<32} {:>10} {:>12}", "total", entries, format_size(bytes));
+        if let Some(c) = stats.iter().find(|s| s.name == compiled::COMPILED_NAMESPACE) {
+            println!(
+                "compiled code: {} artifacts ({}); {} loads from the cache, {} compiles, {} rejected",
+                c.entries,
+                format_size(c.bytes),
+                c.counts.hits,
+                c.counts.misses,
+                c.counts.rejected
+            );
+        }
+        Ok(())
+    }
+}

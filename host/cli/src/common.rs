@@ -1,0 +1,141 @@
+//! What several subcommands share: the cache directory argument, the engine's configuration,
+//! reading a component, progress bars.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use filecache_host::FileCache;
+use filecache_host::compiled::{self, IncrementalCache};
+use filecache_host::store::Progress;
+use wasmtime::{Config, Engine};
+
+use crate::wasm_features::{self, Switch};
+
+#[derive(Args)]
+pub struct CacheDirArg {
+    /// The cache directory [default: $FILECACHE_DIR, else the platform's cache directory]
+    #[arg(long, value_name = "DIR", env = "FILECACHE_DIR", hide_env = true)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl CacheDirArg {
+    pub fn resolve(&self) -> Result<PathBuf> {
+        match &self.cache_dir {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                bail!("the cache directory is empty: give a path with --cache-dir")
+            }
+            Some(dir) => Ok(dir.clone()),
+            None => dirs::cache_dir().map(|d| d.join("filecache")).ok_or_else(|| {
+                anyhow!("no cache directory: this platform has none; set FILECACHE_DIR or pass --cache-dir")
+            }),
+        }
+    }
+
+    pub fn open(&self) -> Result<(PathBuf, FileCache)> {
+        let dir = self.resolve()?;
+        let cache = open_cache(&dir)?;
+        Ok((dir, cache))
+    }
+}
+
+/// `-W`: the engine's WebAssembly features, shared by `run` and `compile` so that `compile`
+/// warms exactly what `run` loads.
+#[derive(Args, Clone, Default)]
+pub struct WasmArgs {
+    /// Switch a WebAssembly feature on or off, as wasmtime's CLI does: NAME[=y|n][,...]
+    /// (e.g. `-W component-model-async=n`). The defaults are wasmtime's.
+    #[arg(short = 'W', long = "wasm", value_name = "NAME[=y|n]", value_parser = wasm_features::parse)]
+    pub features: Vec<Vec<Switch>>,
+}
+
+impl WasmArgs {
+    pub fn switches(&self) -> Vec<Switch> {
+        self.features.iter().flatten().cloned().collect()
+    }
+}
+
+pub fn open_cache(dir: &Path) -> Result<FileCache> {
+    FileCache::open(dir).map_err(|e| anyhow!("{} (use another with --cache-dir or FILECACHE_DIR)", e.full_message()))
+}
+
+/// What a component file holds, from its first bytes.
+#[derive(PartialEq)]
+pub enum WasmKind {
+    Component,
+    CoreModule,
+    /// Not binary wasm: maybe text, which the compiler reads or refuses.
+    Other,
+}
+
+/// Checks that `path` can be read, and what it holds.
+pub fn probe(path: &Path) -> Result<WasmKind> {
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read component {}", path.display()))?;
+    let n = std::io::Read::read(&mut file, &mut head)
+        .with_context(|| format!("cannot read component {}", path.display()))?;
+    Ok(match (n, &head[..4], &head[4..8]) {
+        (8, b"\0asm", [1, 0, 0, 0]) => WasmKind::CoreModule,
+        (8, b"\0asm", _) => WasmKind::Component,
+        _ => WasmKind::Other,
+    })
+}
+
+pub fn not_a_component(path: &Path) -> anyhow::Error {
+    anyhow!(
+        "{} is a core WebAssembly module, not a component: build it for wasm32-wasip2 \
+         (or wrap it with `wasm-tools component new`)",
+        path.display()
+    )
+}
+
+pub fn invalid_component(path: &Path) -> impl FnOnce(wasmtime::Error) -> anyhow::Error + '_ {
+    move |e| anyhow!("{e:?}").context(format!("{} is not a valid WebAssembly component", path.display()))
+}
+
+/// Bytes the incremental-compilation cache may take.
+const INCREMENTAL_QUOTA: u64 = 1 << 30;
+
+/// The configuration `run` and `compile` share, so `compile` warms what `run` loads.
+pub fn config(wasm: &WasmArgs) -> Config {
+    let mut config = Config::new();
+    wasm_features::apply(&mut config, &wasm.switches());
+    config
+}
+
+/// The engine `run` and `compile` use with the compiled cache.
+pub fn engine(mut config: Config, cache: Option<&FileCache>, incremental: bool) -> Result<Engine> {
+    compiled::configure(&mut config);
+    if incremental {
+        let cache = cache.expect("incremental compilation needs the cache");
+        let store = IncrementalCache::open(cache, INCREMENTAL_QUOTA)
+            .map_err(|e| anyhow!("cannot open the incremental-compilation cache: {}", e.full_message()))?;
+        config
+            .enable_incremental_compilation(store)
+            .map_err(|e| anyhow!("{e:#}"))?;
+    }
+    Engine::new(&config).map_err(|e| anyhow!("{e:#}"))
+}
+
+pub fn progress_bar(what: &'static str) -> impl FnMut(Progress) {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(what);
+        bar
+    });
+    move |p: Progress| {
+        if let Some(bar) = &bar {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+            if p.done == p.total {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}

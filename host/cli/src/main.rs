@@ -1,0 +1,63 @@
+//! `filecache`: run WebAssembly components with a persistent cache, and look after the cache.
+//!
+//! One module per subcommand, under `commands/`, each with the clap arguments it takes beside
+//! the code that uses them (as wasmtime's CLI does); `common` holds what several share.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod common;
+mod wasm_features;
+
+/// Run WebAssembly components with a persistent, sandboxed cache.
+///
+/// A component that imports `filecache:cache/cache` gets a namespace of the cache and nothing
+/// else of the filesystem (beyond the directories given with --dir).
+#[derive(Parser)]
+#[command(name = "filecache", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a wasi:cli command component with WASI and the cache linked in
+    Run(commands::run::RunCommand),
+    /// Compile a component (or core module) into the cache ahead of time, as `run` would
+    Compile(commands::compile::CompileCommand),
+    /// Show entries, bytes, hits and misses per namespace (compiled code under .compiled)
+    Stats(commands::stats::StatsCommand),
+    /// Evict least recently used entries until the cache is at most SIZE; reclaim temporary files
+    Gc(commands::gc::GcCommand),
+    /// Check every entry and remove the ones that fail
+    Verify(commands::verify::VerifyCommand),
+    /// Remove all entries, of one namespace or of all
+    Clear(commands::clear::ClearCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FILECACHE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(c) => c.execute(),
+        Cmd::Compile(c) => c.execute().map(|()| ExitCode::SUCCESS),
+        Cmd::Stats(c) => c.execute().map(|()| ExitCode::SUCCESS),
+        Cmd::Gc(c) => c.execute().map(|()| ExitCode::SUCCESS),
+        Cmd::Verify(c) => c.execute().map(|()| ExitCode::SUCCESS),
+        Cmd::Clear(c) => c.execute().map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

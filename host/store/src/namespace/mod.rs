@@ -1,0 +1,331 @@
+//! One namespace: a directory of entries, fanned out by the key's first byte.
+//!
+//! ```text
+//! <namespace>/
+//!   state          usage counter (bytes of content), and the lock that serialises publishing
+//!   counters       hits, misses and other events, for `filecache stats`
+//!   tmp/           entries being written, each locked by its writer while it lives
+//!   00/ … ff/      entries, named by their key in hex
+//! ```
+//!
+//! Publishing (rename into place), deleting, evicting and removing a corrupt entry all happen
+//! under the namespace lock (an in-process mutex plus an `flock` on `state`, so other processes
+//! are excluded too); reads take no lock. The usage counter is updated before the rename, so a
+//! crash can only make it overestimate; any scan of the namespace recomputes it exactly.
+//! Recency is the entry file's modification time, set on add and on every hit.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cap_fs_ext::{DirExt, FollowSymlinks, MetadataExt, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+
+use super::counters::{self, COUNTERS_FILE, Counter, Counts};
+use super::{Durability, EntryReader, EntryWriter, NamespaceOptions, Store};
+use crate::entry::{Checksum, HEADER_LEN, Header};
+use crate::error::IoContext;
+use crate::fault::{self, Point};
+use crate::key::HexKey;
+use crate::{Error, Key, Result};
+
+/// The most a single read returns, whatever the caller asks for.
+pub const MAX_READ_CHUNK: usize = 1 << 20;
+const STATE_FILE: &str = "state";
+const STATE_MAGIC: [u8; 8] = *b"FCUSAGE1";
+const TMP_DIR: &str = "tmp";
+/// How many eviction candidates one scan keeps (the oldest entries).
+const CANDIDATES_PER_SCAN: usize = 8192;
+const WRITE_BUFFER: usize = 64 << 10;
+/// `get` reads an entry of at most this much content together with its header, in one call.
+const SMALL_ENTRY: usize = 16 << 10;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const NOATIME: rustix::fs::OFlags = rustix::fs::OFlags::NOATIME;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const NOATIME: rustix::fs::OFlags = rustix::fs::OFlags::empty();
+
+/// A namespace of the cache. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Namespace {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.inner.name)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+struct Inner {
+    name: String,
+    /// `None` only for a read-only namespace that does not exist on disk: every key misses.
+    dir: Option<Dir>,
+    /// `None` when read-only.
+    writable: Option<Writable>,
+    options: NamespaceOptions,
+    /// How many temporary files of dead writers opening the namespace reclaimed.
+    reclaimed_at_open: AtomicU64,
+}
+
+struct Writable {
+    tmp: Dir,
+    state: Mutex<File>,
+    /// The oldest entries seen by the last scan, oldest first.
+    candidates: Mutex<Candidates>,
+}
+
+#[derive(Default)]
+struct Candidates {
+    queue: VecDeque<EntryInfo>,
+    /// Whether the scan that filled `queue` saw more entries than it kept.
+    truncated: bool,
+}
+
+/// What a scan learns about one entry file.
+#[derive(Debug, Clone)]
+pub struct EntryInfo {
+    /// The entry's key.
+    pub key: Key,
+    /// Bytes of content (what the entry counts against the quota).
+    pub size: u64,
+    /// Last use (add or hit).
+    pub mtime: SystemTime,
+}
+
+/// An entry's open file, its header checked (see [`Namespace::open_raw`]). The content starts at
+/// [`HEADER_LEN`] and is [`content_len`](Self::content_len) bytes long. Entries are never
+/// rewritten in place (only replaced by rename), so the file's bytes do not change under a reader.
+#[derive(Debug)]
+pub struct RawEntry {
+    file: File,
+    meta: std::fs::Metadata,
+    header: Header,
+}
+
+impl RawEntry {
+    /// The open entry file (header and content).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The length of the content, after the header.
+    pub fn content_len(&self) -> u64 {
+        self.header.len
+    }
+
+    /// The file's metadata, as checked when it was opened.
+    pub fn metadata(&self) -> &std::fs::Metadata {
+        &self.meta
+    }
+}
+
+/// The result of walking a namespace.
+#[doc(hidden)]
+pub struct Scan {
+    /// Bytes on disk of every entry seen.
+    pub used: u64,
+    /// Entries seen.
+    pub entries: u64,
+    /// The oldest entries, oldest first, at most the limit asked for.
+    pub oldest: Vec<EntryInfo>,
+    /// Whether `oldest` was cut to the limit.
+    pub truncated: bool,
+}
+
+/// A strictly increasing wall clock for recency: two uses in one process never tie.
+fn now() -> SystemTime {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = wall.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return UNIX_EPOCH + Duration::from_nanos(next),
+            Err(p) => prev = p,
+        }
+    }
+}
+
+fn mtime_of(meta: &cap_std::fs::Metadata) -> Option<SystemTime> {
+    meta.modified().ok().map(|t| t.into_std())
+}
+
+/// What an entry file counts against the quota: its content (the header is not counted, so an
+/// entry of exactly the quota fits, as a plugin would expect).
+fn charged(meta: &cap_std::fs::Metadata) -> u64 {
+    meta.len().saturating_sub(HEADER_LEN as u64)
+}
+
+/// What the entry file at `rel` counts against the quota; 0 when there is none.
+fn charged_at(dir: &Dir, rel: &str) -> u64 {
+    match dir.symlink_metadata(rel) {
+        Ok(m) if m.file_type().is_file() => charged(&m),
+        _ => 0,
+    }
+}
+
+impl EntryInfo {
+    /// Whether the entry file at `rel` is still the one this describes (same time and size):
+    /// not used, replaced or removed since.
+    fn is_unchanged(&self, dir: &Dir, rel: &str) -> bool {
+        matches!(dir.symlink_metadata(rel),
+            Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(self.mtime) && charged(&m) == self.size)
+    }
+}
+
+/// Read-write, created owner-only if missing, never through a symlink: the namespace's own files.
+fn private_rw_options() -> OpenOptions {
+    let mut oo = OpenOptions::new();
+    oo.read(true)
+        .write(true)
+        .create(true)
+        .follow(FollowSymlinks::No)
+        .mode(0o600);
+    oo
+}
+
+fn is_not_found(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
+/// Checks the header bytes of an entry file of `file_len` bytes against the key it is read for.
+fn check_header_bytes(key: &Key, b: &[u8; HEADER_LEN], file_len: u64) -> std::result::Result<Header, &'static str> {
+    let header = Header::decode(b).map_err(|e| e.describe())?;
+    if header.key != *key {
+        return Err("written under another key");
+    }
+    if Some(header.len) != file_len.checked_sub(HEADER_LEN as u64) {
+        return Err("length does not match the file's size");
+    }
+    Ok(header)
+}
+
+fn random_suffix() -> u64 {
+    let mut b = [0u8; 8];
+    // A failure of the OS RNG only weakens uniqueness, which O_EXCL still guarantees.
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b) ^ (now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64)
+}
+
+thread_local! {
+    /// Why the last entry this thread found damaged was refused (see `verify_entry`).
+    static LAST_DISCARD: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+mod evict;
+mod lock;
+mod read;
+mod write;
+
+use lock::Locked;
+pub use read::FileReader;
+pub use write::FileWriter;
+
+impl Namespace {
+    /// Opens a namespace directly on its directory handle (see also
+    /// [`FileCache::namespace`](super::FileCache::namespace), which checks the name and creates
+    /// the directory). Reclaims temporary files left by writers that died.
+    pub fn open_dir(dir: Dir, options: NamespaceOptions) -> Result<Namespace> {
+        Namespace::with_dir(String::from("(directory)"), Some(dir), options)
+    }
+
+    pub(super) fn with_dir(name: String, dir: Option<Dir>, options: NamespaceOptions) -> Result<Namespace> {
+        let writable = match (&dir, options.read_only) {
+            (Some(dir), false) => Some(Writable::open(&name, dir)?),
+            _ => None,
+        };
+        let ns = Namespace {
+            inner: Arc::new(Inner {
+                name,
+                dir,
+                writable,
+                options,
+                reclaimed_at_open: AtomicU64::new(0),
+            }),
+        };
+        let reclaimed = ns.reclaim_temporary_files()?;
+        ns.inner.reclaimed_at_open.store(reclaimed, Ordering::Relaxed);
+        Ok(ns)
+    }
+
+    /// How many temporary files of dead writers were reclaimed when this handle was opened.
+    pub(crate) fn reclaimed_at_open(&self) -> u64 {
+        self.inner.reclaimed_at_open.load(Ordering::Relaxed)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &NamespaceOptions {
+        &self.inner.options
+    }
+
+    fn writable(&self) -> Result<&Writable> {
+        self.inner.writable.as_ref().ok_or(Error::ReadOnly)
+    }
+
+    fn dir(&self) -> Option<&Dir> {
+        self.inner.dir.as_ref()
+    }
+}
+
+impl Writable {
+    fn open(name: &str, dir: &Dir) -> Result<Writable> {
+        match dir.create_dir(TMP_DIR) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("cannot create the temporary directory of namespace {name:?}"),
+                    e,
+                ));
+            }
+        }
+        let tmp = dir
+            .open_dir_nofollow(TMP_DIR)
+            .context(|| format!("cannot open the temporary directory of namespace {name:?}"))?;
+        let state = dir
+            .open_with(STATE_FILE, &private_rw_options())
+            .context(|| format!("cannot open the state file of namespace {name:?}"))?
+            .into_std();
+        Ok(Writable {
+            tmp,
+            state: Mutex::new(state),
+            candidates: Mutex::new(Candidates::default()),
+        })
+    }
+}
+
+impl Store for Namespace {
+    fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
+        Namespace::get(self, key)
+    }
+    fn open(&self, key: &Key) -> Result<Option<Box<dyn EntryReader>>> {
+        Ok(Namespace::open(self, key)?.map(|r| Box::new(r) as Box<dyn EntryReader>))
+    }
+    fn add(&self, key: &Key, content: &[u8]) -> Result<()> {
+        Namespace::add(self, key, content)
+    }
+    fn create(&self, key: &Key) -> Result<Box<dyn EntryWriter>> {
+        Ok(Box::new(Namespace::create(self, key)?))
+    }
+    fn delete(&self, key: &Key) -> Result<()> {
+        Namespace::delete(self, key)
+    }
+    fn contains(&self, key: &Key) -> Result<bool> {
+        Namespace::contains(self, key)
+    }
+}

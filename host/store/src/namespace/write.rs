@@ -1,0 +1,334 @@
+//! The write path: whole and streamed writes to a temporary file, publishing under the lock, and delete.
+
+use super::*;
+
+impl Namespace {
+    /// Stores `content` under `key`, atomically.
+    pub fn add(&self, key: &Key, content: &[u8]) -> Result<()> {
+        self.writable()?;
+        if let Some(e) = self.limit_error(content.len() as u64) {
+            return Err(e);
+        }
+        let mut w = self.create(key)?;
+        w.write(content)?;
+        w.commit()
+    }
+
+    /// The error for an entry of `len` bytes of content, if it breaks a limit.
+    pub(super) fn limit_error(&self, len: u64) -> Option<Error> {
+        let opts = &self.inner.options;
+        if len > opts.max_entry_size {
+            Some(Error::TooLarge {
+                limit: opts.max_entry_size,
+            })
+        } else if len > opts.quota {
+            Some(Error::QuotaExceeded {
+                needed: len,
+                quota: opts.quota,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Starts streaming a new entry for `key`.
+    pub fn create(&self, key: &Key) -> Result<FileWriter> {
+        let w = self.writable()?;
+        let hk = key.hex();
+        let mut oo = OpenOptions::new();
+        oo.write(true).create_new(true).follow(FollowSymlinks::No).mode(0o600);
+        loop {
+            let name = format!("{}.{}.{:016x}.tmp", hk.as_str(), std::process::id(), random_suffix());
+            let file = fault::check(Point::CreateTemp)
+                .and_then(|()| w.tmp.open_with(&name, &oo))
+                .context(|| format!("cannot create a temporary file in namespace {:?}", self.inner.name))?
+                .into_std();
+            if let Err(e) = fault::check(Point::LockTemp).and_then(|()| file.lock()) {
+                let _ = w.tmp.remove_file(&name);
+                return Err(Error::io("cannot lock a temporary file", e));
+            }
+            // A reclaimer may have taken the file in the instant before we locked it.
+            if file.metadata().map(|m| m.nlink() == 0).unwrap_or(true) {
+                continue;
+            }
+            let mut out = BufWriter::with_capacity(WRITE_BUFFER, TmpFile(file));
+            if let Err(e) = out.write_all(&[0u8; HEADER_LEN]) {
+                drop(out);
+                let _ = w.tmp.remove_file(&name);
+                return Err(Error::io("cannot write a temporary file", e));
+            }
+            return Ok(FileWriter {
+                ns: self.clone(),
+                key: *key,
+                tmp_name: Some(name),
+                out: Some(out),
+                len: 0,
+                crc: Checksum::default(),
+                failed: None,
+            });
+        }
+    }
+
+    /// Removes the entry under `key`.
+    pub fn delete(&self, key: &Key) -> Result<()> {
+        self.writable()?;
+        let Some(dir) = self.dir() else { return Ok(()) };
+        let hk = key.hex();
+        let rel = hk.rel_path();
+        let mut lk = self.lock()?;
+        let meta = match dir.symlink_metadata(&rel) {
+            Ok(m) => m,
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(Error::io(format!("cannot stat entry {}", hk.as_str()), e)),
+        };
+        match dir.remove_file_or_symlink(&rel) {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(Error::io(format!("cannot delete entry {}", hk.as_str()), e)),
+        }
+        if let (Some(used), true) = (lk.used, meta.file_type().is_file()) {
+            lk.store_used(used.saturating_sub(charged(&meta)))?;
+        }
+        // The entry is gone either way; should it come back after a power loss, it is whole.
+        if let Err(e) = self.durable_sync_dir(hk.shard()) {
+            tracing::warn!(namespace = %self.inner.name, error = %e.full_message(), "a delete may not survive power loss");
+        }
+        Ok(())
+    }
+
+    /// fsyncs the directory `rel` in durable mode; nothing otherwise.
+    pub(super) fn durable_sync_dir(&self, rel: &str) -> Result<()> {
+        if self.inner.options.durability != Durability::Sync {
+            return Ok(());
+        }
+        let Some(dir) = self.dir() else { return Ok(()) };
+        // Not `open_dir_nofollow`: its `O_PATH` handle cannot be fsynced (EBADF).
+        let mut oo = OpenOptions::new();
+        oo.read(true)
+            .follow(FollowSymlinks::No)
+            .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32);
+        dir.open_with(rel, &oo)
+            .and_then(|d| fault::check(Point::SyncDir).and_then(|()| d.sync_all()))
+            .context(|| format!("cannot fsync a directory of namespace {:?}", self.inner.name))
+    }
+
+    /// Publishes a finished temporary file of `len` bytes of content under `key`: accounting,
+    /// eviction, rename. (Its writer has already refused anything over the limits.)
+    pub(super) fn publish(&self, key: &Key, tmp_name: &str, file: &File, len: u64) -> Result<()> {
+        let w = self.writable()?;
+        let dir = self.dir().ok_or(Error::ReadOnly)?;
+        let quota = self.inner.options.quota;
+        let hk = key.hex();
+        let rel = hk.rel_path();
+        fault::check(Point::SetTime)
+            .and_then(|()| file.set_modified(now()))
+            .context(|| "cannot set a temporary file's time".into())?;
+        if self.inner.options.durability == Durability::Sync {
+            fault::check(Point::SyncFile)
+                .and_then(|()| file.sync_all())
+                .context(|| "cannot fsync a new entry".into())?;
+        }
+        let mut lk = self.lock()?;
+        let used = match lk.used {
+            Some(u) => u,
+            None => self.rescan(w, key)?.used,
+        };
+        lk.used = Some(used);
+        let old = charged_at(dir, &rel);
+        let mut projected = used.saturating_sub(old) + len;
+        if projected > quota {
+            projected = self.evict(w, &mut lk, key, old, len)?;
+        }
+        // What the counter must say if the entry is not published after all (eviction may have
+        // lowered it).
+        let before = lk.used.unwrap_or(used);
+        lk.store_used(projected)?;
+        if let Err(e) = self.rename_into_place(w, dir, tmp_name, &hk) {
+            let _ = lk.store_used(before);
+            return Err(e);
+        }
+        // Durable mode promises that a committed entry survives power loss; when that cannot be
+        // made true, the entry is taken back (under the lock still) and the commit fails.
+        if let Err(e) = self.durable_sync_dir(hk.shard()) {
+            if dir.remove_file(&rel).is_ok() {
+                let _ = lk.store_used(before.saturating_sub(old));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Renames the temporary file `tmp_name` to the entry's name, creating its fan-out directory
+    /// if needed.
+    pub(super) fn rename_into_place(&self, w: &Writable, dir: &Dir, tmp_name: &str, hk: &HexKey) -> Result<()> {
+        let rel = hk.rel_path();
+        let rename = || fault::check(Point::Rename).and_then(|()| w.tmp.rename(tmp_name, dir, &rel));
+        let renamed = match rename() {
+            Err(e) if is_not_found(&e) => {
+                // The fan-out directory does not exist yet.
+                match fault::check(Point::CreateShard).and_then(|()| dir.create_dir(hk.shard())) {
+                    Ok(()) => self.durable_sync_dir(".")?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io("cannot create a fan-out directory", e)),
+                }
+                rename()
+            }
+            r => r,
+        };
+        renamed.context(|| format!("cannot publish entry {}", hk.as_str()))
+    }
+}
+
+/// A new entry being streamed to a temporary file, from [`Namespace::create`].
+/// Also an [`io::Write`]; finish it with [`FileWriter::commit`].
+pub struct FileWriter {
+    ns: Namespace,
+    key: Key,
+    tmp_name: Option<String>,
+    out: Option<BufWriter<TmpFile>>,
+    len: u64,
+    crc: Checksum,
+    failed: Option<Error>,
+}
+
+fn replay(e: &Error) -> Error {
+    match e {
+        Error::TooLarge { limit } => Error::TooLarge { limit: *limit },
+        Error::QuotaExceeded { needed, quota } => Error::QuotaExceeded {
+            needed: *needed,
+            quota: *quota,
+        },
+        Error::ReadOnly => Error::ReadOnly,
+        Error::Io { context, source } => Error::io(format!("this writer failed earlier: {context}"), copy_io(source)),
+        other => Error::io("this writer failed earlier", io::Error::other(other.full_message())),
+    }
+}
+
+/// A copy of an I/O error: the same OS error where there is one, else the same kind and message.
+fn copy_io(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+impl FileWriter {
+    /// Fails (and spends the writer) if the entry would exceed a limit at `total` bytes.
+    fn check_size(&mut self, total: u64) -> Result<()> {
+        match self.ns.limit_error(total) {
+            None => Ok(()),
+            Some(err) => Err(self.spend(err)),
+        }
+    }
+
+    /// Records `err` as the writer's fate and throws the temporary file away.
+    fn spend(&mut self, err: Error) -> Error {
+        self.discard();
+        let ret = match &err {
+            // The first report is the error itself, OS error included.
+            Error::Io { context, source } => Error::io(context.clone(), copy_io(source)),
+            other => replay(other),
+        };
+        self.failed = Some(err);
+        ret
+    }
+
+    fn discard(&mut self) {
+        self.out = None;
+        if let (Some(name), Some(w)) = (self.tmp_name.take(), self.ns.inner.writable.as_ref()) {
+            let _ = w.tmp.remove_file(name);
+        }
+    }
+
+    /// Appends bytes to the entry.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(replay(e));
+        }
+        self.check_size(self.len.saturating_add(bytes.len() as u64))?;
+        let out = self.out.as_mut().expect("a writer that has not failed has its file");
+        if let Err(e) = out.write_all(bytes) {
+            return Err(self.spend(Error::io("cannot write a new entry", e)));
+        }
+        self.crc.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the entry visible under its key, atomically, replacing any earlier one.
+    pub fn commit(mut self) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(replay(e));
+        }
+        let result = self.finish();
+        if let Err(e) = result {
+            return Err(self.spend(e));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let out = self.out.take().expect("a writer that has not failed has its file");
+        let TmpFile(file) = out
+            .into_inner()
+            .map_err(|e| Error::io("cannot write a new entry", e.into_error()))?;
+        let header = Header {
+            len: self.len,
+            crc: self.crc.value(),
+            key: self.key,
+        };
+        fault::check(Point::WriteHeader)
+            .and_then(|()| file.write_all_at(&header.encode(), 0))
+            .context(|| "cannot write a new entry".into())?;
+        let name = self
+            .tmp_name
+            .clone()
+            .expect("a writer that has not failed has its name");
+        let published = self.ns.publish(&self.key, &name, &file, self.len);
+        if published.is_ok() {
+            self.tmp_name = None;
+        } else {
+            self.out = Some(BufWriter::new(TmpFile(file)));
+        }
+        published
+    }
+}
+
+/// A temporary file being written (a newtype only so that writes pass the fault-injection hook,
+/// which costs nothing in a normal build).
+struct TmpFile(File);
+
+impl Write for TmpFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        fault::check(Point::Write)?;
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+impl EntryWriter for FileWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        FileWriter::write(self, bytes)
+    }
+    fn commit(self: Box<Self>) -> Result<()> {
+        FileWriter::commit(*self)
+    }
+}
+
+impl io::Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        FileWriter::write(self, buf).map_err(io::Error::from)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
