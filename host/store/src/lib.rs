@@ -144,7 +144,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// (such names are reserved for the host's own use).
 ///
 /// ```
-/// use filecache_store::store::validate_namespace_name;
+/// use filecache_store::validate_namespace_name;
 /// assert!(validate_namespace_name("my-plugin.v2").is_ok());
 /// assert!(validate_namespace_name("..").is_err());
 /// assert!(validate_namespace_name("a/b").is_err());
