@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds a Python filecache plugin into a component with the pinned componentize-py.
+#
+#   guest/python/build.sh OUT.wasm [APP_DIR [MODULE]]
+#
+# APP_DIR (default: guest/python/example) holds MODULE.py (default: app), which defines `Run`
+# (e.g. `Run = filecache.command(main)`). The kit (src/filecache.py) is on the module path.
+#
+# Installs componentize-py from PyPI (requirements.txt, hash-checked) into a virtual environment
+# under the target folder ($CARGO_TARGET_DIR, else target/ at the repository root) the first
+# time, and again whenever requirements.txt changes. The WIT world is assembled there too, from
+# guest/python/wit/world.wit, the contract wit/cache.wit and the wasi:* WIT files of the
+# wasmtime-wasi crate the host is built with (from cargo's registry, fetched if missing).
+set -euo pipefail
+
+usage() { echo "usage: $0 OUT.wasm [APP_DIR [MODULE]]" >&2; exit 2; }
+[ $# -ge 1 ] && [ $# -le 3 ] || usage
+
+kit=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$kit/../.." && pwd)
+out=$1
+app=${2:-$kit/example}
+module=${3:-app}
+[ -f "$app/$module.py" ] || { echo "error: no $module.py in $app" >&2; exit 2; }
+app=$(cd "$app" && pwd)
+
+target=${CARGO_TARGET_DIR:-$root/target}
+work=$target/python-kit
+venv=$work/venv
+python=${PYTHON:-python3}
+mkdir -p "$work"
+
+# --- the pinned toolchain: one virtual environment per requirements.txt -------------------------
+want=$(sha256sum "$kit/requirements.txt" | cut -d' ' -f1)
+(
+    flock 9
+    if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+        command -v "$python" >/dev/null || {
+            echo "error: $python not found; the Python kit needs Python 3.9 or later with venv and pip" >&2
+            exit 1
+        }
+        echo "installing componentize-py (requirements.txt) into $venv" >&2
+        rm -rf "$venv"
+        "$python" -m venv "$venv" || {
+            echo "error: '$python -m venv' failed (on Debian: apt-get install python3-venv)" >&2
+            exit 1
+        }
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+            --require-hashes --only-binary=:all: -r "$kit/requirements.txt"
+        echo "$want" > "$venv/.requirements.sha256"
+    fi
+) 9>"$work/.lock"
+
+# --- the WIT world: world.wit, the contract, and the WASI packages the host implements --------
+wasi_version=$(awk '/^name = "wasmtime-wasi"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$root/Cargo.lock")
+[ -n "$wasi_version" ] || { echo "error: no wasmtime-wasi in $root/Cargo.lock" >&2; exit 1; }
+find_deps() {
+    ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"wasmtime-wasi-$wasi_version"/src/p2/wit/deps 2>/dev/null | head -n1
+}
+deps=$(find_deps)
+if [ -z "$deps" ]; then
+    echo "fetching the wasmtime-wasi $wasi_version crate for its WIT files (cargo fetch)" >&2
+    cargo fetch --quiet --manifest-path "$root/Cargo.toml"
+    deps=$(find_deps)
+    [ -n "$deps" ] || { echo "error: wasmtime-wasi-$wasi_version not found in cargo's registry after cargo fetch" >&2; exit 1; }
+fi
+wit=$(mktemp -d "$work/wit.XXXXXX")
+trap 'rm -rf "$wit" "$out.tmp"' EXIT
+mkdir "$wit/deps"
+cp "$deps"/*.wit "$wit/deps/"
+cp "$root/wit/cache.wit" "$wit/deps/cache.wit"
+# The world names the wasi:cli version; follow the one these WIT files declare.
+cli_version=$(sed -n 's/^package wasi:cli@\(.*\);$/\1/p' "$wit/deps/cli.wit")
+sed "s/wasi:cli\/run@[0-9.]*/wasi:cli\/run@$cli_version/" "$kit/wit/world.wit" > "$wit/world.wit"
+
+# --- the component ---------------------------------------------------------------------------
+mkdir -p "$(dirname "$out")"
+"$venv/bin/componentize-py" --quiet -d "$wit" -w plugin componentize \
+    -p "$kit/src" -p "$app" "$module" -o "$out.tmp"
+mv "$out.tmp" "$out"
+echo "built $out ($(du -h "$out" | cut -f1))" >&2
