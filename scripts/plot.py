@@ -6,7 +6,7 @@ of BENCHMARKS.md. Python 3.11 standard library only: the SVG is written directly
     python3 scripts/plot.py --tables        # also prints the Markdown tables (medians, ratios)
     python3 scripts/plot.py --criterion DIR --out FILE.svg
 
-Run the benchmarks first: cargo bench -p filecache-host --bench store (and --bench guest,
+Run the benchmarks first: cargo bench -p filecache-store --bench store (and --bench guest,
 --bench scale for the other tables).
 """
 
