@@ -113,6 +113,12 @@ function selftestContract() {
     check(reader.read().length === 0, "read at the end is empty");
   });
   check(escaped.closed, "withReader releases the reader");
+  {
+    using reader = cache.open(key);
+    escaped = reader;
+    check(reader.readAll().length === big.length, "using: read to the end");
+  }
+  check(escaped.closed, "using releases the reader");
 
   key = cache.Key.fromParts("selftest", "abandoned");
   cache.delete(key);
@@ -129,6 +135,11 @@ function selftestContract() {
   abandoned.write("never committed");
   abandoned.close();
   check(!cache.contains(key), "a writer closed without commit leaves nothing");
+  {
+    using writer = cache.create(key);
+    writer.write("dropped");
+  }
+  check(!cache.contains(key), "using: a writer left without commit leaves nothing");
   cache.withWriter(key, (w) => w.write("committed"));
   check(bytesEqual(cache.get(key), text("committed")), "withWriter commits");
 
