@@ -138,7 +138,7 @@ fn server_killed_in_the_middle_of_a_run() {
         .unwrap()
         .namespace("plugin", NamespaceOptions::default())
         .unwrap();
-    let store = TieredStore::new(ns.clone(), RemoteTier::new(RemoteOptions::new(redis.url())).unwrap());
+    let store = TieredStore::new(ns.clone(), RemoteTier::new(RemoteOptions::new(redis.url())).unwrap()).unwrap();
     let data = vec![7u8; 50_000];
     for i in 0..20u32 {
         store.add(&Key::digest(i.to_le_bytes()), &data).unwrap();

@@ -41,9 +41,9 @@ fn main() {
             .unwrap()
     };
     // The writer publishes; the reader starts empty, so its first get of a key is a remote hit.
-    let writer = TieredStore::new(open("writer"), tier.clone());
+    let writer = TieredStore::new(open("writer"), tier.clone()).expect("a named namespace");
     let reader_ns = open("reader");
-    let reader = TieredStore::new(reader_ns.clone(), tier.clone());
+    let reader = TieredStore::new(reader_ns.clone(), tier.clone()).expect("a named namespace");
 
     println!(
         "{:>8}  {:>12} {:>12} {:>12} {:>7}",

@@ -38,6 +38,8 @@ pub const MAX_READ_CHUNK: usize = 1 << 20;
 const STATE_FILE: &str = "state";
 const STATE_MAGIC: [u8; 8] = *b"FCUSAGE1";
 const TMP_DIR: &str = "tmp";
+/// The name shown for a namespace opened by [`Namespace::open_dir`] (never a valid name).
+const UNNAMED: &str = "(directory)";
 /// How many eviction candidates one scan keeps (the oldest entries).
 const CANDIDATES_PER_SCAN: usize = 8192;
 const WRITE_BUFFER: usize = 64 << 10;
@@ -235,8 +237,29 @@ impl Namespace {
     /// Opens a namespace directly on its directory handle (see also
     /// [`FileCache::namespace`](super::FileCache::namespace), which checks the name and creates
     /// the directory). Reclaims temporary files left by writers that died.
+    ///
+    /// Such a namespace has no name of its own (it is shown as `(directory)`), so it cannot be
+    /// put in front of a remote tier, where entries are kept by namespace name; use
+    /// [`open_dir_named`](Self::open_dir_named) for that.
     pub fn open_dir(dir: Dir, options: NamespaceOptions) -> Result<Namespace> {
-        Namespace::with_dir(String::from("(directory)"), Some(dir), options)
+        Namespace::with_dir(String::from(UNNAMED), Some(dir), options)
+    }
+
+    /// [`open_dir`](Self::open_dir), with a name: a plugin namespace name (see
+    /// [`validate_namespace_name`](crate::validate_namespace_name)) or a reserved one (starting
+    /// with `.`). The name is what a remote tier keeps its entries under, so two namespaces that
+    /// share a remote must have different names.
+    pub fn open_dir_named(name: &str, dir: Dir, options: NamespaceOptions) -> Result<Namespace> {
+        if crate::validate_namespace_name(name).is_err() {
+            crate::validate_reserved_name(name)?;
+        }
+        Namespace::with_dir(name.to_string(), Some(dir), options)
+    }
+
+    /// Whether the namespace has a name of its own (it was not opened by
+    /// [`open_dir`](Self::open_dir)).
+    pub fn is_named(&self) -> bool {
+        self.inner.name != UNNAMED
     }
 
     pub(super) fn with_dir(name: String, dir: Option<Dir>, options: NamespaceOptions) -> Result<Namespace> {

@@ -8,14 +8,36 @@
 //!
 //! An entry of namespace `NS` under key `K` is the Redis string `filecache:v1:NS:<K in hex>`,
 //! holding the same 64-byte header as a local entry file (magic, version, length, CRC32C of the
-//! content, key; see [`crate::entry`]) followed by the content. Entries of reserved namespaces
-//! (names starting with `.`, e.g. `.compiled`, which holds native code) are followed by a
-//! 32-byte HMAC-SHA256, under the fleet key, of the namespace, the header and the content.
-//! Without a fleet key such entries are neither published nor accepted.
+//! content, key; see [`crate::entry`]) followed by the content. `NS` is the local namespace's
+//! name, so a namespace that reaches the remote must have one of its own: [`TieredStore::new`]
+//! refuses a namespace opened by [`Namespace::open_dir`] (use [`Namespace::open_dir_named`]).
+//!
+//! With a fleet key ([`RemoteOptions::fleet_key`]), every value, of every namespace, is followed
+//! by a 32-byte HMAC-SHA256, under that key, of the namespace, the header and the content; a
+//! value without a valid MAC is refused. So whoever can write to Redis but does not hold the key
+//! cannot plant content in any host's cache. Without a fleet key, plugin namespaces' values carry
+//! no MAC (anyone who can write to Redis can then change what the fleet's plugins read, though
+//! never past their checksum and size checks), and entries of reserved namespaces (names starting
+//! with `.`, e.g. `.compiled`, which holds native code) are neither published nor accepted. Hosts
+//! sharing a Redis server must agree on the key: a host with a key refuses the others' values,
+//! and one without refuses the keyed hosts' values (as too long for their header).
 //!
 //! Every value is checked on arrival (header, key, length, size limit, checksum, and the MAC
 //! where one is due); one that fails is neither served nor copied to the local tier: it is
 //! logged, counted as rejected and as a remote error, and answered as a miss.
+//!
+//! # Bounding the server
+//!
+//! A guest can add entries without end, and every one is published. [`RemoteOptions::ttl`] gives
+//! each value an expiry; the bound that holds whatever the hosts do is the server's own: run it
+//! with `maxmemory <bytes>` and `maxmemory-policy allkeys-lru` (evict the least recently used
+//! keys when full), which is how a shared cache should be run anyway.
+//!
+//! # Connections
+//!
+//! Each operation takes an idle connection from a small pool or opens a new one, so concurrent
+//! callers (instances on other threads, async host functions on a blocking pool) do not queue on
+//! one socket; up to [`MAX_IDLE_CONNECTIONS`] are kept for reuse.
 //!
 //! # Failures
 //!
@@ -48,21 +70,26 @@ use crate::{Error, Key, Namespace, Result};
 
 /// The shortest fleet key accepted, in bytes.
 pub const MIN_FLEET_KEY_LEN: usize = 32;
-/// The length of the MAC that follows the content of a reserved namespace's entry.
+/// The length of the MAC that follows the content of every value under a fleet key.
 pub const MAC_LEN: usize = 32;
 /// The default largest content sent to or accepted from the remote: 64 MiB.
 pub const DEFAULT_MAX_VALUE_SIZE: u64 = 64 << 20;
 /// The default connect and per-operation timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How many idle connections a tier keeps for reuse.
+pub const MAX_IDLE_CONNECTIONS: usize = 8;
 const KEY_PREFIX: &str = "filecache:v1:";
 const MAC_DOMAIN: &[u8] = b"filecache remote entry v1\0";
 
-/// How to reach the remote tier and how to use it.
+/// How to reach the remote tier and how to use it. Made with [`RemoteOptions::new`]; set the
+/// fields to change the defaults (more may be added, so it cannot be built as a literal).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct RemoteOptions {
     /// `redis://HOST[:PORT][/DB]` (user and password may be given as `redis://USER:PASS@HOST`).
     pub url: String,
-    /// The fleet key, for entries of reserved namespaces (at least 32 bytes).
+    /// The fleet key (at least 32 bytes): every value is MAC'd under it, and values without a
+    /// valid MAC are refused. Without one, reserved namespaces (compiled code) are not shared.
     pub fleet_key: Option<Vec<u8>>,
     /// Never write to the remote (no publish, no delete).
     pub read_only: bool,
@@ -78,11 +105,14 @@ pub struct RemoteOptions {
     pub breaker_threshold: u32,
     /// How long an open breaker skips the remote.
     pub breaker_cooldown: Duration,
+    /// How long a published value lives in Redis (`SET … PX`); `None` (the default) keeps it
+    /// until the server evicts it. Bound the server itself too (see the module docs).
+    pub ttl: Option<Duration>,
 }
 
 impl RemoteOptions {
     /// Options for `url` with the defaults: no fleet key, read-write, not required, 500 ms
-    /// timeouts, 64 MiB values, breaker open after 3 failures for 30 s.
+    /// timeouts, 64 MiB values, breaker open after 3 failures for 30 s, no TTL.
     pub fn new(url: impl Into<String>) -> RemoteOptions {
         RemoteOptions {
             url: url.into(),
@@ -94,6 +124,7 @@ impl RemoteOptions {
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(30),
+            ttl: None,
         }
     }
 }
@@ -129,6 +160,7 @@ impl fmt::Debug for RemoteOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("op_timeout", &self.op_timeout)
             .field("max_value_size", &self.max_value_size)
+            .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
 }
@@ -149,7 +181,7 @@ enum Failure {
     Failed(redis::RedisError),
 }
 
-/// A shared cache tier in Redis. Cheap to clone; clones share the connection and the breaker.
+/// A shared cache tier in Redis. Cheap to clone; clones share the connections and the breaker.
 #[derive(Clone)]
 pub struct RemoteTier {
     inner: Arc<Inner>,
@@ -160,7 +192,8 @@ struct Inner {
     options: RemoteOptions,
     /// The URL without credentials, for messages.
     shown: String,
-    conn: Mutex<Option<Connection>>,
+    /// Idle connections, at most [`MAX_IDLE_CONNECTIONS`]; a caller takes one or connects.
+    idle: Mutex<Vec<Connection>>,
     breaker: Mutex<Breaker>,
 }
 
@@ -215,12 +248,15 @@ impl RemoteTier {
         if options.breaker_threshold == 0 {
             return Err(invalid(url, "the breaker threshold must be at least 1"));
         }
+        if options.ttl.is_some_and(|ttl| ttl.as_millis() == 0) {
+            return Err(invalid(url, "a TTL must be at least 1 ms"));
+        }
         Ok(RemoteTier {
             inner: Arc::new(Inner {
                 client,
                 shown: redact(url),
                 options,
-                conn: Mutex::new(None),
+                idle: Mutex::new(Vec::new()),
                 breaker: Mutex::new(Breaker::default()),
             }),
         })
@@ -246,14 +282,18 @@ impl RemoteTier {
     /// remote events are counted), at most `max_len` bytes. `None` on a miss, on a value that
     /// fails its checks (logged, counted, never served), on an entry of a reserved namespace
     /// when there is no fleet key, and, unless the tier is required, when the remote fails.
+    ///
+    /// Fails with [`Error::InvalidNamespace`] for a namespace without a name of its own (see
+    /// [`TieredStore::new`]).
     pub fn fetch(&self, local: &Namespace, key: &Key, max_len: u64) -> Result<Option<Vec<u8>>> {
+        require_name(local)?;
         let namespace = local.name();
         let reserved = is_reserved(namespace);
         if reserved && self.inner.options.fleet_key.is_none() {
             return Ok(None);
         }
         let max_len = max_len.min(self.inner.options.max_value_size);
-        let trailer = if reserved { MAC_LEN as u64 } else { 0 };
+        let trailer = self.trailer() as u64;
         // At most one byte over the largest acceptable value, so a larger one is refused
         // without being transferred (GETRANGE's end is inclusive).
         let last = (HEADER_LEN as u64)
@@ -294,11 +334,13 @@ impl RemoteTier {
         }
     }
 
-    /// Stores `content` under `key` in the remote copy of `local`'s namespace. Does nothing when
-    /// the tier is read-only, when the content is over the size limit, or for a reserved
-    /// namespace without a fleet key. A failure is logged and counted, and an error only if the
-    /// tier is required.
+    /// Stores `content` under `key` in the remote copy of `local`'s namespace (with the
+    /// [TTL](RemoteOptions::ttl), if one is set). Does nothing when the tier is read-only, when the
+    /// content is over the size limit, or for a reserved namespace without a fleet key. A failure
+    /// is logged and counted, and an error only if the tier is required.
+    /// Fails with [`Error::InvalidNamespace`] for a namespace without a name of its own.
     pub fn publish(&self, local: &Namespace, key: &Key, content: &[u8]) -> Result<()> {
+        require_name(local)?;
         let namespace = local.name();
         let opts = &self.inner.options;
         if opts.read_only || content.len() as u64 > opts.max_value_size {
@@ -308,12 +350,21 @@ impl RemoteTier {
             return Ok(());
         };
         let rkey = Self::redis_key(namespace, key);
-        let done = self.call("set", |c| redis::cmd("SET").arg(&rkey).arg(&value).query::<()>(c));
+        let ttl_ms = opts.ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        let done = self.call("set", |c| {
+            let mut set = redis::cmd("SET");
+            set.arg(&rkey).arg(&value);
+            if let Some(ms) = ttl_ms {
+                set.arg("PX").arg(ms);
+            }
+            set.query::<()>(c)
+        });
         done.or_else(|f| self.failed(local, "set", f))
     }
 
     /// Removes `key` from the remote copy of `local`'s namespace (not when read-only).
     pub fn remove(&self, local: &Namespace, key: &Key) -> Result<()> {
+        require_name(local)?;
         if self.inner.options.read_only {
             return Ok(());
         }
@@ -342,8 +393,9 @@ impl RemoteTier {
         Error::io(format!("remote tier {}: {op} failed", self.inner.shown), source)
     }
 
-    /// Runs `f` on the connection (connecting first if needed), unless the breaker is open.
-    /// A failure drops the connection, whose state is then unknown.
+    /// Runs `f` on an idle connection, or a new one, unless the breaker is open. No lock is held
+    /// while `f` runs, so concurrent callers each use their own connection. A connection that
+    /// failed is dropped (its state is unknown); one that succeeded goes back to the pool.
     fn call<T>(
         &self,
         op: &'static str,
@@ -352,27 +404,32 @@ impl RemoteTier {
         if !self.breaker_allows() {
             return Err(Failure::Skipped);
         }
-        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let result = match conn.as_mut() {
-            Some(c) => f(c),
-            None => self.connect().and_then(|mut c| {
-                let r = f(&mut c);
-                *conn = Some(c);
-                r
-            }),
-        };
+        let idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let result = match idle {
+            Some(c) => Ok(c),
+            None => self.connect(),
+        }
+        .and_then(|mut c| f(&mut c).map(|v| (v, c)));
         match result {
-            Ok(v) => {
+            Ok((v, c)) => {
                 self.record(op, None);
+                let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < MAX_IDLE_CONNECTIONS {
+                    idle.push(c);
+                }
                 Ok(v)
             }
             Err(e) => {
-                *conn = None;
-                drop(conn);
                 self.record(op, Some(&e));
                 Err(Failure::Failed(e))
             }
         }
+    }
+
+    /// Idle connections kept now (for tests).
+    #[cfg(test)]
+    fn idle_connections(&self) -> usize {
+        self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn connect(&self) -> RedisResult<Connection> {
@@ -427,21 +484,31 @@ impl RemoteTier {
         Some(mac)
     }
 
-    /// The value stored for `content`: header, content, and the MAC for a reserved namespace
+    /// Bytes after the content: a MAC under a fleet key, else none.
+    fn trailer(&self) -> usize {
+        if self.inner.options.fleet_key.is_some() {
+            MAC_LEN
+        } else {
+            0
+        }
+    }
+
+    /// The value stored for `content`: header, content, and the MAC under a fleet key
     /// (`None` for a reserved namespace without a fleet key).
     pub(crate) fn encode(&self, namespace: &str, key: &Key, content: &[u8]) -> Option<Vec<u8>> {
-        let reserved = is_reserved(namespace);
+        if is_reserved(namespace) && self.inner.options.fleet_key.is_none() {
+            return None;
+        }
         let header = Header {
             len: content.len() as u64,
             crc: Checksum::of(content),
             key: *key,
         }
         .encode();
-        let mut value = Vec::with_capacity(HEADER_LEN + content.len() + if reserved { MAC_LEN } else { 0 });
+        let mut value = Vec::with_capacity(HEADER_LEN + content.len() + self.trailer());
         value.extend_from_slice(&header);
         value.extend_from_slice(content);
-        if reserved {
-            let mut mac = self.mac(namespace)?;
+        if let Some(mut mac) = self.mac(namespace) {
             mac.update(&value);
             value.extend_from_slice(&mac.finalize().into_bytes());
         }
@@ -456,10 +523,12 @@ impl RemoteTier {
         mut value: Vec<u8>,
         max_len: u64,
     ) -> std::result::Result<Vec<u8>, &'static str> {
-        let reserved = is_reserved(namespace);
-        let trailer = if reserved { MAC_LEN } else { 0 };
+        if is_reserved(namespace) && self.inner.options.fleet_key.is_none() {
+            return Err("no fleet key to check its MAC");
+        }
+        let trailer = self.trailer();
         if value.len() < HEADER_LEN + trailer {
-            return Err(if reserved {
+            return Err(if trailer > 0 {
                 "shorter than a header and a MAC"
             } else {
                 "shorter than a header"
@@ -472,8 +541,7 @@ impl RemoteTier {
         {
             return Err("larger than the size limit");
         }
-        if reserved {
-            let mut mac = self.mac(namespace).ok_or("no fleet key to check its MAC")?;
+        if let Some(mut mac) = self.mac(namespace) {
             let (body, tag) = value.split_at(value.len() - MAC_LEN);
             mac.update(body);
             mac.verify_slice(tag)
@@ -494,6 +562,19 @@ impl RemoteTier {
         value.drain(..HEADER_LEN);
         Ok(value)
     }
+}
+
+/// Refuses a namespace without a name of its own: its remote keys would be every such
+/// namespace's.
+fn require_name(local: &Namespace) -> Result<()> {
+    if local.is_named() {
+        return Ok(());
+    }
+    Err(Error::InvalidNamespace {
+        name: local.name().to_string(),
+        reason: "a namespace opened with Namespace::open_dir has no name of its own, and the remote tier keeps \
+                 entries by namespace name: open it with Namespace::open_dir_named (or FileCache::namespace)",
+    })
 }
 
 fn is_reserved(namespace: &str) -> bool {

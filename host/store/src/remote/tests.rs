@@ -1,5 +1,6 @@
-//! The remote tier without a server: value checks, options, and the breaker against sockets
-//! that refuse or never answer. (Tests with a real `redis-server` are in tests/e2e/remote.rs.)
+//! The remote tier: value checks, options, and the breaker against sockets that refuse or never
+//! answer; the connection pool, namespace isolation and TTLs against a real `redis-server`. (The
+//! CLI's remote tests are in host/cli/tests/remote.rs.)
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -90,11 +91,85 @@ fn reserved_namespaces_need_the_fleet_key() {
             "flip at byte {i} accepted"
         );
     }
-    // A plugin namespace's value carries no MAC, whatever the key.
+    // Without a fleet key, a plugin namespace's value carries no MAC.
     assert_eq!(
-        keyed.encode("plugin", &key, &code).unwrap().len(),
+        keyless.encode("plugin", &key, &code).unwrap().len(),
         HEADER_LEN + code.len()
     );
+}
+
+/// Issue 11, finding 6: under a fleet key every value is MAC'd, plugin namespaces' too, and a
+/// value without a valid MAC is refused, so a writer to Redis cannot poison a plugin's cache.
+#[test]
+fn finding_6_plugin_values_are_macd_under_a_fleet_key() {
+    let keyed = tier(Some(FLEET));
+    let other = tier(Some(b"another fleet's key, also 32+ bytes long"));
+    let keyless = tier(None);
+    let key = Key::digest(b"plugin entry");
+    let content: Vec<u8> = (0..700u32).map(|i| (i * 13 % 256) as u8).collect();
+
+    let value = keyed.encode("plugin", &key, &content).unwrap();
+    assert_eq!(value.len(), HEADER_LEN + content.len() + MAC_LEN);
+    assert_eq!(keyed.decode("plugin", &key, value.clone(), 1 << 20).unwrap(), content);
+    // Every single bit flip, at every byte of header, content and MAC, is refused.
+    for i in 0..value.len() {
+        for bit in 0..8 {
+            let mut bad = value.clone();
+            bad[i] ^= 1 << bit;
+            assert!(
+                keyed.decode("plugin", &key, bad, 1 << 20).is_err(),
+                "flip of bit {bit} at byte {i} accepted"
+            );
+        }
+    }
+    // A well-formed value planted without the key: with a valid checksum, with no MAC, with a
+    // zero MAC, MAC'd under another key, or MAC'd for another namespace: all refused.
+    let planted = keyless.encode("plugin", &key, b"poison").unwrap();
+    assert_eq!(
+        keyed.decode("plugin", &key, planted, 1 << 20),
+        Err("shorter than a header and a MAC")
+    );
+    let mut zero_mac = keyless.encode("plugin", &key, b"poison, with room for a tag").unwrap();
+    zero_mac.extend_from_slice(&[0; MAC_LEN]);
+    assert_eq!(
+        keyed.decode("plugin", &key, zero_mac, 1 << 20),
+        Err("MAC mismatch (not written under this fleet key)")
+    );
+    let foreign = other.encode("plugin", &key, b"poison").unwrap();
+    assert!(keyed.decode("plugin", &key, foreign, 1 << 20).is_err());
+    let elsewhere = keyed.encode("other-plugin", &key, &content).unwrap();
+    assert!(keyed.decode("plugin", &key, elsewhere, 1 << 20).is_err());
+    // A host without the key does not take a keyed value as its content.
+    assert!(keyless.decode("plugin", &key, value, 1 << 20).is_err());
+}
+
+/// Issue 11, finding 3: a namespace opened on a bare directory has no name of its own, so it
+/// cannot reach a remote (every such namespace would share one set of Redis keys).
+#[test]
+fn finding_3_unnamed_namespaces_cannot_reach_a_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = || cap_std::fs::Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap();
+    let unnamed = Namespace::open_dir(dir(), NamespaceOptions::default()).unwrap();
+    assert!(!unnamed.is_named());
+    let err = TieredStore::new(unnamed.clone(), tier(None)).unwrap_err();
+    assert!(matches!(err, Error::InvalidNamespace { .. }), "{err:?}");
+    assert!(err.to_string().contains("open_dir_named"), "{err}");
+    let key = Key::digest(b"k");
+    assert!(tier(None).fetch(&unnamed, &key, 100).is_err());
+    assert!(tier(None).publish(&unnamed, &key, b"v").is_err());
+    assert!(tier(None).remove(&unnamed, &key).is_err());
+
+    let named = Namespace::open_dir_named("plugin-a", dir(), NamespaceOptions::default()).unwrap();
+    assert!(named.is_named());
+    assert_eq!(named.name(), "plugin-a");
+    TieredStore::new(named, tier(None)).unwrap();
+    for bad in ["", "(directory)", "a/b", "UPPER", ".", ".."] {
+        assert!(
+            Namespace::open_dir_named(bad, dir(), NamespaceOptions::default()).is_err(),
+            "{bad:?} accepted"
+        );
+    }
+    Namespace::open_dir_named(".reserved", dir(), NamespaceOptions::default()).unwrap();
 }
 
 #[test]
@@ -146,7 +221,7 @@ fn run_against(url: String, timeout: Duration) -> (Duration, crate::Counts) {
     let mut o = RemoteOptions::new(url);
     o.connect_timeout = timeout;
     o.op_timeout = timeout;
-    let store = TieredStore::new(ns.clone(), RemoteTier::new(o).unwrap());
+    let store = TieredStore::new(ns.clone(), RemoteTier::new(o).unwrap()).unwrap();
     let start = Instant::now();
     for i in 0..40u32 {
         let key = Key::digest(i.to_le_bytes());
@@ -188,7 +263,7 @@ fn required_remote_failures_are_errors_and_local_writes_stay() {
     let ns = local(&dir);
     let mut o = RemoteOptions::new(format!("redis://127.0.0.1:{port}"));
     o.required = true;
-    let store = TieredStore::new(ns.clone(), RemoteTier::new(o).unwrap());
+    let store = TieredStore::new(ns.clone(), RemoteTier::new(o).unwrap()).unwrap();
     let key = Key::digest(b"k");
     let err = store.add(&key, b"v").unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
@@ -196,4 +271,159 @@ fn required_remote_failures_are_errors_and_local_writes_stay() {
     assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&b"v"[..]));
     assert!(store.get(&Key::digest(b"missing")).is_err());
     assert!(store.remote().ping().is_err());
+}
+
+/// Concurrent callers each get a connection: eight operations against a remote that never
+/// answers take about one timeout together, not eight (one shared connection would queue them).
+#[test]
+fn concurrent_callers_do_not_queue_on_one_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut o = RemoteOptions::new(format!("redis://127.0.0.1:{port}"));
+    let timeout = Duration::from_millis(400);
+    o.connect_timeout = timeout;
+    o.op_timeout = timeout;
+    o.breaker_threshold = 100;
+    let remote = RemoteTier::new(o).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = local(&dir);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..8u32 {
+            let (remote, ns) = (&remote, &ns);
+            s.spawn(move || {
+                assert_eq!(remote.fetch(ns, &Key::digest(i.to_le_bytes()), 1 << 20).unwrap(), None);
+            });
+        }
+    });
+    let took = start.elapsed();
+    drop(listener);
+    assert_eq!(ns.counts().remote_errors, 8);
+    assert!(took >= timeout, "{took:?}");
+    // Serialised they would take 8 × 400 ms = 3.2 s; in parallel about 400 ms.
+    assert!(took < 4 * timeout, "{took:?}: the callers queued");
+    assert_eq!(remote.idle_connections(), 0, "failed connections are not kept");
+}
+
+/// With a real server: idle connections are reused, and at most MAX_IDLE_CONNECTIONS are kept.
+#[test]
+fn connections_are_pooled() {
+    let redis = filecache_tests::RedisServer::start();
+    let remote = RemoteTier::new(RemoteOptions::new(redis.url())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = local(&dir);
+    for i in 0..20u32 {
+        remote.publish(&ns, &Key::digest(i.to_le_bytes()), b"v").unwrap();
+    }
+    assert_eq!(
+        remote.idle_connections(),
+        1,
+        "one caller at a time needs one connection"
+    );
+    std::thread::scope(|s| {
+        for t in 0..16u32 {
+            let (remote, ns) = (&remote, &ns);
+            s.spawn(move || {
+                for i in 0..50u32 {
+                    let key = Key::digest((t * 1000 + i).to_le_bytes());
+                    remote.publish(ns, &key, b"value").unwrap();
+                    assert_eq!(remote.fetch(ns, &key, 100).unwrap().as_deref(), Some(&b"value"[..]));
+                }
+            });
+        }
+    });
+    assert!(remote.idle_connections() <= MAX_IDLE_CONNECTIONS);
+    assert!(remote.idle_connections() >= 1);
+    assert_eq!(ns.counts().remote_errors, 0);
+}
+
+/// Issue 11, finding 3, through a real redis-server: two namespaces opened on directory handles,
+/// each with its own name, keep their entries apart in Redis; hosts of each see their own only.
+#[test]
+fn finding_3_named_directory_namespaces_are_isolated_through_redis() {
+    let redis = filecache_tests::RedisServer::start();
+    let remote = RemoteTier::new(RemoteOptions::new(redis.url())).unwrap();
+    let open = |root: &tempfile::TempDir, name: &str| {
+        let path = root.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        let dir = cap_std::fs::Dir::open_ambient_dir(&path, cap_std::ambient_authority()).unwrap();
+        let ns = Namespace::open_dir_named(name, dir, NamespaceOptions::default()).unwrap();
+        TieredStore::new(ns, remote.clone()).unwrap()
+    };
+    let (host1, host2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = Key::digest(b"same key in both");
+    let a1 = open(&host1, "plugin-a");
+    let b1 = open(&host1, "plugin-b");
+    a1.add(&key, b"a's value").unwrap();
+    b1.add(&key, b"b's value").unwrap();
+    assert_eq!(redis.dbsize(), 2, "one Redis key per namespace");
+
+    // A second host, with empty directories: each namespace reads its own entry from Redis.
+    let a2 = open(&host2, "plugin-a");
+    let b2 = open(&host2, "plugin-b");
+    assert_eq!(a2.get(&key).unwrap().as_deref(), Some(&b"a's value"[..]));
+    assert_eq!(b2.get(&key).unwrap().as_deref(), Some(&b"b's value"[..]));
+    // A delete in one leaves the other.
+    a1.delete(&key).unwrap();
+    let c = open(&tempfile::tempdir().unwrap(), "plugin-b");
+    assert_eq!(c.get(&key).unwrap().as_deref(), Some(&b"b's value"[..]));
+    let d = open(&tempfile::tempdir().unwrap(), "plugin-a");
+    assert_eq!(d.get(&key).unwrap(), None);
+}
+
+/// Issue 11, finding 6, through a real redis-server: a value planted in a plugin namespace by a
+/// writer without the fleet key is refused (not served, not copied), and values expire after the
+/// TTL.
+#[test]
+fn finding_6_planted_plugin_values_are_refused_and_values_expire() {
+    let redis = filecache_tests::RedisServer::start();
+    let mut o = RemoteOptions::new(redis.url());
+    o.fleet_key = Some(FLEET.to_vec());
+    o.ttl = Some(Duration::from_secs(60));
+    let fleet = RemoteTier::new(o).unwrap();
+    let attacker = RemoteTier::new(RemoteOptions::new(redis.url())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = local(&dir);
+    let key = Key::digest(b"planted");
+    attacker.publish(&ns, &key, b"poisoned result").unwrap();
+    let store = TieredStore::new(ns.clone(), fleet.clone()).unwrap();
+    assert_eq!(store.get(&key).unwrap(), None);
+    assert_eq!(ns.get(&key).unwrap(), None, "not copied to the local tier");
+    assert_eq!(ns.counts().rejected, 1);
+
+    // The fleet's own value is served, and carries the TTL.
+    let own = Key::digest(b"own");
+    store.add(&own, b"fleet value").unwrap();
+    let rkey = RemoteTier::redis_key("plugin", &own);
+    let ttl: i64 = redis.cli(&["PTTL", &rkey]).trim().parse().unwrap();
+    assert!((59_000..=60_000).contains(&ttl), "PTTL {ttl}");
+    let other = tempfile::tempdir().unwrap();
+    let reader = TieredStore::new(local(&other), fleet.clone()).unwrap();
+    assert_eq!(reader.get(&own).unwrap().as_deref(), Some(&b"fleet value"[..]));
+    // Without a TTL, no expiry is set.
+    assert_eq!(
+        redis.cli(&["PTTL", &RemoteTier::redis_key("plugin", &key)]).trim(),
+        "-1"
+    );
+
+    // A short TTL: the value is gone from Redis once it passes.
+    let mut o = RemoteOptions::new(redis.url());
+    o.fleet_key = Some(FLEET.to_vec());
+    o.ttl = Some(Duration::from_millis(200));
+    let short = TieredStore::new(ns.clone(), RemoteTier::new(o).unwrap()).unwrap();
+    let brief = Key::digest(b"brief");
+    short.add(&brief, b"soon gone").unwrap();
+    assert_eq!(
+        redis.cli(&["EXISTS", &RemoteTier::redis_key("plugin", &brief)]).trim(),
+        "1"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        redis.cli(&["EXISTS", &RemoteTier::redis_key("plugin", &brief)]).trim(),
+        "0"
+    );
+    // A zero TTL is refused.
+    let mut o = RemoteOptions::new(redis.url());
+    o.ttl = Some(Duration::ZERO);
+    assert!(RemoteTier::new(o).is_err());
 }

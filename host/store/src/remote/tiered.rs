@@ -24,8 +24,12 @@ pub struct TieredStore {
 
 impl TieredStore {
     /// Puts `local` in front of `remote`; entries live under `local`'s name in both.
-    pub fn new(local: Namespace, remote: RemoteTier) -> TieredStore {
-        TieredStore { local, remote }
+    ///
+    /// Fails with [`Error::InvalidNamespace`](crate::Error::InvalidNamespace) if `local` has no name of its own (it was opened
+    /// with [`Namespace::open_dir`]): every such namespace would share one set of remote entries.
+    pub fn new(local: Namespace, remote: RemoteTier) -> Result<TieredStore> {
+        super::require_name(&local)?;
+        Ok(TieredStore { local, remote })
     }
 
     /// The local tier.
