@@ -2,7 +2,10 @@
 //!
 //! With `Config::enable_incremental_compilation`, Cranelift asks this store for each function's
 //! compiled code before compiling it. Entries are native code, so each carries a keyed BLAKE3
-//! MAC under the cache's secret; one that fails is removed and answered as a miss.
+//! MAC under the cache's secret; one that fails is removed and answered as a miss. The MAC covers
+//! a format tag, the length of Cranelift's key, the key and the value, so that no split of the
+//! same bytes into another key and value verifies (the entry file is found by a digest of the
+//! tag and the key: an entry of the unframed format is a miss, never accepted).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -15,6 +18,9 @@ use crate::{FileCache, Key, Namespace, NamespaceOptions, Result};
 
 /// The reserved namespace of incremental-compilation entries.
 pub const INCREMENTAL_NAMESPACE: &str = ".incremental";
+
+/// Domain separation for entry keys and MACs; a new format gets a new tag.
+const FORMAT: &[u8] = b"filecache incremental v2\0";
 
 /// A persistent [`CacheStore`] for `Config::enable_incremental_compilation`.
 pub struct IncrementalCache {
@@ -49,7 +55,12 @@ impl IncrementalCache {
     }
 
     fn entry_key(key: &[u8]) -> Key {
-        Key::digest(key)
+        Key::digest([FORMAT, key].concat())
+    }
+
+    /// The MAC of a record: over the format, the key's length, the key and the value.
+    fn tag(&self, key: &[u8], value: &[u8]) -> blake3::Hash {
+        mac(&self.key, &[FORMAT, &(key.len() as u64).to_le_bytes(), key, value])
     }
 }
 
@@ -58,10 +69,8 @@ impl CacheStore for IncrementalCache {
         let k = Self::entry_key(key);
         let mut record = match self.ns.get(&k) {
             Ok(Some(r)) => r,
-            Ok(None) => {
-                let _ = self.ns.count(&[(Counter::Misses, 1)]);
-                return None;
-            }
+            // (Hits and misses are counted by the namespace itself.)
+            Ok(None) => return None,
             Err(e) => {
                 tracing::debug!("incremental cache: {}", e.full_message());
                 return None;
@@ -72,18 +81,17 @@ impl CacheStore for IncrementalCache {
             return None;
         }
         let value = record.split_off(32);
-        if mac(&self.key, &[key, &value]) != blake3::Hash::from_bytes(record[..32].try_into().expect("32 bytes")) {
+        if self.tag(key, &value) != blake3::Hash::from_bytes(record[..32].try_into().expect("32 bytes")) {
             tracing::warn!(key = %k, "incremental-compilation entry not authenticated: removed");
             let _ = self.ns.delete(&k);
             let _ = self.ns.count(&[(Counter::Rejected, 1)]);
             return None;
         }
-        let _ = self.ns.count(&[(Counter::Hits, 1)]);
         Some(Cow::Owned(value))
     }
 
     fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
-        let tag = mac(&self.key, &[key, &value]);
+        let tag = self.tag(key, &value);
         let mut record = Vec::with_capacity(32 + value.len());
         record.extend_from_slice(tag.as_bytes());
         record.extend_from_slice(&value);
@@ -94,5 +102,40 @@ impl CacheStore for IncrementalCache {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 8 of the hardening review: with key and value concatenated unframed, a record made
+    /// for (`k1`, `v1`) verified as (`k2`, `v2`) whenever `k1 ‖ v1 == k2 ‖ v2`.
+    #[test]
+    fn incremental_mac_frames_key_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::open(dir.path()).unwrap();
+        let inc = IncrementalCache::open(&cache, 1 << 20).unwrap();
+        let (k1, v1) = (b"function-key".to_vec(), b"Xcompiled code".to_vec());
+        assert!(inc.insert(&k1, v1.clone()));
+        assert_eq!(inc.get(&k1).as_deref(), Some(&v1[..]));
+        // The same bytes split one byte later: key "function-keyX", value "compiled code".
+        let k2 = [&k1[..], &v1[..1]].concat();
+        let record = inc.ns.get(&IncrementalCache::entry_key(&k1)).unwrap().unwrap();
+        inc.ns.add(&IncrementalCache::entry_key(&k2), &record).unwrap();
+        assert_eq!(
+            inc.get(&k2),
+            None,
+            "a record moved to another split of its bytes is refused"
+        );
+        assert!(
+            !inc.ns.contains(&IncrementalCache::entry_key(&k2)).unwrap(),
+            "and removed"
+        );
+        assert_eq!(
+            inc.get(&k1).as_deref(),
+            Some(&v1[..]),
+            "the genuine record still verifies"
+        );
     }
 }

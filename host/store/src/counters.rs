@@ -6,7 +6,6 @@
 //! statistics, not data: a damaged file reads as zeros and is rewritten on the next update.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use serde::Serialize;
 
@@ -73,7 +72,7 @@ impl Counts {
 pub(crate) fn read(file: &File) -> [u64; SLOTS] {
     let mut b = [0u8; 8 + 8 * SLOTS];
     let mut slots = [0u64; SLOTS];
-    let Ok(n) = file.read_at(&mut b, 0) else { return slots };
+    let Ok(n) = crate::sys::read_at(file, &mut b, 0) else { return slots };
     if n < 8 || b[..8] != MAGIC {
         return slots;
     }
@@ -97,7 +96,7 @@ pub(crate) fn add(file: &File, deltas: &[(Counter, u64)]) -> std::io::Result<()>
     for (i, v) in slots.iter().enumerate() {
         b[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
     }
-    file.write_all_at(&b, 0)
+    crate::sys::write_all_at(file, &b, 0)
 }
 
 pub(crate) fn counts(file: &File) -> Counts {

@@ -33,6 +33,9 @@ pub enum Point {
     Rename,
     /// fsync of a directory (durable mode).
     SyncDir,
+    /// Opening a fan-out directory during a scan (not of the write path: a scan must fail,
+    /// never skip what it cannot see).
+    OpenShard,
 }
 
 #[cfg(not(any(test, feature = "fault-injection")))]
@@ -44,7 +47,7 @@ pub(crate) fn check(_: Point) -> std::io::Result<()> {
 #[cfg(any(test, feature = "fault-injection"))]
 pub(crate) use armed::check;
 #[cfg(any(test, feature = "fault-injection"))]
-pub use armed::{Guard, Hit, hits, inject};
+pub use armed::{Guard, Hit, hits, inject, inject_at};
 
 #[cfg(any(test, feature = "fault-injection"))]
 mod armed {
@@ -63,6 +66,9 @@ mod armed {
     }
 
     struct Plan {
+        /// Fail every operation at this point only (see [`inject_at`]); `None` for a plan of the
+        /// write path, which never counts the points outside it.
+        only: Option<Point>,
         nth: u64,
         errno: i32,
         persistent: bool,
@@ -91,9 +97,27 @@ mod armed {
     pub fn inject(nth: u64, errno: i32, persistent: bool) -> Guard {
         PLAN.with(|p| {
             *p.borrow_mut() = Some(Plan {
+                only: None,
                 nth,
                 errno,
                 persistent,
+                seen: 0,
+                hits: Vec::new(),
+            })
+        });
+        Guard(())
+    }
+
+    /// Arms a plan on the calling thread that fails every operation at `point` with the OS error
+    /// `errno`, and no other (for the points outside the write path, such as
+    /// [`Point::OpenShard`], which plans of [`inject`] do not count).
+    pub fn inject_at(point: Point, errno: i32) -> Guard {
+        PLAN.with(|p| {
+            *p.borrow_mut() = Some(Plan {
+                only: Some(point),
+                nth: 0,
+                errno,
+                persistent: true,
                 seen: 0,
                 hits: Vec::new(),
             })
@@ -110,8 +134,15 @@ mod armed {
         PLAN.with(|p| {
             let mut p = p.borrow_mut();
             let Some(plan) = p.as_mut() else { return Ok(()) };
-            plan.seen += 1;
-            let failed = plan.nth != 0 && (plan.seen == plan.nth || (plan.persistent && plan.seen > plan.nth));
+            let failed = match plan.only {
+                Some(only) => point == only,
+                // Plans of the write path do not see the points outside it.
+                None if point == Point::OpenShard => return Ok(()),
+                None => {
+                    plan.seen += 1;
+                    plan.nth != 0 && (plan.seen == plan.nth || (plan.persistent && plan.seen > plan.nth))
+                }
+            };
             plan.hits.push(Hit { point, failed });
             if failed {
                 Err(io::Error::from_raw_os_error(plan.errno))

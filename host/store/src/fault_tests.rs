@@ -8,10 +8,6 @@ use std::path::Path;
 use super::*;
 use crate::fault::{self, Point};
 
-fn errno(e: rustix::io::Errno) -> i32 {
-    e.raw_os_error()
-}
-
 fn content(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3] ^ seed)
@@ -156,8 +152,8 @@ fn expect_io(result: Result<()>, errno: i32, what: &str) {
 fn every_injected_failure_of_add_and_stream_is_an_io_error_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("cache");
-    let enospc = errno(rustix::io::Errno::NOSPC);
-    let eio = errno(rustix::io::Errno::IO);
+    let enospc = crate::sys::DISK_FULL;
+    let eio = crate::sys::IO_ERROR;
     for durability in [Durability::Relaxed, Durability::Sync] {
         let mut failed_points = BTreeSet::new();
         // fsync is slow: durable mode gets the two operations that reach every hook, once.
@@ -231,7 +227,7 @@ fn every_injected_failure_of_add_and_stream_is_an_io_error_and_loses_nothing() {
 fn injected_failures_while_evicting_never_serve_wrong_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("cache");
-    let eio = errno(rustix::io::Errno::IO);
+    let eio = crate::sys::IO_ERROR;
     // The four existing entries fill the quota: adding another has to evict.
     let all: Vec<Key> = existing().into_iter().map(|e| e.0).collect();
     let mut evicted_then_failed = false;
@@ -265,7 +261,7 @@ fn a_failed_create_leaves_no_temporary_file() {
     for point in [Point::CreateTemp, Point::LockTemp] {
         let _guard = fault::inject(
             if point == Point::CreateTemp { 1 } else { 2 },
-            errno(rustix::io::Errno::NOSPC),
+            crate::sys::DISK_FULL,
             false,
         );
         let err = ns.create(&Key::digest(b"x")).err().expect("create failed");

@@ -446,7 +446,7 @@ pub fn check_ops(ops: &[Op]) -> Result<(), String> {
                 persistent,
             } => {
                 let v = value(k, len, salt);
-                let guard = fault::inject(u64::from(nth), rustix::io::Errno::NOSPC.raw_os_error(), persistent);
+                let guard = fault::inject(u64::from(nth), crate::sys::DISK_FULL, persistent);
                 let r = write(&ns, k, &v, stream.then_some(97));
                 let hits = fault::hits();
                 drop(guard);

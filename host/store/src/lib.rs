@@ -6,6 +6,8 @@
 //! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`Store`].
 //!
 //! - [`entry`]: the format of one entry file (header, checked content).
+//! - [`kv`]: a namespace as a key-value bucket (what `wasi:keyvalue` guests get): records that
+//!   count against the quota but are never evicted, atomic increment and compare-and-swap.
 //! - [`remote`] (feature `remote`): a shared tier in Redis for a fleet of hosts.
 //! - [`size`]: parsing sizes such as `64MiB` (for command lines and configuration).
 //!
@@ -28,6 +30,7 @@ mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 mod key;
+pub mod kv;
 #[cfg(feature = "remote")]
 pub mod remote;
 pub mod size;
@@ -40,10 +43,13 @@ pub use key::Key;
 mod counters;
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod hardening_tests;
 mod maintenance;
 #[cfg(test)]
 mod model_tests;
 mod namespace;
+mod sys;
 #[cfg(test)]
 mod store_tests;
 

@@ -15,8 +15,13 @@ pub struct NamespaceStats {
     pub reserved: bool,
     /// How many entries it holds.
     pub entries: u64,
-    /// Bytes of content (what counts against quotas; each entry also has a 64-byte header).
+    /// Bytes of content (each entry also has a 64-byte header). Key-value records are not
+    /// included: see `kv_keys` and `kv_bytes`.
     pub bytes: u64,
+    /// Key-value records (`wasi:keyvalue` data, never evicted).
+    pub kv_keys: u64,
+    /// Bytes of key and value of those records. The quota counts `bytes + kv_bytes`.
+    pub kv_bytes: u64,
     /// Hits, misses and other events recorded by the processes that used it.
     #[serde(flatten)]
     pub counts: Counts,
@@ -91,7 +96,9 @@ impl FileCache {
                     reserved: name.starts_with('.'),
                     name,
                     entries: scan.entries,
-                    bytes: scan.used,
+                    bytes: scan.used - scan.kv_bytes,
+                    kv_keys: scan.kv_records,
+                    kv_bytes: scan.kv_bytes,
                     counts: ns.counts(),
                 })
             })
@@ -99,7 +106,8 @@ impl FileCache {
     }
 
     /// Evicts least recently used entries, across all namespaces, until the whole cache takes
-    /// at most `max_size` bytes; reclaims temporary files of dead writers.
+    /// at most `max_size` bytes; reclaims temporary files of dead writers. Key-value records
+    /// count toward the size but are never removed.
     pub fn gc(&self, max_size: u64, progress: &mut dyn FnMut(Progress)) -> Result<GcReport> {
         let mut report = GcReport::default();
         let mut all: Vec<(usize, EntryInfo)> = Vec::new();
@@ -144,6 +152,7 @@ impl FileCache {
 
     /// Reads every entry of every namespace, checks it, and removes those that fail.
     pub fn verify(&self, progress: &mut dyn FnMut(Progress)) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
         let mut work: Vec<(Namespace, Vec<Key>)> = Vec::new();
         for name in self.namespace_names()? {
             let ns = match self.open_existing(&name, maintenance_options(false)) {
@@ -159,8 +168,21 @@ impl FileCache {
             })?;
             work.push((ns, keys));
         }
-        let total = work.iter().map(|(_, k)| k.len() as u64).sum();
-        let mut report = VerifyReport::default();
+        // Key-value records: read and checked whole, as entries are.
+        for (ns, _) in &work {
+            let (ok, damaged) = crate::kv::Bucket::new(ns.clone()).verify()?;
+            report.checked += ok + damaged.len() as u64;
+            report.ok += ok;
+            for (digest, reason) in damaged {
+                report.removed += 1;
+                report.damaged.push(DamagedEntry {
+                    namespace: ns.name().to_string(),
+                    key: format!("kv/{digest}"),
+                    reason,
+                });
+            }
+        }
+        let total = report.checked + work.iter().map(|(_, k)| k.len() as u64).sum::<u64>();
         for (ns, keys) in work {
             for key in keys {
                 match ns.verify_entry(&key)? {
@@ -184,8 +206,8 @@ impl FileCache {
         Ok(report)
     }
 
-    /// Removes every entry of one namespace, or of all of them (reserved ones included).
-    /// Returns how many entries were removed.
+    /// Removes every entry and key-value record of one namespace, or of all of them (reserved
+    /// ones included). Returns how many were removed.
     pub fn clear(&self, namespace: Option<&str>) -> Result<u64> {
         let names = match namespace {
             Some(name) => {

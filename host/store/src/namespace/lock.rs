@@ -14,28 +14,73 @@ impl Locked<'_> {
         b[..8].copy_from_slice(&STATE_MAGIC);
         b[8..].copy_from_slice(&used.to_le_bytes());
         fault::check(Point::UpdateCounter)
-            .and_then(|()| self.file.write_all_at(&b, 0))
+            .and_then(|()| sys::write_all_at(&self.file, &b, 0))
             .context(|| "cannot update the namespace's usage counter".into())?;
         self.used = Some(used);
         Ok(())
     }
 }
 
+/// The longest a process waits for another's namespace lock before its operation fails with an
+/// `Io` error (`TimedOut`): a stopped process (SIGSTOP, a debugger) holding it stalls writers
+/// that long, not forever. Long enough for the slowest thing done under the lock, a full rescan of
+/// a large namespace (about a second per 100 000 entries here; see BENCHMARKS.md).
+#[cfg(not(test))]
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
+#[cfg(test)]
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Takes `file`'s exclusive lock, waiting at most `wait` for another holder to let it go.
+fn lock_within(file: &File, wait: Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        match sys::try_lock(file) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_contended(&e) => {}
+            Err(e) => return Err(e),
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "another process has held the namespace lock for over {} s (is one stopped?)",
+                    wait.as_secs_f32()
+                ),
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
+
+/// Whether a failed `try_lock` means another holder (not an error of the file).
+fn is_contended(e: &io::Error) -> bool {
+    // ERROR_LOCK_VIOLATION (33) on Windows.
+    e.kind() == io::ErrorKind::WouldBlock || (cfg!(windows) && e.raw_os_error() == Some(33))
+}
+
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        let _ = self.file.unlock();
+        let _ = sys::unlock(&self.file);
     }
 }
 
 impl Namespace {
     pub(super) fn lock(&self) -> Result<Locked<'_>> {
+        self.lock_hooked(true)
+    }
+
+    /// The lock; `hooked` lets a fault plan fail taking it (the write path's plans), which
+    /// updates of statistics are outside of.
+    fn lock_hooked(&self, hooked: bool) -> Result<Locked<'_>> {
         let w = self.writable()?;
         let file = w.state.lock().unwrap_or_else(|p| p.into_inner());
-        fault::check(Point::LockNamespace)
-            .and_then(|()| file.lock())
+        let hook = if hooked { fault::check(Point::LockNamespace) } else { Ok(()) };
+        hook.and_then(|()| lock_within(&file, LOCK_WAIT))
             .context(|| format!("cannot lock namespace {:?}", self.inner.name))?;
         let mut b = [0u8; 16];
-        let used = match file.read_at(&mut b, 0) {
+        let used = match sys::read_at(&file, &mut b, 0) {
             Ok(16) if b[..8] == STATE_MAGIC => Some(u64::from_le_bytes(b[8..].try_into().expect("8 bytes"))),
             _ => None,
         };
@@ -48,7 +93,7 @@ impl Namespace {
         let (Some(dir), Some(_)) = (self.dir(), &self.inner.writable) else {
             return Ok(());
         };
-        let _lk = self.lock()?;
+        let _lk = self.lock_hooked(false)?;
         let ctx = || format!("cannot update the counters of namespace {:?}", self.inner.name);
         let file = dir
             .open_with(COUNTERS_FILE, &private_rw_options())
@@ -57,13 +102,43 @@ impl Namespace {
         counters::add(&file, deltas).context(ctx)
     }
 
-    /// This namespace's event counters as last written (zeros when there are none).
+    /// This namespace's event counters: as last written, plus this process's uses not yet
+    /// flushed (zeros when there are none).
     pub fn counts(&self) -> Counts {
         let mut oo = OpenOptions::new();
         oo.read(true).follow(FollowSymlinks::No);
-        match self.dir().map(|d| d.open_with(COUNTERS_FILE, &oo)) {
+        let mut counts = match self.dir().map(|d| d.open_with(COUNTERS_FILE, &oo)) {
             Some(Ok(file)) => counters::counts(&file.into_std()),
             _ => Counts::default(),
+        };
+        counts.hits += self.inner.pending_hits.load(Ordering::Relaxed);
+        counts.misses += self.inner.pending_misses.load(Ordering::Relaxed);
+        counts
+    }
+
+    /// Counts one use of an entry by `get`, `open` or `contains`: a hit or a miss. In memory
+    /// only, until [`USES_PER_FLUSH`] have gathered or the handle is dropped.
+    pub(super) fn count_use(&self, hit: bool) {
+        let counter = if hit {
+            &self.inner.pending_hits
+        } else {
+            &self.inner.pending_misses
+        };
+        if counter.fetch_add(1, Ordering::Relaxed) + 1 >= USES_PER_FLUSH {
+            self.flush_counts();
+        }
+    }
+
+    /// Adds the uses counted in memory to the counters file now. Best effort: statistics are
+    /// not worth failing a cache operation for (a failure is logged, and the uses are lost).
+    pub fn flush_counts(&self) {
+        let hits = self.inner.pending_hits.swap(0, Ordering::Relaxed);
+        let misses = self.inner.pending_misses.swap(0, Ordering::Relaxed);
+        if hits + misses == 0 {
+            return;
+        }
+        if let Err(e) = self.count(&[(Counter::Hits, hits), (Counter::Misses, misses)]) {
+            tracing::debug!("cannot count uses of namespace {:?}: {}", self.inner.name, e.full_message());
         }
     }
 }

@@ -17,13 +17,19 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cap_fs_ext::{DirExt, FollowSymlinks, MetadataExt, OpenOptionsFollowExt};
-use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, OpenOptions};
+// The platform's counterparts live in `crate::sys`; these are for code that has not moved yet.
+#[cfg(unix)]
+#[allow(unused_imports)]
+use cap_fs_ext::MetadataExt;
+#[cfg(unix)]
+#[allow(unused_imports)]
+use cap_std::fs::OpenOptionsExt;
 
 use super::counters::{self, COUNTERS_FILE, Counter, Counts};
 use super::{Durability, EntryReader, EntryWriter, NamespaceOptions, Store};
@@ -31,6 +37,7 @@ use crate::entry::{Checksum, HEADER_LEN, Header};
 use crate::error::IoContext;
 use crate::fault::{self, Point};
 use crate::key::HexKey;
+use crate::sys;
 use crate::{Error, Key, Result};
 
 /// The most a single read returns, whatever the caller asks for.
@@ -40,20 +47,29 @@ const STATE_MAGIC: [u8; 8] = *b"FCUSAGE1";
 const TMP_DIR: &str = "tmp";
 /// The name shown for a namespace opened by [`Namespace::open_dir`] (never a valid name).
 const UNNAMED: &str = "(directory)";
+/// Stands for "no entry to keep" in eviction (a cache key of all zeros is not a SHA-256 digest
+/// anyone can produce).
+const NO_KEY: Key = Key::new([0; 32]);
 /// How many eviction candidates one scan keeps (the oldest entries).
 const CANDIDATES_PER_SCAN: usize = 8192;
 const WRITE_BUFFER: usize = 64 << 10;
 /// `get` reads an entry of at most this much content together with its header, in one call.
 const SMALL_ENTRY: usize = 16 << 10;
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const NOATIME: rustix::fs::OFlags = rustix::fs::OFlags::NOATIME;
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const NOATIME: rustix::fs::OFlags = rustix::fs::OFlags::empty();
 
 /// A namespace of the cache. Cheap to clone; clones share state.
 #[derive(Clone)]
 pub struct Namespace {
     inner: Arc<Inner>,
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // Every handle flushes what it can see, so the uses of a process that ends normally
+        // reach the counters file whichever handle goes last.
+        if self.inner.pending_hits.load(Ordering::Relaxed) + self.inner.pending_misses.load(Ordering::Relaxed) > 0 {
+            self.flush_counts();
+        }
+    }
 }
 
 impl std::fmt::Debug for Namespace {
@@ -74,7 +90,19 @@ struct Inner {
     options: NamespaceOptions,
     /// How many temporary files of dead writers opening the namespace reclaimed.
     reclaimed_at_open: AtomicU64,
+    /// Hits and misses of `get`, `open` and `contains` not yet added to the counters file:
+    /// counted in memory (an atomic add, no lock and no write on the hit path), flushed every
+    /// [`USES_PER_FLUSH`] uses and when a handle is dropped.
+    pending_hits: AtomicU64,
+    pending_misses: AtomicU64,
+    /// Bytes in the temporary files of this handle's uncommitted writers: together at most the
+    /// quota (a write past it answers `QuotaExceeded`), given back when a writer commits or is
+    /// dropped.
+    uncommitted: AtomicU64,
 }
+
+/// How many uses are counted in memory before they are added to the counters file.
+const USES_PER_FLUSH: u64 = 1024;
 
 struct Writable {
     tmp: Dir,
@@ -131,8 +159,12 @@ impl RawEntry {
 /// The result of walking a namespace.
 #[doc(hidden)]
 pub struct Scan {
-    /// Bytes on disk of every entry seen.
+    /// Bytes of every entry and key-value record seen (what the usage counter holds).
     pub used: u64,
+    /// Key-value records seen (not in `entries`).
+    pub kv_records: u64,
+    /// Bytes of key-value records (included in `used`).
+    pub kv_bytes: u64,
     /// Entries seen.
     pub entries: u64,
     /// The oldest entries, oldest first, at most the limit asked for.
@@ -191,9 +223,21 @@ fn private_rw_options() -> OpenOptions {
     oo.read(true)
         .write(true)
         .create(true)
-        .follow(FollowSymlinks::No)
-        .mode(0o600);
+        .follow(FollowSymlinks::No);
+    sys::owner_only(&mut oo);
     oo
+}
+
+impl Namespace {
+    /// Removes the entry file (or planted symlink) at `rel`. On Windows, where a file that is
+    /// open cannot lose its name, it is first renamed into `tmp/` (see `crate::sys::remove_file`),
+    /// so that the entry's name is free at once.
+    pub(super) fn remove_entry_file(&self, dir: &Dir, rel: &str) -> io::Result<()> {
+        match &self.inner.writable {
+            Some(w) => sys::remove_file(dir, rel, &w.tmp),
+            None => dir.remove_file_or_symlink(rel),
+        }
+    }
 }
 
 fn is_not_found(e: &io::Error) -> bool {
@@ -219,16 +263,31 @@ fn random_suffix() -> u64 {
     u64::from_le_bytes(b) ^ (now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64)
 }
 
-thread_local! {
-    /// Why the last entry this thread found damaged was refused (see `verify_entry`).
-    static LAST_DISCARD: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+/// What looking an entry up found: it, nothing, or a damaged entry that was removed (and why).
+pub(super) enum Lookup<T> {
+    Found(T),
+    Missing,
+    Discarded(&'static str),
+}
+
+impl<T> Lookup<T> {
+    /// The entry, if there was a usable one.
+    pub(super) fn found(self) -> Option<T> {
+        match self {
+            Lookup::Found(t) => Some(t),
+            Lookup::Missing | Lookup::Discarded(_) => None,
+        }
+    }
 }
 
 mod evict;
+pub(crate) mod kv;
 mod lock;
 mod read;
 mod write;
 
+#[cfg(test)]
+pub(crate) use lock::LOCK_WAIT;
 use lock::Locked;
 pub use read::FileReader;
 pub use write::FileWriter;
@@ -274,6 +333,9 @@ impl Namespace {
                 writable,
                 options,
                 reclaimed_at_open: AtomicU64::new(0),
+                pending_hits: AtomicU64::new(0),
+                pending_misses: AtomicU64::new(0),
+                uncommitted: AtomicU64::new(0),
             }),
         };
         let reclaimed = ns.reclaim_temporary_files()?;

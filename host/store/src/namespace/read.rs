@@ -6,33 +6,37 @@ impl Namespace {
     /// Opens the entry file for `key`: `None` when there is none (or it was not an acceptable
     /// file and has been removed).
     pub(super) fn open_entry_file(&self, hk: &HexKey) -> Result<Option<(File, std::fs::Metadata)>> {
-        let Some(dir) = self.dir() else { return Ok(None) };
+        Ok(self.lookup_entry_file(hk)?.found())
+    }
+
+    /// Like [`open_entry_file`](Self::open_entry_file), telling a miss from an entry removed as
+    /// damaged (and why).
+    fn lookup_entry_file(&self, hk: &HexKey) -> Result<Lookup<(File, std::fs::Metadata)>> {
+        let Some(dir) = self.dir() else { return Ok(Lookup::Missing) };
         let mut oo = OpenOptions::new();
         // O_NONBLOCK: opening a planted FIFO must not hang; it has no effect on regular files.
         // O_NOATIME: the cache keeps recency in the modification time, which a hit sets; without
         // it, the next read would find the access time older than that and write the inode a
         // second time (relatime). Only the file's owner may ask for it: others open without.
-        oo.read(true)
-            .follow(FollowSymlinks::No)
-            .custom_flags((rustix::fs::OFlags::NONBLOCK | NOATIME).bits() as i32);
+        oo.read(true).follow(FollowSymlinks::No);
+        sys::entry_read_options(&mut oo, true);
         let rel = hk.rel_path();
         let opened = match dir.open_with(&rel, &oo) {
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !NOATIME.is_empty() => {
-                oo.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && sys::HAS_NOATIME => {
+                sys::entry_read_options(&mut oo, false);
                 dir.open_with(&rel, &oo)
             }
             r => r,
         };
         let file = match opened {
             Ok(f) => f.into_std(),
-            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) if is_not_found(&e) => return Ok(Lookup::Missing),
             Err(e) => {
                 // A symlink where an entry should be: never followed, removed.
                 if let Ok(meta) = dir.symlink_metadata(&rel)
                     && meta.file_type().is_symlink()
                 {
-                    self.discard_path(hk, None, "a symlink, not an entry file");
-                    return Ok(None);
+                    return Ok(self.discard_path(hk, None, "a symlink, not an entry file"));
                 }
                 return Err(Error::io(format!("cannot open entry {}", hk.as_str()), e));
             }
@@ -41,14 +45,12 @@ impl Namespace {
             .metadata()
             .context(|| format!("cannot stat entry {}", hk.as_str()))?;
         if !meta.file_type().is_file() {
-            self.discard_path(hk, Some(&meta), "not a regular file");
-            return Ok(None);
+            return Ok(self.discard_path(hk, Some((&file, &meta)), "not a regular file"));
         }
-        if meta.nlink() > 1 {
-            self.discard_path(hk, Some(&meta), "a hard link (entries have exactly one name)");
-            return Ok(None);
+        if sys::link_count(&file, &meta).context(|| format!("cannot stat entry {}", hk.as_str()))? > 1 {
+            return Ok(self.discard_path(hk, Some((&file, &meta)), "a hard link (entries have exactly one name)"));
         }
-        Ok(Some((file, meta)))
+        Ok(Lookup::Found((file, meta)))
     }
 
     /// Reads and checks the header of an open entry file against its key and size.
@@ -62,7 +64,7 @@ impl Namespace {
             return Err("shorter than a header");
         }
         let mut b = [0u8; HEADER_LEN];
-        match file.read_exact_at(&mut b, 0) {
+        match sys::read_exact_at(file, &mut b, 0) {
             Ok(()) => {}
             Err(_) => return Err("unreadable header"),
         }
@@ -72,16 +74,19 @@ impl Namespace {
     /// Opens the entry for `key` and checks its header: `None` on a miss, or when the entry was
     /// damaged (it is then removed).
     pub(super) fn open_checked(&self, key: &Key) -> Result<Option<(HexKey, File, std::fs::Metadata, Header)>> {
+        Ok(self.lookup_checked(key)?.found())
+    }
+
+    fn lookup_checked(&self, key: &Key) -> Result<Lookup<(HexKey, File, std::fs::Metadata, Header)>> {
         let hk = key.hex();
-        let Some((file, meta)) = self.open_entry_file(&hk)? else {
-            return Ok(None);
+        let (file, meta) = match self.lookup_entry_file(&hk)? {
+            Lookup::Found(found) => found,
+            Lookup::Missing => return Ok(Lookup::Missing),
+            Lookup::Discarded(reason) => return Ok(Lookup::Discarded(reason)),
         };
         match self.check_header(key, &file, &meta) {
-            Ok(header) => Ok(Some((hk, file, meta, header))),
-            Err(reason) => {
-                self.discard_path(&hk, Some(&meta), reason);
-                Ok(None)
-            }
+            Ok(header) => Ok(Lookup::Found((hk, file, meta, header))),
+            Err(reason) => Ok(self.discard_path(&hk, Some((&file, &meta)), reason)),
         }
     }
 
@@ -99,24 +104,36 @@ impl Namespace {
     /// Removes an entry opened with [`open_raw`](Self::open_raw) that its user found unusable,
     /// if it is still the same file, and logs why.
     pub fn discard_raw(&self, raw: &RawEntry, reason: &'static str) {
-        self.discard_path(&raw.header.key.hex(), Some(&raw.meta), reason);
+        self.discard_path::<()>(&raw.header.key.hex(), Some((&raw.file, &raw.meta)), reason);
     }
 
-    /// Removes a damaged entry if it is still the file that was checked, and logs it.
-    pub(super) fn discard_path(&self, hk: &HexKey, checked: Option<&std::fs::Metadata>, reason: &'static str) {
+    /// Removes a damaged entry if it is still the file that was checked (`checked`: that file,
+    /// open, and its metadata; `None` for a symlink), and logs it.
+    /// Removes a damaged entry (if it is still the file that was checked) and logs why; returns
+    /// the lookup's answer, [`Lookup::Discarded`] with the reason.
+    pub(super) fn discard_path<T>(
+        &self,
+        hk: &HexKey,
+        checked: Option<(&File, &std::fs::Metadata)>,
+        reason: &'static str,
+    ) -> Lookup<T> {
         tracing::warn!(namespace = %self.inner.name, key = hk.as_str(), reason, "removing damaged cache entry");
-        LAST_DISCARD.with(|d| d.set(Some(reason)));
+        self.remove_damaged(hk, checked);
+        Lookup::Discarded(reason)
+    }
+
+    fn remove_damaged(&self, hk: &HexKey, checked: Option<(&File, &std::fs::Metadata)>) {
         let (Some(dir), Ok(mut lk)) = (self.dir(), self.lock()) else {
             return;
         };
         let rel = hk.rel_path();
         let Ok(now) = dir.symlink_metadata(&rel) else { return };
         let same = match checked {
-            Some(m) => now.dev() == m.dev() && now.ino() == m.ino(),
+            Some((file, meta)) => sys::is_same_file_at(dir, &rel, file, meta),
             None => now.file_type().is_symlink(),
         };
         if same
-            && dir.remove_file_or_symlink(&rel).is_ok()
+            && self.remove_entry_file(dir, &rel).is_ok()
             && now.file_type().is_file()
             && let Some(used) = lk.used
         {
@@ -124,8 +141,8 @@ impl Namespace {
         }
     }
 
-    pub(super) fn corrupt(&self, hk: &HexKey, meta: &std::fs::Metadata, reason: &'static str) -> Error {
-        self.discard_path(hk, Some(meta), reason);
+    pub(super) fn corrupt(&self, hk: &HexKey, file: &File, meta: &std::fs::Metadata, reason: &'static str) -> Error {
+        self.discard_path::<()>(hk, Some((file, meta)), reason);
         Error::Corrupt {
             key: hk.as_str().to_string(),
             reason,
@@ -142,6 +159,14 @@ impl Namespace {
     /// The content stored under `key`, verified. A damaged entry is removed and answered as a
     /// miss; the returned error is then `None`, and the reason is logged.
     pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
+        let found = self.get_uncounted(key);
+        if let Ok(found) = &found {
+            self.count_use(found.is_some());
+        }
+        found
+    }
+
+    fn get_uncounted(&self, key: &Key) -> Result<Option<Vec<u8>>> {
         let hk = key.hex();
         let Some((file, meta)) = self.open_entry_file(&hk)? else {
             return Ok(None);
@@ -152,7 +177,7 @@ impl Namespace {
                 Ok(Some(content))
             }
             Err(reason) => {
-                self.discard_path(&hk, Some(&meta), reason);
+                self.discard_path::<()>(&hk, Some((&file, &meta)), reason);
                 Ok(None)
             }
         }
@@ -170,15 +195,24 @@ impl Namespace {
         let Some(content_len) = meta.len().checked_sub(HEADER_LEN as u64) else {
             return Ok(Err("shorter than a header"));
         };
-        // The entry's size was bounded when it was written (by the writer's limit, which the
-        // reader's may be smaller than: it is still served whole; `open` streams it instead).
-        let len = usize::try_from(content_len).map_err(|_| Error::TooLarge {
-            limit: self.inner.options.max_entry_size,
-        })?;
+        // The buffer is sized from the file, which another host (with a larger limit) or a
+        // damaged disk may have made any size: never allocate past this namespace's limit. Such an
+        // entry is not damaged; it is too large to be read whole here (`open` streams it).
+        let limit = self.inner.options.max_entry_size;
+        let len = match usize::try_from(content_len) {
+            Ok(len) if content_len <= limit => len,
+            _ => {
+                // A damaged header is still damage (removed); a whole one is an entry too large.
+                if let Err(reason) = self.check_header(key, file, meta) {
+                    return Ok(Err(reason));
+                }
+                return Err(Error::TooLarge { limit });
+            }
+        };
         let read_all = |buf: &mut Vec<u8>, want: usize, mut offset: u64| -> Result<()> {
             while buf.len() < want {
-                let n = rustix::io::pread(file, rustix::buffer::spare_capacity(buf), offset)
-                    .map_err(|e| Error::io(format!("cannot read entry {}", hk.as_str()), e.into()))?;
+                let n = sys::read_spare(file, buf, offset)
+                    .map_err(|e| Error::io(format!("cannot read entry {}", hk.as_str()), e))?;
                 if n == 0 {
                     break;
                 }
@@ -224,22 +258,32 @@ impl Namespace {
 
     /// A reader over the content stored under `key`, or `None` on a miss.
     pub fn open(&self, key: &Key) -> Result<Option<FileReader>> {
-        self.open_reader(key, true)
+        let found = self.open_reader(key, true);
+        if let Ok(found) = &found {
+            self.count_use(found.is_some());
+        }
+        found
     }
 
     /// Opens a reader; `is_use` tells whether this counts as a use for LRU (`verify` does not).
     pub(super) fn open_reader(&self, key: &Key, is_use: bool) -> Result<Option<FileReader>> {
-        let Some((hk, file, meta, header)) = self.open_checked(key)? else {
-            return Ok(None);
+        Ok(self.lookup_reader(key, is_use)?.found())
+    }
+
+    /// Like [`open_reader`](Self::open_reader), telling a miss from an entry removed as damaged.
+    pub(super) fn lookup_reader(&self, key: &Key, is_use: bool) -> Result<Lookup<FileReader>> {
+        let (hk, file, meta, header) = match self.lookup_checked(key)? {
+            Lookup::Found(found) => found,
+            Lookup::Missing => return Ok(Lookup::Missing),
+            Lookup::Discarded(reason) => return Ok(Lookup::Discarded(reason)),
         };
         if header.len == 0 && header.crc != Checksum::of(&[]) {
-            self.discard_path(&hk, Some(&meta), "content checksum mismatch");
-            return Ok(None);
+            return Ok(self.discard_path(&hk, Some((&file, &meta)), "content checksum mismatch"));
         }
         if is_use {
             self.touch(&file);
         }
-        Ok(Some(FileReader {
+        Ok(Lookup::Found(FileReader {
             ns: self.clone(),
             key: *key,
             file,
@@ -254,6 +298,14 @@ impl Namespace {
 
     /// Whether an entry is stored under `key`; its header is checked, its content is not.
     pub fn contains(&self, key: &Key) -> Result<bool> {
+        let found = self.open_checked(key)?.is_some();
+        self.count_use(found);
+        Ok(found)
+    }
+
+    /// Like [`contains`](Self::contains), but not counted as a use: for the host's own checks
+    /// (the compiled cache counts its loads itself).
+    pub fn is_stored(&self, key: &Key) -> Result<bool> {
         Ok(self.open_checked(key)?.is_some())
     }
 }
@@ -279,7 +331,7 @@ impl FileReader {
 
     fn fail(&mut self, reason: &'static str) -> Error {
         self.failed = Some(reason);
-        self.ns.corrupt(&self.key.hex(), &self.meta, reason)
+        self.ns.corrupt(&self.key.hex(), &self.file, &self.meta, reason)
     }
 
     /// Reads into `buf`, returning how many bytes; 0 at the end.
@@ -296,9 +348,7 @@ impl FileReader {
         }
         let mut got = 0;
         while got < want {
-            let n = self
-                .file
-                .read_at(&mut buf[got..want], HEADER_LEN as u64 + self.pos + got as u64)
+            let n = sys::read_at(&self.file, &mut buf[got..want], HEADER_LEN as u64 + self.pos + got as u64)
                 .context(|| format!("cannot read entry {}", self.key))?;
             if n == 0 {
                 return Err(self.fail("truncated"));

@@ -36,19 +36,20 @@ impl Namespace {
         let w = self.writable()?;
         let hk = key.hex();
         let mut oo = OpenOptions::new();
-        oo.write(true).create_new(true).follow(FollowSymlinks::No).mode(0o600);
+        oo.write(true).create_new(true).follow(FollowSymlinks::No);
+        sys::owner_only(&mut oo);
         loop {
             let name = format!("{}.{}.{:016x}.tmp", hk.as_str(), std::process::id(), random_suffix());
             let file = fault::check(Point::CreateTemp)
                 .and_then(|()| w.tmp.open_with(&name, &oo))
                 .context(|| format!("cannot create a temporary file in namespace {:?}", self.inner.name))?
                 .into_std();
-            if let Err(e) = fault::check(Point::LockTemp).and_then(|()| file.lock()) {
+            if let Err(e) = fault::check(Point::LockTemp).and_then(|()| sys::lock(&file)) {
                 let _ = w.tmp.remove_file(&name);
                 return Err(Error::io("cannot lock a temporary file", e));
             }
             // A reclaimer may have taken the file in the instant before we locked it.
-            if file.metadata().map(|m| m.nlink() == 0).unwrap_or(true) {
+            if file.metadata().and_then(|m| sys::link_count(&file, &m)).map(|n| n == 0).unwrap_or(true) {
                 continue;
             }
             let mut out = BufWriter::with_capacity(WRITE_BUFFER, TmpFile(file));
@@ -65,6 +66,7 @@ impl Namespace {
                 len: 0,
                 crc: Checksum::default(),
                 failed: None,
+                reserved: 0,
             });
         }
     }
@@ -81,7 +83,7 @@ impl Namespace {
             Err(e) if is_not_found(&e) => return Ok(()),
             Err(e) => return Err(Error::io(format!("cannot stat entry {}", hk.as_str()), e)),
         };
-        match dir.remove_file_or_symlink(&rel) {
+        match self.remove_entry_file(dir, &rel) {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => return Ok(()),
             Err(e) => return Err(Error::io(format!("cannot delete entry {}", hk.as_str()), e)),
@@ -102,13 +104,8 @@ impl Namespace {
             return Ok(());
         }
         let Some(dir) = self.dir() else { return Ok(()) };
-        // Not `open_dir_nofollow`: its `O_PATH` handle cannot be fsynced (EBADF).
-        let mut oo = OpenOptions::new();
-        oo.read(true)
-            .follow(FollowSymlinks::No)
-            .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32);
-        dir.open_with(rel, &oo)
-            .and_then(|d| fault::check(Point::SyncDir).and_then(|()| d.sync_all()))
+        fault::check(Point::SyncDir)
+            .and_then(|()| sys::sync_dir(dir, rel))
             .context(|| format!("cannot fsync a directory of namespace {:?}", self.inner.name))
     }
 
@@ -137,7 +134,7 @@ impl Namespace {
         let old = charged_at(dir, &rel);
         let mut projected = used.saturating_sub(old) + len;
         if projected > quota {
-            projected = self.evict(w, &mut lk, key, old, len)?;
+            projected = self.evict(w, &mut lk, Some(key), &rel, old, len)?;
         }
         // What the counter must say if the entry is not published after all (eviction may have
         // lowered it).
@@ -150,7 +147,7 @@ impl Namespace {
         // Durable mode promises that a committed entry survives power loss; when that cannot be
         // made true, the entry is taken back (under the lock still) and the commit fails.
         if let Err(e) = self.durable_sync_dir(hk.shard()) {
-            if dir.remove_file(&rel).is_ok() {
+            if self.remove_entry_file(dir, &rel).is_ok() {
                 let _ = lk.store_used(before.saturating_sub(old));
             }
             return Err(e);
@@ -162,7 +159,7 @@ impl Namespace {
     /// if needed.
     pub(super) fn rename_into_place(&self, w: &Writable, dir: &Dir, tmp_name: &str, hk: &HexKey) -> Result<()> {
         let rel = hk.rel_path();
-        let rename = || fault::check(Point::Rename).and_then(|()| w.tmp.rename(tmp_name, dir, &rel));
+        let rename = || fault::check(Point::Rename).and_then(|()| sys::rename_replacing(&w.tmp, tmp_name, dir, &rel, &w.tmp));
         let renamed = match rename() {
             Err(e) if is_not_found(&e) => {
                 // The fan-out directory does not exist yet.
@@ -189,6 +186,8 @@ pub struct FileWriter {
     len: u64,
     crc: Checksum,
     failed: Option<Error>,
+    /// Bytes of this writer counted in the namespace's `uncommitted` total.
+    reserved: u64,
 }
 
 fn replay(e: &Error) -> Error {
@@ -233,7 +232,16 @@ impl FileWriter {
         ret
     }
 
+    /// Gives this writer's bytes back to the namespace's uncommitted total.
+    fn release(&mut self) {
+        let n = std::mem::take(&mut self.reserved);
+        if n > 0 {
+            self.ns.inner.uncommitted.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
     fn discard(&mut self) {
+        self.release();
         self.out = None;
         if let (Some(name), Some(w)) = (self.tmp_name.take(), self.ns.inner.writable.as_ref()) {
             let _ = w.tmp.remove_file(name);
@@ -246,6 +254,16 @@ impl FileWriter {
             return Err(replay(e));
         }
         self.check_size(self.len.saturating_add(bytes.len() as u64))?;
+        // Uncommitted bytes count against the quota: a guest holding many writers open cannot
+        // fill the disk with temporary files past it.
+        let n = bytes.len() as u64;
+        let quota = self.ns.inner.options.quota;
+        let before = self.ns.inner.uncommitted.fetch_add(n, Ordering::Relaxed);
+        self.reserved += n;
+        if before.saturating_add(n) > quota {
+            let needed = before.saturating_add(n);
+            return Err(self.spend(Error::QuotaExceeded { needed, quota }));
+        }
         let out = self.out.as_mut().expect("a writer that has not failed has its file");
         if let Err(e) = out.write_all(bytes) {
             return Err(self.spend(Error::io("cannot write a new entry", e)));
@@ -278,7 +296,7 @@ impl FileWriter {
             key: self.key,
         };
         fault::check(Point::WriteHeader)
-            .and_then(|()| file.write_all_at(&header.encode(), 0))
+            .and_then(|()| sys::write_all_at(&file, &header.encode(), 0))
             .context(|| "cannot write a new entry".into())?;
         let name = self
             .tmp_name
@@ -310,6 +328,7 @@ impl Write for TmpFile {
 
 impl Drop for FileWriter {
     fn drop(&mut self) {
+        // After a commit there is no temporary file left; the reservation goes either way.
         self.discard();
     }
 }

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 const USAGE: &str = "contract SCENARIO [ARGS...]; scenarios: basics | handles | all | \
     put SEED SIZE | put-stream SEED SIZE | check SEED SIZE | absent SEED | too-large LIMIT | \
     quota QUOTA | read-only | read-only-check SEED SIZE | corrupt-check SEED | corrupt-stream SEED | \
-    io-error SEED | disk-full SEED SIZE | exit CODE | race SEED OPS";
+    io-error SEED | disk-full SEED SIZE | exit CODE | race SEED OPS | gets SEED HITS MISSES";
 
 fn main() {
     let args = args();
@@ -41,6 +41,12 @@ fn main() {
             parse_size(arg(rest, 1, "check SEED SIZE")),
         ),
         "absent" => absent(Ctx::new("contract", "absent"), arg(rest, 0, "absent SEED")),
+        "gets" => gets(
+            Ctx::new("contract", "gets"),
+            arg(rest, 0, "gets SEED HITS MISSES"),
+            parse_size(arg(rest, 1, "gets SEED HITS MISSES")),
+            parse_size(arg(rest, 2, "gets SEED HITS MISSES")),
+        ),
         "too-large" => too_large(
             Ctx::new("contract", "too-large"),
             parse_size(arg(rest, 0, "too-large LIMIT")),
@@ -486,6 +492,23 @@ fn check(cx: Ctx, seed: &str, size: u64) {
     cx.assert_get("get", &key, &data);
     cx.assert_stream("open+read", &key, &data, 65_536);
     cx.assert_stream("open+read(u64::MAX)", &key, &data, u64::MAX);
+}
+
+/// Stores one entry, then makes exactly `hits` gets of it and `misses` gets of absent keys (for
+/// the statistics test: nothing else is looked up).
+fn gets(cx: Ctx, seed: &str, hits: u64, misses: u64) {
+    let key = key_for(seed);
+    let data = content(seed, 1000);
+    cx.ok("add", add(&key, &data));
+    for i in 0..hits {
+        cx.assert_get(format_args!("hit {i}"), &key, &data);
+    }
+    for i in 0..misses {
+        let absent = key_for(&format!("{seed}/absent/{i}"));
+        if let Some(v) = cx.ok(format_args!("miss {i}"), get(&absent)) {
+            cx.fail(format_args!("miss {i}"), format_args!("expected a miss, got {} bytes", v.len()));
+        }
+    }
 }
 
 fn absent(cx: Ctx, seed: &str) {

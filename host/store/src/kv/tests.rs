@@ -1,0 +1,456 @@
+//! Tests of key-value buckets against real files in temporary directories.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::{FileCache, NamespaceOptions};
+
+fn cache() -> (tempfile::TempDir, FileCache) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = FileCache::open(dir.path().join("cache")).unwrap();
+    (dir, cache)
+}
+
+fn bucket_with(cache: &FileCache, options: NamespaceOptions) -> Bucket {
+    Bucket::new(cache.namespace("test", options).unwrap())
+}
+
+fn bucket(cache: &FileCache) -> Bucket {
+    bucket_with(cache, NamespaceOptions::default())
+}
+
+fn record_path(root: &Path, key: &str) -> PathBuf {
+    let hex = Key::digest(key.as_bytes()).to_string();
+    root.join("cache/test/kv").join(&hex[..2]).join(hex)
+}
+
+/// Every file under `dir`, relative.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn odd_keys() -> Vec<String> {
+    vec![
+        String::new(),
+        "x".repeat(4096),
+        "..".into(),
+        ".".into(),
+        "a/b".into(),
+        "/etc/passwd".into(),
+        "..\\..\\windows".into(),
+        "nul\0inside".into(),
+        "\0".into(),
+        "ключ 鍵 🔑".into(),
+        "kv".into(),
+        "state".into(),
+        "tmp".into(),
+        " ".into(),
+    ]
+}
+
+#[test]
+fn odd_keys_round_trip_and_never_name_a_file() {
+    let (d, cache) = cache();
+    let b = bucket(&cache);
+    let keys = odd_keys();
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(b.get(k).unwrap(), None);
+        assert!(!b.exists(k).unwrap());
+        b.set(k, format!("value {i}").as_bytes()).unwrap();
+    }
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(b.get(k).unwrap(), Some(format!("value {i}").into_bytes()), "{k:?}");
+        assert!(b.exists(k).unwrap());
+    }
+    let mut listed = b.keys().unwrap();
+    listed.sort();
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    // Only digests name files: the namespace holds its state, counters, tmp/ and kv/xx/<hex>.
+    for f in files(&d.path().join("cache/test")) {
+        let ok = f == "state"
+            || f.strip_prefix("kv/").is_some_and(|rest| {
+                let (shard, name) = rest.split_once('/').unwrap();
+                Key::from_hex(name).is_some() && name.starts_with(shard)
+            });
+        assert!(ok, "unexpected file {f:?}");
+    }
+    assert!(!d.path().join("cache/etc").exists());
+    for k in &keys {
+        b.delete(k).unwrap();
+        assert_eq!(b.get(k).unwrap(), None);
+    }
+    assert!(b.keys().unwrap().is_empty());
+    // Deleting a key with no value is fine.
+    b.delete("never set").unwrap();
+}
+
+#[test]
+fn values_persist_across_reopen_and_replace_atomically() {
+    let (d, cache) = cache();
+    bucket(&cache).set("k", b"one").unwrap();
+    drop(cache);
+    let cache = FileCache::open(d.path().join("cache")).unwrap();
+    let b = bucket(&cache);
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"one"[..]));
+    b.set("k", b"two, longer").unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"two, longer"[..]));
+    b.set("k", b"").unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b""[..]));
+    assert!(b.exists("k").unwrap());
+}
+
+#[test]
+fn list_keys_pages_2500_keys_exactly_once_with_cursors_valid_across_handles() {
+    let (d, cache) = cache();
+    let b = bucket(&cache);
+    let mut expected: Vec<String> = (0..2500).map(|i| format!("key-{i}")).collect();
+    for k in &expected {
+        b.set(k, k.as_bytes()).unwrap();
+    }
+    drop((b, cache));
+    let mut got = Vec::new();
+    let mut from = 0;
+    let mut pages = 0;
+    let mut last_digest = None;
+    loop {
+        // A new handle (as a new run would have) for every page.
+        let cache = FileCache::open(d.path().join("cache")).unwrap();
+        let page = bucket(&cache).list_keys(from, 1000).unwrap();
+        assert!(page.keys.len() <= 1000);
+        for k in &page.keys {
+            let digest = Key::digest(k.as_bytes());
+            assert!(Some(digest) > last_digest, "not in digest order");
+            last_digest = Some(digest);
+        }
+        got.extend(page.keys);
+        pages += 1;
+        match page.next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(got.len(), 2500);
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    // Small pages too, and a limit of 0 means the largest page.
+    let cache = FileCache::open(d.path().join("cache")).unwrap();
+    let b = bucket(&cache);
+    let first = b.list_keys(0, 7).unwrap();
+    assert_eq!(first.keys.len(), 7);
+    let second = b.list_keys(first.next.unwrap(), 7).unwrap();
+    assert!(second.keys.iter().all(|k| !first.keys.contains(k)));
+    assert_eq!(b.list_keys(0, 0).unwrap().keys.len(), MAX_PAGE);
+    assert_eq!(b.list_keys(0, 5000).unwrap().keys.len(), MAX_PAGE);
+}
+
+#[test]
+fn increment_stores_decimal_ascii_and_fails_cleanly() {
+    let (_d, cache) = cache();
+    let b = bucket(&cache);
+    assert_eq!(b.increment_u64("n", 5).unwrap(), 5);
+    assert_eq!(b.increment_u64("n", 1).unwrap(), 6);
+    assert_eq!(b.get("n").unwrap().as_deref(), Some(&b"6"[..]));
+    b.set("preset", b"41").unwrap();
+    assert_eq!(b.increment_u64("preset", 1).unwrap(), 42);
+    assert_eq!(b.increment_i64("s", -3).unwrap(), -3);
+    assert_eq!(b.get("s").unwrap().as_deref(), Some(&b"-3"[..]));
+    assert!(matches!(b.increment_u64("s", 1), Err(Error::NotANumber { .. })));
+    for bad in [&b"abc"[..], b"", b" 1", b"1.5", b"\xff", b"0x10"] {
+        b.set("bad", bad).unwrap();
+        assert!(matches!(b.increment_u64("bad", 1), Err(Error::NotANumber { .. })), "{bad:?}");
+        assert_eq!(b.get("bad").unwrap().as_deref(), Some(bad), "a failed increment changed the value");
+    }
+    b.set("big", u64::MAX.to_string().as_bytes()).unwrap();
+    let e = b.increment_u64("big", 1).unwrap_err();
+    assert!(matches!(e, Error::Overflow { .. }), "{e}");
+    assert_eq!(b.increment_u64("big", 0).unwrap(), u64::MAX);
+    b.set("too big", b"99999999999999999999999").unwrap();
+    assert!(matches!(b.increment_u64("too big", 1), Err(Error::NotANumber { .. })));
+    b.set("min", i64::MIN.to_string().as_bytes()).unwrap();
+    assert!(matches!(b.increment_i64("min", -1), Err(Error::Overflow { .. })));
+}
+
+#[test]
+fn increments_from_separate_handles_add_up_exactly() {
+    let (d, _cache) = cache();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let root = d.path().join("cache");
+            std::thread::spawn(move || {
+                // Each thread has its own cache handle: its own lock file description, as a
+                // separate process would.
+                let cache = FileCache::open(root).unwrap();
+                let b = bucket(&cache);
+                for _ in 0..250 {
+                    b.increment_u64("counter", 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let cache = FileCache::open(d.path().join("cache")).unwrap();
+    assert_eq!(bucket(&cache).get("counter").unwrap().as_deref(), Some(&b"1000"[..]));
+}
+
+#[test]
+fn swap_fails_after_any_write_since_the_read_and_retries_succeed() {
+    let (_d, cache) = cache();
+    let b = bucket(&cache);
+    let cas = b.cas("k").unwrap();
+    assert_eq!(cas.current(), None);
+    b.swap(&cas, b"first").unwrap().unwrap();
+    // The same read again: the key has changed since.
+    let fresh = b.swap(&cas, b"stale").unwrap().unwrap_err();
+    assert_eq!(fresh.current(), Some(&b"first"[..]));
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"first"[..]));
+    // A write of the same bytes is a write too.
+    let cas = b.cas("k").unwrap();
+    b.set("k", b"first").unwrap();
+    assert!(b.swap(&cas, b"x").unwrap().is_err());
+    // A delete too.
+    let cas = b.cas("k").unwrap();
+    b.delete("k").unwrap();
+    let fresh = b.swap(&cas, b"x").unwrap().unwrap_err();
+    assert_eq!(fresh.current(), None);
+    b.swap(&fresh, b"back").unwrap().unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"back"[..]));
+}
+
+#[test]
+fn cas_loops_from_separate_handles_are_exact() {
+    let (d, _cache) = cache();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let root = d.path().join("cache");
+            std::thread::spawn(move || {
+                let cache = FileCache::open(root).unwrap();
+                let b = bucket(&cache);
+                let mut retries = 0;
+                for _ in 0..100 {
+                    let mut cas = b.cas("n").unwrap();
+                    loop {
+                        let n: u64 = cas
+                            .current()
+                            .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
+                            .unwrap_or(0);
+                        match b.swap(&cas, (n + 1).to_string().as_bytes()).unwrap() {
+                            Ok(()) => break,
+                            Err(fresh) => {
+                                retries += 1;
+                                cas = fresh;
+                            }
+                        }
+                    }
+                }
+                retries
+            })
+        })
+        .collect();
+    let retries: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let cache = FileCache::open(d.path().join("cache")).unwrap();
+    assert_eq!(bucket(&cache).get("n").unwrap().as_deref(), Some(&b"400"[..]), "{retries} retries");
+}
+
+#[test]
+fn records_count_against_the_quota_evict_cache_entries_and_are_never_evicted() {
+    let (_d, cache) = cache();
+    let options = NamespaceOptions {
+        quota: 10_000,
+        max_entry_size: 6_000,
+        ..NamespaceOptions::default()
+    };
+    let b = bucket_with(&cache, options);
+    let ns = b.namespace().clone();
+    // Key "a" (1 byte) + 3,999 bytes = 4,000 bytes charged.
+    b.set("a", &[1; 3999]).unwrap();
+    let keys: Vec<Key> = (0..3u8).map(|i| Key::digest([i])).collect();
+    for k in &keys {
+        ns.add(k, &[7; 2000]).unwrap();
+    }
+    let stats = cache.stats().unwrap();
+    assert_eq!((stats[0].kv_keys, stats[0].kv_bytes, stats[0].bytes), (1, 4000, 6000));
+    // Cache entries make room for records (the oldest first)...
+    b.set("b", &[2; 3999]).unwrap();
+    assert!(ns.get(&keys[0]).unwrap().is_none() && ns.get(&keys[1]).unwrap().is_none());
+    assert!(ns.get(&keys[2]).unwrap().is_some());
+    // ...and records are never evicted to make room for cache entries.
+    ns.add(&Key::digest(b"new"), &[9; 2000]).unwrap();
+    assert!(ns.get(&keys[2]).unwrap().is_none());
+    assert_eq!(b.get("a").unwrap().map(|v| v.len()), Some(3999));
+    let e = ns.add(&Key::digest(b"too much"), &[9; 2001]).unwrap_err();
+    assert!(matches!(e, crate::Error::QuotaExceeded { .. }), "{e}");
+    // A record that cannot fit even after evicting every cache entry: refused, nothing stored.
+    let e = b.set("c", &[3; 2100]).unwrap_err();
+    assert!(matches!(e, Error::Store(crate::Error::QuotaExceeded { .. })), "{e}");
+    assert_eq!(b.get("c").unwrap(), None);
+    // Over the entry size limit: refused before anything is written.
+    let e = b.set("d", &[4; 6001]).unwrap_err();
+    assert!(matches!(e, Error::Store(crate::Error::TooLarge { limit: 6000 })), "{e}");
+    // Replacing a record counts only the difference.
+    b.set("a", &[5; 5000]).unwrap();
+    assert_eq!(b.keys().unwrap().len(), 2);
+    let stats = cache.stats().unwrap();
+    assert_eq!((stats[0].kv_keys, stats[0].kv_bytes, stats[0].entries), (2, 9001, 0));
+    // gc counts records but never removes them.
+    let report = cache.gc(0, &mut |_| {}).unwrap();
+    assert_eq!(report.removed_entries, 0);
+    assert_eq!(report.remaining_bytes, 9001);
+    assert_eq!(b.keys().unwrap().len(), 2);
+    // A key too long for the limit.
+    let long = "k".repeat(MAX_KEY_LEN + 1);
+    assert!(matches!(b.set(&long, b""), Err(Error::KeyTooLong { .. })));
+    assert!(matches!(b.get(&long), Err(Error::KeyTooLong { .. })));
+    // Deleting gives the bytes back.
+    b.delete("a").unwrap();
+    b.set("c", &[3; 2100]).unwrap();
+}
+
+#[test]
+fn the_usage_counter_includes_records_after_a_rescan() {
+    let (d, cache) = cache();
+    let options = NamespaceOptions {
+        quota: 5_000,
+        ..NamespaceOptions::default()
+    };
+    let b = bucket_with(&cache, options);
+    b.set("a", &[1; 2999]).unwrap();
+    // Lose the counter: the next write rescans, and must count the record.
+    std::fs::write(d.path().join("cache/test/state"), b"").unwrap();
+    let e = b.set("b", &[2; 2999]).unwrap_err();
+    assert!(matches!(e, Error::Store(crate::Error::QuotaExceeded { .. })), "{e}");
+    b.namespace().add(&Key::digest(b"x"), &[0; 1000]).unwrap();
+    let e = b.namespace().add(&Key::digest(b"y"), &[0; 2001]).unwrap_err();
+    assert!(matches!(e, crate::Error::QuotaExceeded { .. }), "{e}");
+}
+
+#[test]
+fn damaged_records_are_removed_and_reported_never_served() {
+    let (d, cache) = cache();
+    let b = bucket(&cache);
+    let value = b"a value of some length".to_vec();
+    let len = std::fs::metadata({
+        b.set("k", &value).unwrap();
+        record_path(d.path(), "k")
+    })
+    .unwrap()
+    .len() as usize;
+    for i in (0..len).step_by(3) {
+        b.set("k", &value).unwrap();
+        let path = record_path(d.path(), "k");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[i] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = b.get("k").unwrap_err();
+        assert!(matches!(e, Error::Store(crate::Error::Corrupt { .. })), "byte {i}: {e}");
+        assert!(!path.exists(), "byte {i}: not removed");
+        assert_eq!(b.get("k").unwrap(), None);
+    }
+    // Truncated.
+    b.set("k", &value).unwrap();
+    let path = record_path(d.path(), "k");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    assert!(b.exists("k").is_err());
+    assert!(!b.exists("k").unwrap());
+    // A record moved under another key's name.
+    b.set("one", b"1").unwrap();
+    b.set("two", b"2").unwrap();
+    std::fs::rename(record_path(d.path(), "one"), record_path(d.path(), "two")).unwrap();
+    assert!(b.get("two").is_err());
+    assert_eq!(b.get("one").unwrap(), None);
+    // A damaged record is left out of listings (and removed); verify finds and removes it.
+    b.set("x", b"x").unwrap();
+    b.set("y", b"y").unwrap();
+    std::fs::write(record_path(d.path(), "y"), b"garbage").unwrap();
+    assert_eq!(b.keys().unwrap(), vec!["x".to_string()]);
+    b.set("y", b"y").unwrap();
+    std::fs::write(record_path(d.path(), "y"), b"garbage").unwrap();
+    let report = cache.verify(&mut |_| {}).unwrap();
+    assert_eq!((report.checked, report.ok, report.removed), (2, 1, 1));
+    assert!(report.damaged[0].key.starts_with("kv/"));
+    // Symlinks are never followed.
+    let outside = d.path().join("outside");
+    std::fs::write(&outside, b"secret").unwrap();
+    std::os::unix::fs::symlink(&outside, record_path(d.path(), "x")).unwrap_or_else(|_| {
+        std::fs::remove_file(record_path(d.path(), "x")).unwrap();
+        std::os::unix::fs::symlink(&outside, record_path(d.path(), "x")).unwrap();
+    });
+    assert_eq!(b.get("x").unwrap(), None);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
+}
+
+#[test]
+fn read_only_refuses_writes_and_reads_what_is_there() {
+    let (_d, cache) = cache();
+    bucket(&cache).set("k", b"v").unwrap();
+    let ro = bucket_with(
+        &cache,
+        NamespaceOptions {
+            read_only: true,
+            ..NamespaceOptions::default()
+        },
+    );
+    assert_eq!(ro.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(ro.keys().unwrap(), vec!["k".to_string()]);
+    for e in [
+        ro.set("k", b"w").unwrap_err(),
+        ro.delete("k").unwrap_err(),
+        ro.increment_u64("n", 1).unwrap_err(),
+        ro.swap(&ro.cas("k").unwrap(), b"w").unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::Store(crate::Error::ReadOnly)), "{e}");
+    }
+    assert_eq!(ro.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    // A read-only bucket of a namespace that does not exist: empty, and nothing is created.
+    let none = Bucket::new(
+        cache
+            .namespace(
+                "absent",
+                NamespaceOptions {
+                    read_only: true,
+                    ..NamespaceOptions::default()
+                },
+            )
+            .unwrap(),
+    );
+    assert_eq!(none.get("k").unwrap(), None);
+    assert!(none.keys().unwrap().is_empty());
+    assert!(cache.namespace_names().unwrap().iter().all(|n| n != "absent"));
+}
+
+#[test]
+fn clear_removes_records_and_leftover_temporary_files_are_reclaimed() {
+    let (d, cache) = cache();
+    let b = bucket(&cache);
+    b.set("a", b"1").unwrap();
+    b.namespace().add(&Key::digest(b"e"), b"entry").unwrap();
+    // A dead writer's temporary file (no one holds its lock) is not a record.
+    std::fs::write(d.path().join("cache/test/tmp/kv.1.0000000000000000.tmp"), b"half").unwrap();
+    assert_eq!(b.keys().unwrap(), vec!["a".to_string()]);
+    drop(b);
+    let b = bucket(&cache);
+    assert_eq!(std::fs::read_dir(d.path().join("cache/test/tmp")).unwrap().count(), 0);
+    assert_eq!(cache.clear(Some("test")).unwrap(), 2);
+    assert!(b.keys().unwrap().is_empty());
+    let stats = cache.stats().unwrap();
+    assert_eq!((stats[0].kv_keys, stats[0].kv_bytes, stats[0].entries), (0, 0, 0));
+}
