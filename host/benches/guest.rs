@@ -46,7 +46,7 @@ impl Guest {
         let mut linker = Linker::<Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI links");
         filecache_host::add_to_linker(&mut linker, |h: &mut Host| {
-            FileCacheView::new(&mut h.cache, &mut h.table)
+            FileCacheView::new(&h.cache, &mut h.table)
         })
         .expect("the cache links");
         let component = Component::from_file(&engine, filecache_tests::bench_wasm()).expect("the bench guest compiles");

@@ -1,5 +1,6 @@
-//! Embedding the host bindings in a Rust host, as an embedder would: synchronously, and
-//! asynchronously on tokio. Both run the contract guest's full scenario.
+//! Embedding the host bindings in a Rust host, as an embedder would: synchronously
+//! (`add_to_linker`), and asynchronously on tokio (`add_to_linker_async`). Both run the contract
+//! guest's full scenario.
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -35,7 +36,7 @@ fn host(cache: FileCacheCtx, args: &[&str], stdout: &MemoryOutputPipe) -> Host {
 }
 
 fn view(h: &mut Host) -> FileCacheView<'_> {
-    FileCacheView::new(&mut h.cache, &mut h.table)
+    FileCacheView::new(&h.cache, &mut h.table)
 }
 
 #[test]
@@ -69,7 +70,7 @@ async fn async_embedding_runs_the_contract() {
     let component = Component::from_file(&engine, filecache_tests::contract_wasm()).unwrap();
     let mut linker = Linker::<Host>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    filecache_host::add_to_linker(&mut linker, view).unwrap();
+    filecache_host::add_to_linker_async(&mut linker, view).unwrap();
 
     // This time the context is built on a namespace directory handle, with limits.
     std::fs::create_dir(tmp.path().join("ns")).unwrap();
@@ -94,7 +95,30 @@ async fn async_embedding_runs_the_contract() {
         assert_eq!(result, Ok(()), "{args:?}");
         let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
         assert!(out.contains(&format!("ok {}", args[0])), "{out}");
+        assert_eq!(store.data().cache.open_handles(), 0, "every handle was given back");
     }
+}
+
+/// The synchronous host functions also serve an async embedder (each call then does its storage
+/// work on the executor's thread; see `nonblocking.rs` for why `add_to_linker_async` is better).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_functions_in_an_async_store_run_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = FileCache::open(tmp.path()).unwrap();
+    let engine = Engine::default();
+    let component = Component::from_file(&engine, filecache_tests::contract_wasm()).unwrap();
+    let mut linker = Linker::<Host>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    filecache_host::add_to_linker(&mut linker, view).unwrap();
+    let ns = cache.namespace("mixed", NamespaceOptions::default()).unwrap();
+    let ctx = FileCacheCtx::builder().namespace(ns).build().unwrap();
+    let stdout = MemoryOutputPipe::new(1 << 20);
+    let mut store = Store::new(&engine, host(ctx, &["all"], &stdout));
+    let command = wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, &component, &linker)
+        .await
+        .unwrap();
+    let result = command.wasi_cli_run().call_run(&mut store).await.unwrap();
+    assert_eq!(result, Ok(()), "{}", String::from_utf8_lossy(&stdout.contents()));
 }
 
 #[test]

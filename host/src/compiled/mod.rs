@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cap_std::fs::Dir;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
@@ -86,8 +87,16 @@ pub enum Source {
     Compiled,
 }
 
-/// Options of the compiled cache.
+/// [`ComponentCache::with_remote`] was called on a cache that already has a remote tier.
+#[cfg(feature = "remote")]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("this ComponentCache (or a clone of it) already has a remote tier; it keeps that one")]
+pub struct RemoteAlreadySet;
+
+/// Options of the compiled cache. Start from `CompiledOptions::default()` and set fields (more
+/// may be added, so it cannot be built as a literal).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct CompiledOptions {
     /// Bytes of artifacts kept; least recently used ones are evicted. Default 4 GiB.
     pub quota: u64,
@@ -205,12 +214,14 @@ impl ComponentCache {
     /// Also shares artifacts through `remote`: a local miss asks it before compiling, and a
     /// compile is published to it. Artifacts travel only under the tier's fleet key (without
     /// one, the tier neither sends nor accepts them) and are checked against it on arrival.
-    pub fn with_remote(self, remote: RemoteTier) -> ComponentCache {
-        // Clones share the tier; a cache keeps the first one it is given.
-        if self.inner.remote.set(remote).is_err() {
-            tracing::debug!("ComponentCache::with_remote: a remote tier is already set; keeping it");
+    ///
+    /// Clones share the tier, so it can be set once: if this cache (or a clone of it) already has
+    /// one, nothing changes and [`RemoteAlreadySet`] says so.
+    pub fn with_remote(self, remote: RemoteTier) -> Result<ComponentCache, RemoteAlreadySet> {
+        match self.inner.remote.set(remote) {
+            Ok(()) => Ok(self),
+            Err(_) => Err(RemoteAlreadySet),
         }
-        self
     }
 
     /// A cache that keeps compiled code in this process only.
@@ -268,21 +279,39 @@ impl ComponentCache {
         self.inner.artifact_key(kind, &sha256(wasm))
     }
 
-    /// The component in `wasm` (binary or text), compiled or loaded from the cache.
-    pub fn load_component(&self, wasm: &[u8]) -> wasmtime::Result<Component> {
-        Ok(self.load_component_with_source(wasm)?.0)
-    }
-
-    /// [`load_component`](Self::load_component), also telling where the code came from.
-    pub fn load_component_with_source(&self, wasm: &[u8]) -> wasmtime::Result<(Component, Source)> {
+    /// The component in `wasm` (binary or text), compiled or loaded from the cache, and where
+    /// its code came from.
+    ///
+    /// Every `load_*` function returns the same shape: the component (or module) and its
+    /// [`Source`].
+    pub fn load_component(&self, wasm: &[u8]) -> wasmtime::Result<(Component, Source)> {
         let (a, s) = self.inner.load_bytes(Kind::Component, wasm)?;
         Ok((a.into_component(), s))
     }
 
-    /// The component in the file at `path`. The file's SHA-256 is remembered by its identity
-    /// (device, inode, size, modification and change times), so a warm load does not read it.
-    pub fn load_component_file(&self, path: &Path) -> wasmtime::Result<(Component, Source)> {
-        let (a, s) = self.inner.load_file(Kind::Component, path)?;
+    /// The component in the file at `path` (opened with ambient authority; see
+    /// [`load_component_file_at`](Self::load_component_file_at) for a capability). The file's
+    /// SHA-256 is remembered by its identity (device, inode, size, modification and change
+    /// times), so a warm load does not read it.
+    pub fn load_component_file(&self, path: impl AsRef<Path>) -> wasmtime::Result<(Component, Source)> {
+        let path = path.as_ref();
+        let file = open_ambient(path)?;
+        let (a, s) = self.inner.load_file(Kind::Component, &file, &path.display())?;
+        Ok((a.into_component(), s))
+    }
+
+    /// The component in the file at `path` under `dir` (opened through the directory handle,
+    /// as cap-std does: `path` cannot leave `dir`).
+    pub fn load_component_file_at(&self, dir: &Dir, path: impl AsRef<Path>) -> wasmtime::Result<(Component, Source)> {
+        let path = path.as_ref();
+        let file = open_at(dir, path)?;
+        let (a, s) = self.inner.load_file(Kind::Component, &file, &path.display())?;
+        Ok((a.into_component(), s))
+    }
+
+    /// The component in an open file, read from its start (the file's position is moved).
+    pub fn load_component_open_file(&self, file: &File) -> wasmtime::Result<(Component, Source)> {
+        let (a, s) = self.inner.load_file(Kind::Component, file, &"the open file")?;
         Ok((a.into_component(), s))
     }
 
@@ -304,16 +333,47 @@ impl ComponentCache {
         Ok(())
     }
 
-    /// The core module in `wasm`, compiled or loaded from the cache.
-    pub fn load_module(&self, wasm: &[u8]) -> wasmtime::Result<Module> {
-        Ok(self.inner.load_bytes(Kind::Module, wasm)?.0.into_module())
+    /// The core module in `wasm`, compiled or loaded from the cache, and where its code came
+    /// from.
+    pub fn load_module(&self, wasm: &[u8]) -> wasmtime::Result<(Module, Source)> {
+        let (a, s) = self.inner.load_bytes(Kind::Module, wasm)?;
+        Ok((a.into_module(), s))
     }
 
     /// The core module in the file at `path` (see [`load_component_file`](Self::load_component_file)).
-    pub fn load_module_file(&self, path: &Path) -> wasmtime::Result<(Module, Source)> {
-        let (a, s) = self.inner.load_file(Kind::Module, path)?;
+    pub fn load_module_file(&self, path: impl AsRef<Path>) -> wasmtime::Result<(Module, Source)> {
+        let path = path.as_ref();
+        let file = open_ambient(path)?;
+        let (a, s) = self.inner.load_file(Kind::Module, &file, &path.display())?;
         Ok((a.into_module(), s))
     }
+
+    /// The core module in the file at `path` under `dir` (see
+    /// [`load_component_file_at`](Self::load_component_file_at)).
+    pub fn load_module_file_at(&self, dir: &Dir, path: impl AsRef<Path>) -> wasmtime::Result<(Module, Source)> {
+        let path = path.as_ref();
+        let file = open_at(dir, path)?;
+        let (a, s) = self.inner.load_file(Kind::Module, &file, &path.display())?;
+        Ok((a.into_module(), s))
+    }
+
+    /// The core module in an open file, read from its start (the file's position is moved).
+    pub fn load_module_open_file(&self, file: &File) -> wasmtime::Result<(Module, Source)> {
+        let (a, s) = self.inner.load_file(Kind::Module, file, &"the open file")?;
+        Ok((a.into_module(), s))
+    }
+}
+
+/// Opens the file at `path` with ambient authority, for the `load_*_file` functions.
+fn open_ambient(path: &Path) -> wasmtime::Result<File> {
+    File::open(path).map_err(|e| wasmtime::Error::new(e).context(format!("cannot open {}", path.display())))
+}
+
+/// Opens the file at `path` under `dir`, for the `load_*_file_at` functions.
+fn open_at(dir: &Dir, path: &Path) -> wasmtime::Result<File> {
+    dir.open(path)
+        .map(|f| f.into_std())
+        .map_err(|e| wasmtime::Error::new(e).context(format!("cannot open {}", path.display())))
 }
 
 impl Artifact {
@@ -421,17 +481,14 @@ impl Inner {
         self.load(kind, key, || Ok(std::borrow::Cow::Borrowed(wasm)))
     }
 
-    fn load_file(&self, kind: Kind, path: &Path) -> wasmtime::Result<(Artifact, Source)> {
-        let ctx = |what: &str| format!("cannot {what} {}", path.display());
-        let mut file = File::open(path).map_err(|e| wasmtime::Error::new(e).context(ctx("open")))?;
+    /// Loads what `file` (shown in messages as `path`) holds.
+    fn load_file(&self, kind: Kind, file: &File, path: &dyn std::fmt::Display) -> wasmtime::Result<(Artifact, Source)> {
+        let ctx = |what: &str| format!("cannot {what} {path}");
         let meta = file
             .metadata()
             .map_err(|e| wasmtime::Error::new(e).context(ctx("stat")))?;
         if !meta.is_file() {
-            return Err(wasmtime::Error::msg(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
+            return Err(wasmtime::Error::msg(format!("{path} is not a regular file")));
         }
         let identity = file_identity(&meta);
         if let Some(digest) = self.remembered_digest(&identity) {
@@ -439,17 +496,14 @@ impl Inner {
             return self.load(kind, key, || {
                 // The code must be compiled after all: read it, and check that it is still the
                 // file whose digest was remembered (else the key is wrong; load it afresh).
-                let wasm = read_all(&mut file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
+                let wasm = read_all(file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
                 if sha256(&wasm) != digest {
-                    return Err(wasmtime::Error::msg(format!(
-                        "{} changed while it was loaded",
-                        path.display()
-                    )));
+                    return Err(wasmtime::Error::msg(format!("{path} changed while it was loaded")));
                 }
                 Ok(std::borrow::Cow::Owned(wasm))
             });
         }
-        let wasm = read_all(&mut file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
+        let wasm = read_all(file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
         let digest = sha256(&wasm);
         self.remember_digest(&identity, &meta, &digest);
         let key = self.artifact_key(kind, &digest);
@@ -731,7 +785,7 @@ fn file_identity(meta: &std::fs::Metadata) -> Key {
     Key::new(h.finalize().into())
 }
 
-fn read_all(file: &mut File) -> std::io::Result<Vec<u8>> {
+fn read_all(mut file: &File) -> std::io::Result<Vec<u8>> {
     use std::io::Seek;
     file.rewind()?;
     let mut wasm = Vec::new();

@@ -64,19 +64,19 @@ fn compiles_once_then_maps_the_stored_artifact() {
     let f = Fixture::new();
     let engine = engine(true);
     let wasm = component_wat(7);
-    let (c, s) = f.compiled(&engine).load_component_with_source(&wasm).unwrap();
+    let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 7));
 
     let kept = code_memory::kept_bytes();
     let cc = f.compiled(&engine);
-    let (c, s) = cc.load_component_with_source(&wasm).unwrap();
+    let (c, s) = cc.load_component(&wasm).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 7));
     assert!(
         code_memory::kept_bytes() > kept,
         "a hit on a configured engine maps the artifact"
     );
     // The same cache again: the component in memory.
-    assert_eq!(cc.load_component_with_source(&wasm).unwrap().1, Source::Memory);
+    assert_eq!(cc.load_component(&wasm).unwrap().1, Source::Memory);
     let counts = cc.counts();
     assert_eq!((counts.hits, counts.misses, counts.rejected), (1, 1, 0));
 
@@ -86,7 +86,7 @@ fn compiles_once_then_maps_the_stored_artifact() {
     assert_eq!(bytes[page_size()..page_size() + 4], *b"\x7fELF");
 
     // Another component is another key.
-    let (c, s) = cc.load_component_with_source(&component_wat(8)).unwrap();
+    let (c, s) = cc.load_component(&component_wat(8)).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 8));
 }
 
@@ -96,7 +96,7 @@ fn an_engine_without_the_code_memory_hook_loads_by_copying() {
     let plain = engine(false);
     let wasm = component_wat(9);
     f.compiled(&plain).load_component(&wasm).unwrap();
-    let (c, s) = f.compiled(&plain).load_component_with_source(&wasm).unwrap();
+    let (c, s) = f.compiled(&plain).load_component(&wasm).unwrap();
     assert_eq!((s, answer(&plain, &c)), (Source::Disk, 9));
 }
 
@@ -107,7 +107,7 @@ fn modules_are_cached_apart_from_components() {
     let wasm = wat::parse_str("(module (func (export \"f\") (result i32) i32.const 5))").unwrap();
     f.compiled(&engine).load_module(&wasm).unwrap();
     let cc = f.compiled(&engine);
-    let m = cc.load_module(&wasm).unwrap();
+    let (m, _) = cc.load_module(&wasm).unwrap();
     let mut store = Store::new(&engine, ());
     let i = wasmtime::Instance::new(&mut store, &m, &[]).unwrap();
     assert_eq!(
@@ -139,7 +139,7 @@ fn damaged_artifacts_are_rejected_and_recompiled() {
         let mut bad = good.clone();
         bad[at] ^= 0x20;
         std::fs::write(&path, &bad).unwrap();
-        let (c, s) = f.compiled(&engine).load_component_with_source(&wasm).unwrap();
+        let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
         assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 11), "flip at {at}");
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -149,7 +149,7 @@ fn damaged_artifacts_are_rejected_and_recompiled() {
     }
     for len in (0..good.len()).step_by(211) {
         std::fs::write(&path, &good[..len]).unwrap();
-        let (c, s) = f.compiled(&engine).load_component_with_source(&wasm).unwrap();
+        let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
         assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 11), "truncated to {len}");
     }
 }
@@ -202,7 +202,7 @@ fn an_artifact_made_under_another_secret_is_rejected_before_deserializing() {
         "the planted entry passes the store's own checks"
     );
 
-    let ((c, s), log) = logged(|| b.compiled(&engine).load_component_with_source(&wasm).unwrap());
+    let ((c, s), log) = logged(|| b.compiled(&engine).load_component(&wasm).unwrap());
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 13));
     assert!(log.contains("not authenticated by this cache's secret"), "{log}");
     assert!(
@@ -227,14 +227,11 @@ fn an_artifact_of_another_engine_configuration_is_deleted_and_recompiled() {
     let key = cc.key(Kind::Component, &wasm);
     cc.inner.store(Kind::Component, &key, &Artifact::Component(foreign));
 
-    let ((c, s), log) = logged(|| f.compiled(&engine).load_component_with_source(&wasm).unwrap());
+    let ((c, s), log) = logged(|| f.compiled(&engine).load_component(&wasm).unwrap());
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 17));
     assert!(log.contains("does not load on this engine"), "{log}");
     // Replaced by this engine's own artifact, which now loads.
-    assert_eq!(
-        f.compiled(&engine).load_component_with_source(&wasm).unwrap().1,
-        Source::Disk
-    );
+    assert_eq!(f.compiled(&engine).load_component(&wasm).unwrap().1, Source::Disk);
 }
 
 #[test]
@@ -245,7 +242,7 @@ fn concurrent_loads_of_one_component_compile_it_once() {
     let cc = f.compiled(&engine);
     let sources: Vec<Source> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| cc.load_component_with_source(&wasm).unwrap().1))
+            .map(|_| s.spawn(|| cc.load_component(&wasm).unwrap().1))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });

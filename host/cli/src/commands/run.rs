@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
@@ -86,6 +87,34 @@ impl RemoteArgs {
     /// The remote tier asked for, checked; a required one must answer now.
     fn tier(&self) -> Result<Option<RemoteTier>> {
         let Some(url) = &self.remote else { return Ok(None) };
+    /// How long values written to the remote live there (e.g. 30s, 10m, 12h, 7d) [default: until
+    /// the server evicts them; run it with maxmemory and maxmemory-policy allkeys-lru]
+    #[arg(long, value_name = "DURATION", requires = "remote", value_parser = parse_duration)]
+    remote_ttl: Option<Duration>,
+}
+
+/// Parses a duration: a whole number with a unit, `ms`, `s`, `m`, `h` or `d`.
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: expected a number and a unit, e.g. 30s, 10m, 12h, 7d"))?;
+    let millis_per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s, m, h or d")),
+    };
+    let millis = n
+        .checked_mul(millis_per)
+        .ok_or_else(|| format!("{text:?} is too long"))?;
+    if millis == 0 {
+        return Err(format!("{text:?}: a TTL must be at least 1ms"));
+    }
+    Ok(Duration::from_millis(millis))
         let mut options = RemoteOptions::new(url.clone());
         options.fleet_key = self.remote_key_file.as_deref().map(read_fleet_key).transpose()?;
         options.read_only = self.remote_read_only;
@@ -96,6 +125,7 @@ impl RemoteArgs {
                 .map_err(|e| anyhow!("{} (--remote-required)", e.full_message()))?;
         }
         Ok(Some(tier))
+        options.ttl = self.remote_ttl;
     }
 }
 
@@ -145,11 +175,11 @@ fn unwritable_dir(dir: &Path) -> bool {
     std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.permissions().readonly())
 }
 
-fn with_remote(compiled: ComponentCache, remote: &Option<RemoteTier>) -> ComponentCache {
-    match remote {
-        Some(r) => compiled.with_remote(r.clone()),
+fn with_remote(compiled: ComponentCache, remote: &Option<RemoteTier>) -> Result<ComponentCache> {
+    Ok(match remote {
+        Some(r) => compiled.with_remote(r.clone())?,
         None => compiled,
-    }
+    })
 }
 
 impl RunCommand {
@@ -196,10 +226,8 @@ impl RunCommand {
                 cache_dir.display()
             );
         }
-        let compiled_options = CompiledOptions {
-            warn_if_degraded: !unwritable,
-            ..CompiledOptions::default()
-        };
+        let mut compiled_options = CompiledOptions::default();
+        compiled_options.warn_if_degraded = !unwritable;
         let config = common::config(&args.wasm);
         let engine = if use_cache {
             common::engine(config, cache.as_ref(), args.incremental)?
@@ -209,7 +237,7 @@ impl RunCommand {
         let mut compiled_in_memory = None;
         let component = match &cache {
             Some(c) => {
-                with_remote(ComponentCache::new(c, &engine, compiled_options), &remote)
+                with_remote(ComponentCache::new(c, &engine, compiled_options), &remote)?
                     .load_component_file(&args.component)
                     .map_err(invalid_component(&args.component))?
                     .0
@@ -226,9 +254,7 @@ impl RunCommand {
         };
         let mut linker = Linker::<Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        filecache_host::add_to_linker(&mut linker, |h: &mut Host| {
-            FileCacheView::new(&mut h.cache, &mut h.table)
-        })?;
+        filecache_host::add_to_linker(&mut linker, |h: &mut Host| FileCacheView::new(&h.cache, &mut h.table))?;
         // Resolve the imports before anything is created, so a component that cannot run changes nothing.
         let pre = linker
             .instantiate_pre(&component)
@@ -275,7 +301,7 @@ impl RunCommand {
             None => open_cache(&cache_dir)?,
         };
         if let Some(bytes) = compiled_in_memory {
-            let compiled = with_remote(ComponentCache::new(&cache, &engine, compiled_options), &remote);
+            let compiled = with_remote(ComponentCache::new(&cache, &engine, compiled_options), &remote)?;
             let _ = compiled.insert_component(&bytes, &component);
         }
         let namespace = cache
@@ -283,7 +309,7 @@ impl RunCommand {
             .with_context(|| format!("cannot open namespace {:?} in {}", args.namespace, cache_dir.display()))?;
         let mut cache_ctx = FileCacheCtx::builder();
         match remote {
-            Some(remote) => cache_ctx.store(Arc::new(TieredStore::new(namespace, remote))),
+            Some(remote) => cache_ctx.store(Arc::new(TieredStore::new(namespace, remote)?)),
             None => cache_ctx.namespace(namespace),
         };
         let host = Host {

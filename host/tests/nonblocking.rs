@@ -1,0 +1,182 @@
+//! `add_to_linker_async` never blocks the executor: guests waiting on a remote tier that accepts
+//! connections but never answers (a `TcpListener` nobody reads) leave tokio's workers free, and
+//! many such guests wait at once. A control run with the synchronous host functions shows that
+//! the same measurement does see a blocked executor.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use filecache_host::{FileCache, FileCacheCtx, FileCacheView, NamespaceOptions};
+use filecache_store::remote::{RemoteOptions, RemoteTier, TieredStore};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// How long each remote operation waits for the silent server.
+const STALL: Duration = Duration::from_millis(300);
+
+struct Host {
+    wasi: WasiCtx,
+    cache: FileCacheCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn view(h: &mut Host) -> FileCacheView<'_> {
+    FileCacheView::new(&h.cache, &mut h.table)
+}
+
+/// A remote that accepts connections and never answers, a namespace in front of it, the bench
+/// guest compiled once, and a linker with the async (or, for the control, sync) host functions.
+struct Setup {
+    _listener: TcpListener,
+    _tmp: tempfile::TempDir,
+    store: Arc<TieredStore>,
+    engine: Engine,
+    component: Component,
+    linker: Linker<Host>,
+}
+
+impl Setup {
+    fn new(async_functions: bool) -> Setup {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut options = RemoteOptions::new(format!("redis://127.0.0.1:{port}"));
+        options.connect_timeout = STALL;
+        options.op_timeout = STALL;
+        // Every get waits the whole timeout: the breaker would otherwise skip the remote after 3.
+        options.breaker_threshold = 10_000;
+        let tmp = tempfile::tempdir().unwrap();
+        let ns = FileCache::open(tmp.path())
+            .unwrap()
+            .namespace("plugin", NamespaceOptions::default())
+            .unwrap();
+        let store = Arc::new(TieredStore::new(ns, RemoteTier::new(options).unwrap()).unwrap());
+
+        let engine = Engine::default();
+        let component = Component::from_file(&engine, filecache_tests::bench_wasm()).unwrap();
+        let mut linker = Linker::<Host>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        if async_functions {
+            filecache_host::add_to_linker_async(&mut linker, view).unwrap();
+        } else {
+            filecache_host::add_to_linker(&mut linker, view).unwrap();
+        }
+        Setup {
+            _listener: listener,
+            _tmp: tmp,
+            store,
+            engine,
+            component,
+            linker,
+        }
+    }
+
+    /// Instantiates a guest and has it `get` an absent key `gets` times (each a local miss, then
+    /// a remote that never answers).
+    fn guest(&self, gets: u32) -> impl Future<Output = ()> + Send + 'static {
+        let (engine, component, linker) = (self.engine.clone(), self.component.clone(), self.linker.clone());
+        let ctx = FileCacheCtx::builder().store(self.store.clone()).build().unwrap();
+        async move {
+            let host = Host {
+                wasi: WasiCtx::builder().inherit_stderr().build(),
+                cache: ctx,
+                table: ResourceTable::new(),
+            };
+            let mut store = Store::new(&engine, host);
+            let instance = linker.instantiate_async(&mut store, &component).await.unwrap();
+            let prepare = instance.get_typed_func::<(u64,), ()>(&mut store, "prepare").unwrap();
+            let run = instance
+                .get_typed_func::<(String, u32), (Result<u64, String>,)>(&mut store, "run")
+                .unwrap();
+            prepare.call_async(&mut store, (16,)).await.unwrap();
+            let (result,) = run.call_async(&mut store, ("miss".into(), gets)).await.unwrap();
+            assert_eq!(result, Ok(0));
+        }
+    }
+}
+
+/// Runs `guests` guests of `gets` gets each at once, with a task ticking every 10 ms beside
+/// them; returns the longest gap the ticker saw and the time the guests took.
+async fn run_with_ticker(setup: &Setup, guests: usize, gets: u32) -> (Duration, Duration) {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut longest = Duration::ZERO;
+            let mut last = Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let now = Instant::now();
+                longest = longest.max(now - last);
+                last = now;
+            }
+            longest
+        }
+    });
+    // Let the ticker start before the guests take the workers.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..guests).map(|_| tokio::spawn(setup.guest(gets))).collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = start.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (ticker.await.unwrap(), took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_waiting_on_a_silent_remote_does_not_block_the_executor() {
+    let setup = Setup::new(true);
+    // Four guests (twice the workers), each waiting on the remote twice.
+    let (gap, took) = run_with_ticker(&setup, 4, 2).await;
+    eprintln!("async: longest tick gap {gap:?}, guests took {took:?}");
+    assert!(took >= 2 * STALL, "the remote did not stall the guests ({took:?})");
+    assert!(gap < Duration::from_millis(100), "the ticker stalled for {gap:?}");
+    assert_eq!(setup.store.local().counts().remote_errors, 8);
+}
+
+/// The control: the same run with the synchronous host functions blocks the workers, and the
+/// ticker sees it. (So the test above measures something that can fail.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_sync_host_functions_do_block_the_executor() {
+    let setup = Setup::new(false);
+    let (gap, took) = run_with_ticker(&setup, 4, 2).await;
+    eprintln!("sync: longest tick gap {gap:?}, guests took {took:?}");
+    assert!(
+        gap >= STALL,
+        "the ticker saw no stall ({gap:?}): the measurement cannot tell"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_guests_wait_at_once() {
+    let setup = Setup::new(true);
+    // One guest alone: one get that waits out the timeout.
+    let start = Instant::now();
+    setup.guest(1).await;
+    let one = start.elapsed();
+    assert!(one >= STALL, "{one:?}");
+
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..16).map(|_| tokio::spawn(setup.guest(1))).collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sixteen = start.elapsed();
+    eprintln!("one guest {one:?}, sixteen at once {sixteen:?}");
+    // Serialised (one connection, or the workers blocked) they would take 16 (or 8, on two
+    // workers) times as long; in parallel about as long as one. A generous bound: 4x.
+    assert!(sixteen < 4 * one, "sixteen guests took {sixteen:?}, one {one:?}");
+    assert_eq!(setup.store.local().counts().remote_errors, 17);
+}
