@@ -43,7 +43,9 @@ impl RedisServer {
                 .and_then(|l| l.local_addr())
                 .expect("cannot find a free loopback port")
                 .port();
-            let mut child = Command::new("redis-server")
+            let mut command = Command::new("redis-server");
+            die_with_parent(&mut command);
+            let mut child = command
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
                 .arg("--dir")
@@ -68,9 +70,13 @@ impl RedisServer {
                         child: Some(child),
                         port,
                     };
-                    match server.try_cli(&["PING"]) {
-                        Ok(pong) if pong == "PONG" => return server,
-                        other => last_error = format!("redis-server answered PING with {other:?}"),
+                    // The port was free when found, but another test may have started its own
+                    // server on it first (ours then fails to bind): answer only for our process.
+                    let pid = server.child.as_ref().map(Child::id);
+                    match server.try_cli(&["INFO", "server"]) {
+                        Ok(info) if info_pid(&info) == pid => return server,
+                        Ok(_) => last_error = format!("port {port} was taken by another redis-server"),
+                        Err(e) => last_error = format!("redis-server did not answer INFO: {e}"),
                     }
                     server.kill();
                     break;
@@ -155,6 +161,33 @@ impl RedisServer {
         }
     }
 }
+
+/// The `process_id` line of `INFO server`.
+fn info_pid(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// Makes the server die with the thread that started it (the test), even when the test process
+/// is killed (a timeout) and no `Drop` runs: no orphaned servers.
+#[cfg(target_os = "linux")]
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl is one.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_: &mut Command) {}
 
 impl Drop for RedisServer {
     fn drop(&mut self) {

@@ -273,7 +273,8 @@ fn killed_writers_leave_whole_entries_or_nothing() {
     use filecache_host::{FileCache, Key, NamespaceOptions};
     let cache = TestCache::new();
     cache.contract(&[], &["put", "warmup", "10"]);
-    let mut seen_whole = 0;
+    let (mut seen_whole, mut killed_mid_write) = (0, 0);
+    let tmp_files = |dir: &std::path::Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
     for i in 0..12u64 {
         let seed = format!("killed-{i}");
         let (scenario, size) = if i % 2 == 0 {
@@ -291,11 +292,19 @@ fn killed_writers_leave_whole_entries_or_nothing() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // Spread the kills over start-up, writing and publishing.
-        std::thread::sleep(std::time::Duration::from_millis(150 + i * 90));
+        // Kill once the writer has its temporary file (plus a delay that spreads the kills over
+        // writing and publishing); a writer that finished first is not a kill mid-write.
+        let tmp = cache.dir().join("default/tmp");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tmp_files(&tmp) == 0 && child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(i * 7));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-
+        if tmp_files(&tmp) > 0 {
+            killed_mid_write += 1;
+        }
         let store = FileCache::open(cache.dir()).unwrap();
         let ns = store.namespace("default", NamespaceOptions::default()).unwrap();
         // Opening the namespace reclaimed the dead writer's temporary file.
@@ -311,8 +320,10 @@ fn killed_writers_leave_whole_entries_or_nothing() {
             }
         }
     }
-    // Not a requirement, but the schedule above should have let some writers finish.
-    eprintln!("{seen_whole} of 12 killed writers had published");
+    // The kills must have landed mid-write (a temporary file left by the dead writer) for the
+    // checks above to prove anything.
+    eprintln!("{killed_mid_write} of 12 writers killed mid-write; {seen_whole} had published");
+    assert!(killed_mid_write >= 4, "only {killed_mid_write} of 12 kills landed mid-write");
 }
 
 #[test]
@@ -333,10 +344,34 @@ fn processes_racing_on_one_namespace_see_exact_content_and_keep_the_quota() {
                 .output_in_background()
         })
         .collect();
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert_success(&out, &format!("racing process {i}"));
-    }
+    // Sample the usage while they race: under the namespace lock (every change to the visible
+    // entries happens under it), so each sample is an exact instant between two operations.
+    let namespace = cache.dir().join("race");
+    let (samples, max_seen) = {
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let sampler = s.spawn(|| {
+                let (mut samples, mut max_seen) = (0u64, 0u64);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(used) = usage_under_lock(&namespace) {
+                        samples += 1;
+                        max_seen = max_seen.max(used);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                (samples, max_seen)
+            });
+            for (i, child) in children.into_iter().enumerate() {
+                let out = child.wait_with_output().unwrap();
+                assert_success(&out, &format!("racing process {i}"));
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            sampler.join().unwrap()
+        })
+    };
+    assert!(samples >= 10, "the usage was sampled during the race ({samples} samples)");
+    assert!(max_seen <= quota, "over quota at some instant: {max_seen} > {quota}");
+    assert!(max_seen > quota / 2, "the race filled the namespace ({max_seen} bytes at most)");
     let stats: serde_json::Value = serde_json::from_slice(&cache.cli("stats", &["--json"]).stdout).unwrap();
     let race = stats["namespaces"]
         .as_array()
@@ -348,6 +383,32 @@ fn processes_racing_on_one_namespace_see_exact_content_and_keep_the_quota() {
     let out = cache.cli("verify", &[]);
     assert_success(&out, "verify");
     assert!(stdout(&out).contains(" 0 corrupt"), "{}", stdout(&out));
+}
+
+/// The bytes the namespace's entries count against its quota (content, not headers), summed
+/// while holding the namespace lock; `None` before the namespace exists.
+fn usage_under_lock(namespace: &std::path::Path) -> Option<u64> {
+    let state = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(namespace.join("state"))
+        .ok()?;
+    state.lock().unwrap();
+    let mut used = 0;
+    for shard in std::fs::read_dir(namespace).unwrap().flatten() {
+        let name = shard.file_name();
+        let name = name.to_string_lossy();
+        if name.len() != 2 || !shard.file_type().unwrap().is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            if let Ok(meta) = entry.metadata() {
+                used += meta.len().saturating_sub(64);
+            }
+        }
+    }
+    state.unlock().unwrap();
+    Some(used)
 }
 
 trait SpawnExt {

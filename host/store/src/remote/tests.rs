@@ -25,7 +25,7 @@ fn plain_values_round_trip_and_every_damage_is_refused() {
     let value = t.encode("plugin", &key, &content).unwrap();
     assert_eq!(value.len(), HEADER_LEN + content.len());
     assert_eq!(t.decode("plugin", &key, value.clone(), 1 << 20).unwrap(), content);
-    for i in (0..value.len()).step_by(7) {
+    for i in 0..value.len() {
         let mut bad = value.clone();
         bad[i] ^= 0x20;
         assert!(
@@ -83,7 +83,7 @@ fn reserved_namespaces_need_the_fleet_key() {
         keyed.decode(".compiled", &key, forged, 1 << 20),
         Err("MAC mismatch (not written under this fleet key)")
     );
-    for i in (0..value.len()).step_by(5) {
+    for i in 0..value.len() {
         let mut bad = value.clone();
         bad[i] ^= 1;
         assert!(
