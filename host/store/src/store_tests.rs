@@ -293,6 +293,8 @@ fn every_byte_flip_and_truncation_is_a_miss_and_removed() {
         };
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
         assert!(got.len() < data.len());
+        // What was served before the end is the file's bytes, in order (never other bytes).
+        assert!(got[..] == bad[HEADER_LEN..HEADER_LEN + got.len()], "flip at {i}: wrong bytes served");
         assert!(!path.exists());
     }
     std::fs::write(&path, &good).unwrap();
@@ -367,6 +369,8 @@ fn a_file_under_another_keys_name_is_refused() {
     std::fs::create_dir_all(pb.parent().unwrap()).unwrap();
     std::fs::copy(entry_path(d.path(), "test", &a), &pb).unwrap();
     assert_eq!(ns.get(&b).unwrap(), None);
+    assert!(!pb.exists(), "the copy under another key's name is removed");
+    assert_eq!(ns.get(&a).unwrap().as_deref(), Some(&b"content of a"[..]), "the original stays");
 }
 
 #[test]
@@ -427,7 +431,15 @@ fn symlinks_hard_links_and_fifos_are_never_followed() {
         0,
     )
     .unwrap();
-    assert_eq!(ns.get(&key).unwrap(), None);
+    // On another thread with a deadline: a regression would hang, and must fail instead.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = ns.clone();
+    std::thread::spawn(move || tx.send(reader.get(&key).map_err(|e| e.full_message())));
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("get of a FIFO hung (no answer in 10 s)");
+    assert_eq!(got.unwrap(), None);
+    assert!(std::fs::symlink_metadata(&p).is_err(), "the planted FIFO is removed");
 
     // A fan-out directory that is a symlink to a directory outside.
     let key = Key::digest(b"shard");
