@@ -129,6 +129,8 @@
 pub mod bindings;
 #[cfg(feature = "compiled")]
 pub mod compiled;
+#[cfg(feature = "keyvalue")]
+pub mod keyvalue;
 
 pub use bindings::{
     BuildError, CacheError, FileCacheCtx, FileCacheCtxBuilder, FileCacheView, add_to_linker, add_to_linker_async,

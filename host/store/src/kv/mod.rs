@@ -49,8 +49,9 @@ use std::io::Read;
 use crate::namespace::kv::kv_rel;
 use crate::{Key, Namespace};
 
-/// The longest key, in bytes. (Keys count against the quota with their value.)
-pub const MAX_KEY_LEN: usize = 64 << 10;
+/// The longest key, in bytes (so that a page of [`MAX_PAGE`] keys stays under 8 MiB). Keys count
+/// against the quota with their value.
+pub const MAX_KEY_LEN: usize = 8 << 10;
 /// The most keys one page of [`Bucket::list_keys`] returns.
 pub const MAX_PAGE: usize = 1000;
 
@@ -232,10 +233,12 @@ impl Bucket {
         let opts = self.ns.options();
         let (len, charged) = (len as u64, (key_len + len) as u64);
         if len > opts.max_entry_size {
-            Some(crate::Error::TooLarge {
-                limit: opts.max_entry_size,
-            }
-            .into())
+            Some(
+                crate::Error::TooLarge {
+                    limit: opts.max_entry_size,
+                }
+                .into(),
+            )
         } else if charged > opts.quota {
             Some(
                 crate::Error::QuotaExceeded {
@@ -440,7 +443,12 @@ impl Bucket {
                 Ok(_) => ok += 1,
                 Err(Error::Store(crate::Error::Corrupt { reason, .. })) => damaged.push((d, reason)),
                 Err(Error::Store(e)) => return Err(e),
-                Err(e) => return Err(crate::Error::io("cannot verify a key-value record", std::io::Error::other(e.to_string()))),
+                Err(e) => {
+                    return Err(crate::Error::io(
+                        "cannot verify a key-value record",
+                        std::io::Error::other(e.to_string()),
+                    ));
+                }
             }
         }
         Ok((ok, damaged))

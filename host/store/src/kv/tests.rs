@@ -174,8 +174,15 @@ fn increment_stores_decimal_ascii_and_fails_cleanly() {
     assert!(matches!(b.increment_u64("s", 1), Err(Error::NotANumber { .. })));
     for bad in [&b"abc"[..], b"", b" 1", b"1.5", b"\xff", b"0x10"] {
         b.set("bad", bad).unwrap();
-        assert!(matches!(b.increment_u64("bad", 1), Err(Error::NotANumber { .. })), "{bad:?}");
-        assert_eq!(b.get("bad").unwrap().as_deref(), Some(bad), "a failed increment changed the value");
+        assert!(
+            matches!(b.increment_u64("bad", 1), Err(Error::NotANumber { .. })),
+            "{bad:?}"
+        );
+        assert_eq!(
+            b.get("bad").unwrap().as_deref(),
+            Some(bad),
+            "a failed increment changed the value"
+        );
     }
     b.set("big", u64::MAX.to_string().as_bytes()).unwrap();
     let e = b.increment_u64("big", 1).unwrap_err();
@@ -267,7 +274,11 @@ fn cas_loops_from_separate_handles_are_exact() {
         .collect();
     let retries: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     let cache = FileCache::open(d.path().join("cache")).unwrap();
-    assert_eq!(bucket(&cache).get("n").unwrap().as_deref(), Some(&b"400"[..]), "{retries} retries");
+    assert_eq!(
+        bucket(&cache).get("n").unwrap().as_deref(),
+        Some(&b"400"[..]),
+        "{retries} retries"
+    );
 }
 
 #[test]

@@ -66,7 +66,12 @@ impl Namespace {
                 return Err(Error::io("cannot lock a temporary file", e));
             }
             // A reclaimer may have taken the file in the instant before we locked it.
-            if file.metadata().and_then(|m| sys::link_count(&file, &m)).map(|n| n == 0).unwrap_or(true) {
+            if file
+                .metadata()
+                .and_then(|m| sys::link_count(&file, &m))
+                .map(|n| n == 0)
+                .unwrap_or(true)
+            {
                 continue;
             }
             let written = fault::check(Point::Write)

@@ -1,0 +1,151 @@
+//! `wasi:keyvalue@0.2.0-draft`: `store` (u64 cursors), `atomics` (`increment` by a `u64`),
+//! `batch`.
+
+use wasmtime::component::Resource;
+
+use super::{BucketHandle, Error, HasKeyValue, KeyValueView, blocking, inline, work};
+
+mod sync_gen {
+    wasmtime::component::bindgen!({
+        path: "wit/deps/keyvalue-0.2.0-draft",
+        world: "wasi:keyvalue/imports",
+        imports: { default: trappable },
+        with: { "wasi:keyvalue/store.bucket": crate::keyvalue::BucketHandle },
+        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::Error },
+    });
+}
+
+mod async_gen {
+    wasmtime::component::bindgen!({
+        path: "wit/deps/keyvalue-0.2.0-draft",
+        world: "wasi:keyvalue/imports",
+        imports: { default: async | trappable },
+        with: { "wasi:keyvalue/store.bucket": crate::keyvalue::BucketHandle },
+        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::Error },
+    });
+}
+
+macro_rules! run_sync {
+    ($f:expr) => {
+        inline($f)
+    };
+}
+
+macro_rules! run_async {
+    ($f:expr) => {
+        blocking($f).await
+    };
+}
+
+/// The host traits of one set of generated bindings; `$kw` is `async` or nothing, `$run` runs
+/// store work (inline, or on a blocking thread).
+macro_rules! host_impl {
+    ($g:ident, [$($kw:tt)*], $run:ident) => {
+        impl $g::wasi::keyvalue::store::Host for KeyValueView<'_> {
+            $($kw)* fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, Error> {
+                self.open_bucket(&identifier)
+            }
+
+            fn convert_error(&mut self, err: Error) -> wasmtime::Result<$g::wasi::keyvalue::store::Error> {
+                use $g::wasi::keyvalue::store::Error as E;
+                match err {
+                    Error::NoSuchStore => Ok(E::NoSuchStore),
+                    Error::AccessDenied => Ok(E::AccessDenied),
+                    Error::Other(m) => Ok(E::Other(m)),
+                    Error::Trap(e) => Err(e),
+                }
+            }
+        }
+
+        impl $g::wasi::keyvalue::store::HostBucket for KeyValueView<'_> {
+            $($kw)* fn get(&mut self, b: Resource<BucketHandle>, key: String) -> Result<Option<Vec<u8>>, Error> {
+                let bucket = self.bucket(&b)?;
+                $run!(move || Ok(bucket.get(&key)?))
+            }
+
+            $($kw)* fn set(&mut self, b: Resource<BucketHandle>, key: String, value: Vec<u8>) -> Result<(), Error> {
+                let bucket = self.bucket(&b)?;
+                $run!(move || Ok(bucket.set(&key, &value)?))
+            }
+
+            $($kw)* fn delete(&mut self, b: Resource<BucketHandle>, key: String) -> Result<(), Error> {
+                let bucket = self.bucket(&b)?;
+                $run!(move || Ok(bucket.delete(&key)?))
+            }
+
+            $($kw)* fn exists(&mut self, b: Resource<BucketHandle>, key: String) -> Result<bool, Error> {
+                let bucket = self.bucket(&b)?;
+                $run!(move || Ok(bucket.exists(&key)?))
+            }
+
+            $($kw)* fn list_keys(
+                &mut self,
+                b: Resource<BucketHandle>,
+                cursor: Option<u64>,
+            ) -> Result<$g::wasi::keyvalue::store::KeyResponse, Error> {
+                let bucket = self.bucket(&b)?;
+                let page = $run!(move || Ok(bucket.list_keys(cursor.unwrap_or(0), super::PAGE_SIZE)?))?;
+                Ok($g::wasi::keyvalue::store::KeyResponse {
+                    keys: page.keys,
+                    cursor: page.next,
+                })
+            }
+
+            $($kw)* fn drop(&mut self, b: Resource<BucketHandle>) -> wasmtime::Result<()> {
+                self.table.delete(b)?;
+                Ok(())
+            }
+        }
+
+        impl $g::wasi::keyvalue::atomics::Host for KeyValueView<'_> {
+            $($kw)* fn increment(&mut self, b: Resource<BucketHandle>, key: String, delta: u64) -> Result<u64, Error> {
+                let bucket = self.bucket(&b)?;
+                $run!(move || Ok(bucket.increment_u64(&key, delta)?))
+            }
+        }
+
+        impl $g::wasi::keyvalue::batch::Host for KeyValueView<'_> {
+            $($kw)* fn get_many(
+                &mut self,
+                b: Resource<BucketHandle>,
+                keys: Vec<String>,
+            ) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
+                let bucket = self.bucket(&b)?;
+                $run!(move || work::get_many(&bucket, keys))
+            }
+
+            $($kw)* fn set_many(&mut self, b: Resource<BucketHandle>, key_values: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
+                let bucket = self.bucket(&b)?;
+                $run!(move || work::set_many(&bucket, key_values))
+            }
+
+            $($kw)* fn delete_many(&mut self, b: Resource<BucketHandle>, keys: Vec<String>) -> Result<(), Error> {
+                let bucket = self.bucket(&b)?;
+                $run!(move || work::delete_many(&bucket, keys))
+            }
+        }
+    };
+}
+
+host_impl!(sync_gen, [], run_sync);
+host_impl!(async_gen, [async], run_async);
+
+pub(super) fn add_to_linker_sync<T: 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    getter: fn(&mut T) -> KeyValueView<'_>,
+) -> wasmtime::Result<()> {
+    use sync_gen::wasi::keyvalue::{atomics, batch, store};
+    store::add_to_linker::<T, HasKeyValue>(linker, getter)?;
+    atomics::add_to_linker::<T, HasKeyValue>(linker, getter)?;
+    batch::add_to_linker::<T, HasKeyValue>(linker, getter)
+}
+
+pub(super) fn add_to_linker_async<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    getter: fn(&mut T) -> KeyValueView<'_>,
+) -> wasmtime::Result<()> {
+    use async_gen::wasi::keyvalue::{atomics, batch, store};
+    store::add_to_linker::<T, HasKeyValue>(linker, getter)?;
+    atomics::add_to_linker::<T, HasKeyValue>(linker, getter)?;
+    batch::add_to_linker::<T, HasKeyValue>(linker, getter)
+}
