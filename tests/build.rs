@@ -13,7 +13,7 @@ const GUESTS: &[(&str, &[&str], &[&str])] = &[
     (
         "filecache-test-programs",
         &[],
-        &["contract", "hostile", "markdown", "bench"],
+        &["contract", "hostile", "markdown", "bench", "keyvalue", "keyvalue-draft2"],
     ),
 ];
 

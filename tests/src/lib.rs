@@ -26,6 +26,17 @@ pub fn markdown_wasm() -> &'static Path {
     Path::new(env!("FILECACHE_WASM_MARKDOWN"))
 }
 
+/// A `wasi:keyvalue@0.2.0-draft` guest (as `wasmtime run -S keyvalue` runs them), with
+/// wasmtime's own key-value test program as its `wasmtime-main` scenario.
+pub fn keyvalue_wasm() -> &'static Path {
+    Path::new(env!("FILECACHE_WASM_KEYVALUE"))
+}
+
+/// A `wasi:keyvalue@0.2.0-draft2` guest (the version Spin speaks): cursors, cas.
+pub fn keyvalue_draft2_wasm() -> &'static Path {
+    Path::new(env!("FILECACHE_WASM_KEYVALUE_DRAFT2"))
+}
+
 /// The demo's sample input.
 pub fn demo_assets_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/demo/assets"))

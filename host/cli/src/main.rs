@@ -34,8 +34,10 @@ enum Cmd {
     Gc(commands::gc::GcCommand),
     /// Check every entry and remove the ones that fail
     Verify(commands::verify::VerifyCommand),
-    /// Remove all entries, of one namespace or of all
+    /// Remove all entries and key-value data, of one namespace or of all
     Clear(commands::clear::ClearCommand),
+    /// Get, set, delete or list the wasi:keyvalue data of a namespace
+    Kv(commands::kv::KvCommand),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Cmd::Gc(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Verify(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Clear(c) => c.execute().map(|()| ExitCode::SUCCESS),
+        Cmd::Kv(c) => c.execute(),
     };
     match result {
         Ok(code) => code,

@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use filecache_host::compiled::{CompiledOptions, ComponentCache};
+use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
 use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore, read_fleet_key};
 use filecache_host::size::parse_size;
+use filecache_host::store::kv::Bucket;
 use filecache_host::store::{DEFAULT_NAMESPACE, validate_namespace_name};
 use filecache_host::{Durability, FileCacheCtx, FileCacheView, NamespaceOptions};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -49,6 +51,10 @@ pub struct RunCommand {
     /// Most readers and writers the component may hold open at once
     #[arg(long, value_name = "N", default_value_t = filecache_host::bindings::DEFAULT_MAX_HANDLES)]
     max_handles: usize,
+    /// Let the component open the namespace NAME as a wasi:keyvalue bucket (`open("NAME")`;
+    /// `open("")` is always its own namespace). Repeatable
+    #[arg(long = "bucket", value_name = "NAME")]
+    buckets: Vec<String>,
     /// Give the component a host directory, at GUEST (default: the same path)
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     dirs: Vec<String>,
@@ -132,6 +138,7 @@ fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 struct Host {
     wasi: WasiCtx,
     cache: FileCacheCtx,
+    kv: KeyValueCtx,
     table: ResourceTable,
 }
 
@@ -142,6 +149,14 @@ impl WasiView for Host {
             table: &mut self.table,
         }
     }
+}
+
+/// Whether the component imports any version of `wasi:keyvalue`.
+fn imports_keyvalue(engine: &Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .imports(engine)
+        .any(|(name, _)| name.starts_with("wasi:keyvalue/"))
 }
 
 /// Splits `HOST[::GUEST]`.
@@ -187,6 +202,9 @@ impl RunCommand {
         let args = self;
         // Check everything the user gave before anything is created.
         validate_namespace_name(&args.namespace)?;
+        for bucket in &args.buckets {
+            validate_namespace_name(bucket).with_context(|| format!("invalid --bucket {bucket:?}"))?;
+        }
         let dirs = args.dirs.iter().map(|d| parse_dir(d)).collect::<Result<Vec<_>>>()?;
         let cache_dir = args.cache.resolve()?;
         let remote = args.remote.tier()?;
@@ -255,6 +273,15 @@ impl RunCommand {
         let mut linker = Linker::<Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         filecache_host::add_to_linker(&mut linker, |h: &mut Host| FileCacheView::new(&h.cache, &mut h.table))?;
+        filecache_host::keyvalue::add_to_linker(&mut linker, |h: &mut Host| KeyValueView::new(&h.kv, &mut h.table))?;
+        if remote.is_some() && (imports_keyvalue(&engine, &component) || !args.buckets.is_empty()) {
+            bail!(
+                "{} imports wasi:keyvalue, which --remote does not serve: a key-value bucket is shared \
+                 mutable state, and the remote tier is a read-through cache, so buckets behind it would \
+                 give stale reads and lost increments across hosts. Run it without --remote",
+                args.component.display()
+            );
+        }
         // Resolve the imports before anything is created, so a component that cannot run changes nothing.
         let pre = linker
             .instantiate_pre(&component)
@@ -263,7 +290,7 @@ impl RunCommand {
             .with_context(|| {
                 format!(
                     "cannot instantiate {}: it must be a wasi:cli command component whose imports are WASI \
-                     0.2 and filecache:cache/cache",
+                     0.2, filecache:cache/cache and wasi:keyvalue (0.2.0-draft or 0.2.0-draft2)",
                     args.component.display()
                 )
             })?;
@@ -307,6 +334,13 @@ impl RunCommand {
         let namespace = cache
             .namespace(&args.namespace, options)
             .with_context(|| format!("cannot open namespace {:?} in {}", args.namespace, cache_dir.display()))?;
+        let mut kv = KeyValueCtx::builder().bucket(Bucket::new(namespace.clone()));
+        for name in &args.buckets {
+            let ns = cache
+                .namespace(name, options)
+                .with_context(|| format!("cannot open --bucket {name:?} in {}", cache_dir.display()))?;
+            kv = kv.grant(name.clone(), Bucket::new(ns));
+        }
         let mut cache_ctx = FileCacheCtx::builder();
         match remote {
             Some(remote) => cache_ctx.store(Arc::new(TieredStore::new(namespace, remote)?)),
@@ -315,6 +349,7 @@ impl RunCommand {
         let host = Host {
             wasi: wasi.build(),
             cache: cache_ctx.max_handles(args.max_handles).build()?,
+            kv: kv.build(),
             table: ResourceTable::new(),
         };
         let mut store = Store::new(&engine, host);

@@ -59,6 +59,14 @@ impl StatsCommand {
             println!("{line}");
         }
         println!("{:<32} {:>10} {:>12}", "total", entries, format_size(bytes));
+        for s in stats.iter().filter(|s| s.kv_keys > 0) {
+            println!(
+                "key-value data of {}: {} keys ({}, counted in its quota, never evicted)",
+                s.name,
+                s.kv_keys,
+                format_size(s.kv_bytes)
+            );
+        }
         if let Some(c) = stats.iter().find(|s| s.name == compiled::COMPILED_NAMESPACE) {
             println!(
                 "compiled code: {} artifacts ({}); {} loads from the cache, {} compiles, {} rejected",
