@@ -18,19 +18,20 @@
 //! does not deserialize on this engine is deleted and recompiled.
 
 mod code_memory;
+#[cfg(feature = "incremental")]
 mod incremental;
 mod secret;
+mod sys;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use cap_std::fs::Dir;
 use sha2::{Digest, Sha256};
@@ -38,6 +39,7 @@ use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
 pub use code_memory::{FileCodeMemory, ZERO_COPY_SUPPORTED, configure, kept_bytes};
+#[cfg(feature = "incremental")]
 pub use incremental::{INCREMENTAL_NAMESPACE, IncrementalCache};
 pub use secret::SECRET_FILE;
 
@@ -46,8 +48,9 @@ use crate::entry::HEADER_LEN;
 use crate::remote::RemoteTier;
 use crate::store::{Counter, Counts};
 use crate::{Durability, FileCache, Key, Namespace, NamespaceOptions};
-use code_memory::{Mapping, page_size};
+use code_memory::MappedFile;
 use secret::{Secret, mac};
+use sys::page_size;
 
 /// The reserved namespace of compiled artifacts.
 pub const COMPILED_NAMESPACE: &str = ".compiled";
@@ -491,7 +494,7 @@ impl Inner {
             return Err(wasmtime::Error::msg(format!("{path} is not a regular file")));
         }
         let identity = file_identity(&meta);
-        if let Some(digest) = self.remembered_digest(&identity) {
+        if let Some(digest) = identity.as_ref().and_then(|(id, _)| self.remembered_digest(id)) {
             let key = self.artifact_key(kind, &digest);
             return self.load(kind, key, || {
                 // The code must be compiled after all: read it, and check that it is still the
@@ -505,7 +508,9 @@ impl Inner {
         }
         let wasm = read_all(file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
         let digest = sha256(&wasm);
-        self.remember_digest(&identity, &meta, &digest);
+        if let Some((id, changed)) = &identity {
+            self.remember_digest(id, *changed, &digest);
+        }
         let key = self.artifact_key(kind, &digest);
         self.load(kind, key, || Ok(std::borrow::Cow::Borrowed(&wasm)))
     }
@@ -580,76 +585,108 @@ impl Inner {
             self.count(Counter::Rejected);
             None
         };
-        // A file others could write could change under the mapping after it was checked.
-        let meta = raw.metadata();
-        if meta.uid() != rustix::process::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
-            return reject("writable by another user");
-        }
         let Ok(content_len) = usize::try_from(raw.content_len()) else {
             return reject("too large");
         };
         if content_len < ARTIFACT_HEADER {
             return reject("shorter than an artifact header");
         }
-        let map = match Mapping::map(raw.file(), HEADER_LEN + content_len) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("cannot map compiled code from the cache: {e}");
-                return None;
+        let total = HEADER_LEN + content_len;
+        // The artifact's place in the entry file, once its header and MAC are checked.
+        let check = |bytes: &[u8]| -> std::result::Result<std::ops::Range<usize>, &'static str> {
+            let content = bytes
+                .get(HEADER_LEN..)
+                .filter(|c| c.len() == content_len)
+                .ok_or("truncated")?;
+            let h = ArtifactHeader::decode(content).ok_or("not an artifact header")?;
+            if h.kind != kind as u32 || h.key != *key.as_bytes() {
+                return Err("made for another key");
             }
-        };
-        let content = &map.bytes()[HEADER_LEN..];
-        let Some(h) = ArtifactHeader::decode(content) else {
-            return reject("not an artifact header");
-        };
-        if h.kind != kind as u32 || h.key != *key.as_bytes() {
-            return reject("made for another key");
-        }
-        let range = match usize::try_from(h.offset).ok().zip(usize::try_from(h.len).ok()) {
-            Some((off, len)) if off >= ARTIFACT_HEADER && off.checked_add(len) == Some(content_len) => off..off + len,
-            _ => return reject("artifact bounds do not match the entry"),
-        };
-        // The MAC covers every byte of the content but itself: fields, padding and artifact.
-        let expected = mac(&disk.secret.artifact, &[&content[..64], &content[ARTIFACT_HEADER..]]);
-        // `blake3::Hash` compares in constant time.
-        if expected != blake3::Hash::from_bytes(content[64..96].try_into().expect("32 bytes")) {
-            return reject("not authenticated by this cache's secret");
-        }
-        let file_range = HEADER_LEN + range.start..HEADER_LEN + range.end;
-        if file_range.start % page_size() == 0 && self.zero_copy.load(Ordering::Relaxed) {
-            // The mapping is kept before wasmtime sees it, whatever happens next.
-            let memory = map.keep(file_range);
-            // SAFETY: the bytes were authenticated as an artifact this cache serialized for an
-            // engine with this configuration; the mapping is private, read-only, and never
-            // unmapped; entry files are never written in place, and this one is writable only
-            // by this user (checked above).
-            match unsafe { deserialize_raw(&self.engine, kind, memory) } {
-                Ok(a) => return Some(a),
-                Err(e) => {
-                    // Either the engine cannot run mapped code (no `configure`), or the artifact
-                    // does not fit this engine; copying tells which.
-                    // SAFETY: as above; the memory stays mapped.
-                    let bytes = unsafe { memory.as_ref() };
-                    return match unsafe { deserialize(&self.engine, kind, bytes) } {
-                        Ok(a) => {
-                            self.zero_copy.store(false, Ordering::Relaxed);
-                            tracing::info!("loading compiled code by copying: {e:#}");
-                            Some(a)
-                        }
-                        Err(e) => {
-                            tracing::debug!("compiled artifact does not deserialize: {e:#}");
-                            reject("does not load on this engine")
-                        }
-                    };
+            let range = match usize::try_from(h.offset).ok().zip(usize::try_from(h.len).ok()) {
+                Some((off, len)) if off >= ARTIFACT_HEADER && off.checked_add(len) == Some(content_len) => {
+                    off..off + len
                 }
+                _ => return Err("artifact bounds do not match the entry"),
+            };
+            // The MAC covers every byte of the content but itself: fields, padding and artifact.
+            let expected = mac(&disk.secret.artifact, &[&content[..64], &content[ARTIFACT_HEADER..]]);
+            // `blake3::Hash` compares in constant time.
+            if expected != blake3::Hash::from_bytes(content[64..96].try_into().expect("32 bytes")) {
+                return Err("not authenticated by this cache's secret");
+            }
+            Ok(HEADER_LEN + range.start..HEADER_LEN + range.end)
+        };
+        let not_loaded = |e: wasmtime::Error| {
+            tracing::debug!("compiled artifact does not deserialize: {e:#}");
+            reject("does not load on this engine")
+        };
+        // Mapped only where the mapping stays what was checked (see `code_memory`): on a
+        // platform with zero-copy loading, for an engine that runs mapped code, from a local
+        // filesystem, and a file no other user can write. Anything else is read into memory.
+        let mut mapped = None;
+        if self.zero_copy.load(Ordering::Relaxed) && code_memory::can_map(raw.file()) {
+            if let Err(reason) = sys::check_private(raw.metadata(), 0o022) {
+                return reject(reason);
+            }
+            match MappedFile::map(raw.file(), raw.metadata(), total) {
+                Ok(m) => mapped = Some(m),
+                Err(e) => tracing::debug!("cannot map compiled code from the cache, reading it instead: {e}"),
             }
         }
-        // SAFETY: as above; the bytes are copied into wasmtime's memory before `map` is dropped.
-        match unsafe { deserialize(&self.engine, kind, &map.bytes()[file_range]) } {
-            Ok(a) => Some(a),
+        let Some(mut map) = mapped else {
+            let bytes = match sys::read_all(raw.file()) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("cannot read compiled code from the cache: {e}");
+                    return None;
+                }
+            };
+            let file_range = match check(&bytes) {
+                Ok(r) => r,
+                Err(reason) => return reject(reason),
+            };
+            // SAFETY: the bytes were authenticated (after they were read into memory, where
+            // nothing else can change them) as an artifact this cache serialized for an engine
+            // with this configuration; `deserialize` copies them into wasmtime's memory.
+            return unsafe { deserialize(&self.engine, kind, &bytes[file_range]) }.map_or_else(not_loaded, Some);
+        };
+        // A rejected artifact is unmapped when `map` drops (unless it was kept by an earlier load).
+        let file_range = match check(map.bytes()) {
+            Ok(r) => r,
+            Err(reason) => return reject(reason),
+        };
+        if file_range.start % page_size() != 0 {
+            // SAFETY: authenticated as above; the mapping is private and read-only, of a file
+            // no other user can write and that is never written in place; copied by wasmtime.
+            return unsafe { deserialize(&self.engine, kind, &map.bytes()[file_range]) }.map_or_else(not_loaded, Some);
+        }
+        // Registered before wasmtime sees it, so that `FileCodeMemory` knows it for a mapping.
+        let memory = map.keep(file_range.clone());
+        // SAFETY: the bytes were authenticated as an artifact this cache serialized for an engine
+        // with this configuration. The mapping is private and read-only, of a regular file on a
+        // local filesystem (no SIGBUS from a page the server no longer has) that no other user
+        // can write and that the cache never writes in place (it replaces entries by rename), so
+        // the checked bytes are the bytes wasmtime runs; once wasmtime accepts it, it is never
+        // unmapped (see `code_memory` on why it cannot be).
+        match unsafe { deserialize_raw(&self.engine, kind, memory) } {
+            Ok(a) => {
+                map.loaded();
+                Some(a)
+            }
             Err(e) => {
-                tracing::debug!("compiled artifact does not deserialize: {e:#}");
-                reject("does not load on this engine")
+                // Either the engine cannot run mapped code (no `configure`), or the artifact
+                // does not fit this engine; copying tells which.
+                // SAFETY: as above; `map` stays mapped until it drops, after wasmtime copied.
+                match unsafe { deserialize(&self.engine, kind, &map.bytes()[file_range]) } {
+                    Ok(a) => {
+                        self.zero_copy.store(false, Ordering::Relaxed);
+                        tracing::info!("loading compiled code by copying: {e:#}");
+                        Some(a)
+                    }
+                    Err(e) => not_loaded(e),
+                }
+                // `map` drops here: a fresh mapping wasmtime did not accept is unmapped (its
+                // failed deserialization left nothing that refers to it).
             }
         }
     }
@@ -657,6 +694,7 @@ impl Inner {
     /// Stores a freshly compiled artifact, and publishes it to the remote tier. Best effort: a
     /// failure is logged once.
     fn store(&self, kind: Kind, key: &Key, a: &Artifact) {
+        #[cfg_attr(not(feature = "remote"), allow(unused_variables))]
         let Some(disk) = self.disk.as_ref().filter(|d| d.writable) else {
             return;
         };
@@ -747,13 +785,10 @@ impl Inner {
 
     /// Remembers a file's digest by its identity, unless the file changed too recently for its
     /// timestamps to tell a later change apart.
-    fn remember_digest(&self, identity: &Key, meta: &std::fs::Metadata, digest: &[u8; 32]) {
+    fn remember_digest(&self, identity: &Key, changed: SystemTime, digest: &[u8; 32]) {
         let Some(disk) = self.disk.as_ref().filter(|d| d.writable) else {
             return;
         };
-        let time =
-            |secs: i64, nanos: i64| UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
-        let changed = time(meta.ctime(), meta.ctime_nsec()).max(time(meta.mtime(), meta.mtime_nsec()));
         if SystemTime::now().duration_since(changed).unwrap_or_default() < RACY {
             return;
         }
@@ -766,23 +801,17 @@ impl Inner {
     }
 }
 
-/// A key naming a file's identity: device, inode, size, modification and change times. Any
-/// write to the file changes its change time, which no user can set.
-fn file_identity(meta: &std::fs::Metadata) -> Key {
+/// A key naming a file's identity: device, inode, size, modification and change times (any
+/// write to the file changes its change time, which no user can set), and when it last changed.
+/// `None` where the platform cannot tell (see `sys::identity`): the file is then hashed.
+fn file_identity(meta: &std::fs::Metadata) -> Option<(Key, SystemTime)> {
+    let (fields, changed) = sys::identity(meta)?;
     let mut h = Sha256::new();
     h.update(b"filecache file identity v1\0");
-    for v in [
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime() as u64,
-        meta.mtime_nsec() as u64,
-        meta.ctime() as u64,
-        meta.ctime_nsec() as u64,
-    ] {
+    for v in fields {
         h.update(v.to_le_bytes());
     }
-    Key::new(h.finalize().into())
+    Some((Key::new(h.finalize().into()), changed))
 }
 
 fn read_all(mut file: &File) -> std::io::Result<Vec<u8>> {

@@ -7,11 +7,11 @@
 //! and be recompiled).
 
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
 
 use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
-use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use cap_std::fs::{Dir, OpenOptions};
 
+use super::sys;
 use crate::{Error, Result};
 use filecache_store::IoContext;
 
@@ -27,6 +27,7 @@ pub(crate) struct Secret {
     /// Authenticates remembered digests of component files.
     pub(crate) digest: [u8; 32],
     /// Authenticates incremental-compilation entries.
+    #[cfg(feature = "incremental")]
     pub(crate) incremental: [u8; 32],
 }
 
@@ -41,6 +42,7 @@ impl Secret {
         Secret {
             artifact: blake3::derive_key("filecache 2026-11 compiled artifact MAC", raw),
             digest: blake3::derive_key("filecache 2026-11 component digest memo MAC", raw),
+            #[cfg(feature = "incremental")]
             incremental: blake3::derive_key("filecache 2026-11 incremental compilation MAC", raw),
         }
     }
@@ -58,13 +60,12 @@ impl Secret {
 /// The secret, if there is a trustworthy one.
 fn read(root: &Dir) -> Result<Option<[u8; SECRET_LEN]>> {
     let mut oo = OpenOptions::new();
-    oo.read(true)
-        .follow(FollowSymlinks::No)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    oo.read(true).follow(FollowSymlinks::No);
+    sys::nonblocking(&mut oo);
     let file = match root.open_with(SECRET_FILE, &oo) {
         Ok(f) => f.into_std(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+        Err(e) if sys::is_symlink_error(&e) => {
             tracing::warn!("{SECRET_FILE} is a symlink: not trusted, replacing it");
             return Ok(None);
         }
@@ -75,10 +76,8 @@ fn read(root: &Dir) -> Result<Option<[u8; SECRET_LEN]>> {
         .context(|| format!("cannot stat the cache's secret {SECRET_FILE}"))?;
     let why_not = if !meta.is_file() {
         Some("not a regular file")
-    } else if meta.uid() != rustix::process::geteuid().as_raw() {
-        Some("owned by another user")
-    } else if meta.mode() & 0o077 != 0 {
-        Some("readable or writable by other users")
+    } else if let Err(why) = sys::check_private(&meta, 0o077) {
+        Some(why)
     } else if meta.len() != SECRET_LEN as u64 {
         Some("of the wrong size")
     } else {
@@ -105,7 +104,8 @@ fn create(root: &Dir) -> Result<[u8; SECRET_LEN]> {
     let _ = getrandom::fill(&mut nonce);
     let tmp = format!("{SECRET_FILE}.{}.tmp", hex::encode(nonce));
     let mut oo = OpenOptions::new();
-    oo.write(true).create_new(true).follow(FollowSymlinks::No).mode(0o600);
+    oo.write(true).create_new(true).follow(FollowSymlinks::No);
+    sys::owner_only(&mut oo);
     let ctx = || format!("cannot write the cache's secret {SECRET_FILE}");
     let result = (|| {
         let mut file = root.open_with(&tmp, &oo)?.into_std();
@@ -123,7 +123,11 @@ fn create(root: &Dir) -> Result<[u8; SECRET_LEN]> {
             }
             Err(e) => return Err(e),
         }
-        let _ = rustix::fs::fsync(root);
+        // The new name must survive power loss too; if the root cannot be fsynced, the key works
+        // now and may be lost, which only costs recompiles (a new key), so it is not an error.
+        if let Err(e) = sys::sync_dir(root) {
+            tracing::warn!("cannot fsync the cache directory after creating {SECRET_FILE}: {e}");
+        }
         Ok(None)
     })();
     let _ = root.remove_file(&tmp);
@@ -153,10 +157,22 @@ const PARALLEL_FROM: usize = 1 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    fn key_file_fsync_of_the_cache_root_succeeds() {
+        // Issue 11 finding 8: the key file's fsync of the cache root went to cap-std's `O_PATH`
+        // handle, which always fails (EBADF), and the error was dropped.
+        let d = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(d.path(), cap_std::ambient_authority()).unwrap();
+        sys::sync_dir(&root).expect("the cache root can be fsynced");
+        Secret::load_or_create(&root).unwrap();
+    }
+
+    #[test]
+    #[cfg(unix)]
     fn created_once_owner_only_and_replaced_when_untrustworthy() {
+        use std::os::unix::fs::PermissionsExt;
+
         let d = tempfile::tempdir().unwrap();
         let root = Dir::open_ambient_dir(d.path(), cap_std::ambient_authority()).unwrap();
         let a = Secret::load_or_create(&root).unwrap();

@@ -2,8 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "incremental")]
+use wasmtime::CacheStore;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{CacheStore, Config, Engine, Store};
+use wasmtime::{Config, Engine, Store};
 
 use super::*;
 
@@ -305,12 +307,13 @@ fn component_files_are_remembered_by_identity_and_rehashed_when_changed() {
     record[0] ^= 1;
     let mut forged = record.to_vec();
     forged.extend_from_slice(&[0u8; 32]);
-    digests.add(&file_identity(&meta), &forged).unwrap();
+    digests.add(&file_identity(&meta).unwrap().0, &forged).unwrap();
     let (c, _) = f.compiled(&engine).load_component_file(&path).unwrap();
     assert_eq!(answer(&engine, &c), 23);
 }
 
 #[test]
+#[cfg(feature = "incremental")]
 fn incremental_entries_are_authenticated() {
     let f = Fixture::new();
     let store = IncrementalCache::open(&f.cache, 1 << 20).unwrap();
@@ -328,4 +331,116 @@ fn incremental_entries_are_authenticated() {
     ns.add(&k, &record).unwrap();
     assert_eq!(store.get(b"k1"), None);
     assert!(!ns.contains(&k).unwrap(), "removed");
+}
+
+/// Lines of `/proc/self/maps` that map the file with inode `ino` (a mapping split by `mprotect`
+/// shows as several lines).
+#[cfg(target_os = "linux")]
+fn mapped_lines(ino: u64) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some(&ino.to_string()))
+        .count()
+}
+
+#[test]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn mapped_compiled_code_is_mapped_once_however_many_component_caches_load_it() {
+    // Issue 11 finding 7: a process that makes a `ComponentCache` per request must not map
+    // the artifact again on every load.
+    let f = Fixture::new();
+    let engine = engine(true);
+    let wasm = component_wat(31);
+    f.compiled(&engine).load_component(&wasm).unwrap();
+    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let meta = std::fs::metadata(f.artifact_path(&key)).unwrap();
+    for _ in 0..20 {
+        let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+        assert_eq!((s, answer(&engine, &c)), (Source::Disk, 31));
+    }
+    assert_eq!(
+        code_memory::mappings_of(&meta),
+        1,
+        "one kept mapping for 20 caches, one after another"
+    );
+    // Caches alive at once cannot share one (wasmtime registers code by address): each has its
+    // own, and once they are gone the next loads reuse them.
+    let live: Vec<_> = (0..3)
+        .map(|_| f.compiled(&engine).load_component(&wasm).unwrap().0)
+        .collect();
+    for c in &live {
+        assert_eq!(answer(&engine, c), 31);
+    }
+    assert_eq!(code_memory::mappings_of(&meta), 3);
+    drop(live);
+    for _ in 0..20 {
+        let (c, _) = f.compiled(&engine).load_component(&wasm).unwrap();
+        assert_eq!(answer(&engine, &c), 31);
+    }
+    assert_eq!(
+        code_memory::mappings_of(&meta),
+        3,
+        "mappings of components gone are reused"
+    );
+}
+
+#[test]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn mapped_compiled_code_an_artifact_rejected_before_or_by_deserializing_is_not_left_mapped() {
+    // Issue 11 finding 7.
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::new();
+    let engine = engine(true);
+    let wasm = component_wat(32);
+    f.compiled(&engine).load_component(&wasm).unwrap();
+    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let path = f.artifact_path(&key);
+
+    // Damaged: fails its MAC after it was mapped.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    let (_, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+    assert_eq!(s, Source::Compiled, "the damaged artifact was rejected");
+    assert_eq!(mapped_lines(ino), 0, "a rejected artifact stays mapped");
+
+    // Authenticated but not an artifact wasmtime accepts: refused by `deserialize_raw`.
+    let cc = f.compiled(&engine);
+    cc.inner
+        .store_bytes(Kind::Component, &key, &vec![0x5a; 3 * page_size()]);
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    let (_, s) = cc.load_component(&wasm).unwrap();
+    assert_eq!(s, Source::Compiled, "the garbage artifact was rejected");
+    assert_eq!(mapped_lines(ino), 0, "an artifact wasmtime refused stays mapped");
+}
+
+#[test]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn mapped_compiled_code_only_from_local_filesystems() {
+    // Issue 11 finding 7: on NFS, SMB, FUSE, 9p or overlayfs a mapped page may be impossible
+    // to read back later (SIGBUS long after the MAC check), so artifacts there are read instead.
+    let local = tempfile::tempfile().unwrap();
+    assert!(code_memory::can_map(&local), "a temporary file on ext4/tmpfs is local");
+    let proc = std::fs::File::open("/proc/self/stat").unwrap();
+    assert!(!code_memory::can_map(&proc), "procfs is not known to be local");
+
+    // A cache on a filesystem that is not local loads from disk without mapping.
+    let f = Fixture::new();
+    let engine = engine(true);
+    let wasm = component_wat(33);
+    f.compiled(&engine).load_component(&wasm).unwrap();
+    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let meta = std::fs::metadata(f.artifact_path(&key)).unwrap();
+    let (c, s) = code_memory::pretending_not_local(|| f.compiled(&engine).load_component(&wasm).unwrap());
+    assert_eq!((s, answer(&engine, &c)), (Source::Disk, 33));
+    assert_eq!(
+        code_memory::mappings_of(&meta),
+        0,
+        "mapped from a filesystem that is not local"
+    );
+    let (_, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+    assert_eq!(s, Source::Disk);
+    assert_eq!(code_memory::mappings_of(&meta), 1, "mapped from a local one");
 }
