@@ -56,7 +56,7 @@ mod store_tests;
 use std::io;
 use std::path::Path;
 
-use cap_fs_ext::DirExt;
+use cap_fs_ext::{DirExt, OpenOptionsFollowExt};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
@@ -253,8 +253,14 @@ impl FileCache {
         const TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
             # This file is a cache directory tag created by filecache.\n\
             # For information about cache directory tags see https://bford.info/cachedir/\n";
-        if !self.root.exists("CACHEDIR.TAG") {
-            let _ = self.root.write("CACHEDIR.TAG", TAG);
+        // Created only if there is no such name, never through a symlink (issue 11 finding 8):
+        // `create_new` does not follow one, even a dangling one.
+        let mut oo = cap_std::fs::OpenOptions::new();
+        oo.write(true)
+            .create_new(true)
+            .follow(cap_fs_ext::FollowSymlinks::No);
+        if let Ok(mut file) = self.root.open_with("CACHEDIR.TAG", &oo) {
+            let _ = io::Write::write_all(&mut file, TAG.as_bytes());
         }
     }
 

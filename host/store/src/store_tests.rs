@@ -374,6 +374,28 @@ fn a_file_under_another_keys_name_is_refused() {
 }
 
 #[test]
+#[cfg(unix)]
+fn cachedir_tag_is_never_written_through_a_symlink() {
+    // Issue 11 finding 8: the tag was written with `Dir::write`, which follows a planted
+    // symlink (even a dangling one) and creates or truncates the file it points to.
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("cache");
+    std::fs::create_dir(&root).unwrap();
+    let outside = d.path().join("outside");
+    symlink(&outside, root.join("CACHEDIR.TAG")).unwrap();
+    FileCache::open(&root).unwrap();
+    assert!(!outside.exists(), "the tag was written through a dangling symlink");
+    std::fs::write(&outside, b"precious").unwrap();
+    FileCache::open(&root).unwrap();
+    assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+    // Without a symlink, the tag is created once and then left alone.
+    let fresh = d.path().join("fresh");
+    FileCache::open(&fresh).unwrap();
+    let tag = std::fs::read_to_string(fresh.join("CACHEDIR.TAG")).unwrap();
+    assert!(tag.starts_with("Signature: 8a477f597d28d172789f06886806bc55"));
+}
+
+#[test]
 fn a_hard_link_is_never_served() {
     // Also on Windows, where links are counted through the open handle.
     let (d, cache) = cache();
