@@ -6,7 +6,9 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use std::time::Duration;
 use crate::entry::HEADER_LEN;
+use crate::namespace::RECENCY;
 
 fn cache() -> (tempfile::TempDir, FileCache) {
     let dir = tempfile::tempdir().unwrap();
@@ -146,6 +148,35 @@ fn entry_size_limit_for_add_and_stream() {
     assert!(!ns.contains(&other).unwrap());
 }
 
+/// Sets the entry file's modification time (its recency) to `ago` before now.
+fn age(path: &Path, ago: Duration) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - ago)
+        .unwrap();
+}
+
+/// Issue 14's recency granularity: a hit refreshes an entry's modification time only when it is
+/// older than `RECENCY` (1 s as shipped), so a hot entry costs no inode write per hit.
+#[test]
+fn a_hit_refreshes_recency_only_past_the_granularity() {
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let key = Key::digest(b"recency");
+    ns.add(&key, b"content").unwrap();
+    let path = entry_path(d.path(), "test", &key);
+    let recent = std::time::SystemTime::now() - RECENCY / 2;
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(recent).unwrap();
+    assert!(ns.get(&key).unwrap().is_some());
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), recent, "fresh enough: not written");
+    age(&path, RECENCY + Duration::from_secs(1));
+    let stale = std::fs::metadata(&path).unwrap().modified().unwrap();
+    assert!(ns.open(&key).unwrap().is_some());
+    assert!(std::fs::metadata(&path).unwrap().modified().unwrap() > stale, "older: refreshed");
+}
+
 #[test]
 fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
     let (_d, cache) = cache();
@@ -160,8 +191,10 @@ fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
         )
         .unwrap();
     let keys: Vec<Key> = (0..6u8).map(|i| Key::digest([i])).collect();
-    for k in &keys[..4] {
+    for (i, k) in keys[..4].iter().enumerate() {
         ns.add(k, &[7; 1000]).unwrap();
+        // Older than the recency granularity, in the order added: a hit refreshes them.
+        age(&entry_path(_d.path(), "q", k), RECENCY * 2 + Duration::from_secs(10 - i as u64));
     }
     // Use the oldest: now keys[1] is the least recently used.
     assert!(ns.get(&keys[0]).unwrap().is_some());

@@ -50,9 +50,13 @@ impl Namespace {
         let mut scanned = false;
         loop {
             let mut candidates = w.candidates.lock().unwrap_or_else(|p| p.into_inner());
+            // The entry being replaced is not evicted for itself, but stays a candidate (in its
+            // place) for the writes after this one.
+            let mut kept = None;
             while used.saturating_sub(old) + size > quota {
                 let Some(c) = candidates.queue.pop_front() else { break };
                 if c.key == *keep {
+                    kept = Some(c);
                     continue;
                 }
                 let rel = c.key.hex().rel_path();
@@ -70,6 +74,9 @@ impl Namespace {
                     Err(e) => return Err(Error::io("cannot evict an entry", e)),
                 }
             }
+            if let Some(c) = kept {
+                candidates.queue.push_front(c);
+            }
             if used.saturating_sub(old) + size <= quota {
                 return Ok(used.saturating_sub(old) + size);
             }
@@ -77,7 +84,7 @@ impl Namespace {
                 return Err(Error::QuotaExceeded { needed: size, quota });
             }
             drop(candidates);
-            let scan = self.rescan(w, keep)?;
+            let scan = self.rescan(w)?;
             used = scan.used;
             old = charged_at(dir, rel);
             lk.store_used(used)?;
@@ -86,10 +93,11 @@ impl Namespace {
     }
 
     /// Walks the namespace (under its lock), refreshing the eviction candidates.
-    pub(super) fn rescan(&self, w: &Writable, keep: &Key) -> Result<Scan> {
+    pub(super) fn rescan(&self, w: &Writable) -> Result<Scan> {
         let scan = self.scan(CANDIDATES_PER_SCAN)?;
         let mut c = w.candidates.lock().unwrap_or_else(|p| p.into_inner());
-        c.queue = scan.oldest.iter().filter(|e| e.key != *keep).cloned().collect();
+        // (The entry being written stays in the queue: evict() steps over it.)
+        c.queue = scan.oldest.iter().cloned().collect();
         c.truncated = scan.truncated;
         Ok(scan)
     }

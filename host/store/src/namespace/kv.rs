@@ -166,13 +166,21 @@ impl Namespace {
     pub(crate) fn kv_digests_in(&self, shard: u8) -> Result<Vec<Key>> {
         let Some(dir) = self.dir() else { return Ok(Vec::new()) };
         let rel = format!("{KV_DIR}/{shard:02x}");
+        let ctx = || format!("cannot list the key-value records of namespace {:?}", self.inner.name);
+        // A fan-out directory that cannot be opened fails the listing (a listing that skipped
+        // it would silently leave keys out); one that is not there, or is not a directory (a
+        // planted file or symlink: nothing of ours is in it), holds no records.
+        match dir.symlink_metadata(&rel) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(Vec::new()),
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(ctx(), e)),
+        }
         let sub = match dir.open_dir_nofollow(&rel) {
             Ok(d) => d,
             Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-            // Not a directory (planted): nothing of ours is in it.
-            Err(_) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(ctx(), e)),
         };
-        let ctx = || format!("cannot list the key-value records of namespace {:?}", self.inner.name);
         let mut out = Vec::new();
         for entry in sub.entries().context(ctx)? {
             let entry = entry.context(ctx)?;
@@ -187,9 +195,18 @@ impl Namespace {
     pub(crate) fn kv_for_each(&self, mut f: impl FnMut(Key, &cap_std::fs::Metadata) -> Result<()>) -> Result<()> {
         let Some(dir) = self.dir() else { return Ok(()) };
         let ctx = || format!("cannot list the key-value records of namespace {:?}", self.inner.name);
+        // As for the cache entries' scan: what cannot be opened fails the walk (a short usage
+        // counter would let the quota be exceeded); what is absent or not a directory is skipped.
+        match dir.symlink_metadata(KV_DIR) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(Error::io(ctx(), e)),
+        }
         let top = match dir.open_dir_nofollow(KV_DIR) {
             Ok(d) => d,
-            Err(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(Error::io(ctx(), e)),
         };
         for shard in top.entries().context(ctx)? {
             let shard = shard.context(ctx)?;
@@ -198,7 +215,14 @@ impl Namespace {
             if name.len() != 2 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
                 continue;
             }
-            let Ok(sub) = top.open_dir_nofollow(name) else { continue };
+            if !shard.file_type().context(ctx)?.is_dir() {
+                continue;
+            }
+            let sub = match top.open_dir_nofollow(name) {
+                Ok(sub) => sub,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(Error::io(ctx(), e)),
+            };
             for entry in sub.entries().context(ctx)? {
                 let entry = entry.context(ctx)?;
                 let Some(key) = entry.file_name().to_str().and_then(Key::from_hex) else {
@@ -262,7 +286,7 @@ impl KvTxn<'_> {
         let used = match self.lk.used {
             Some(u) => u,
             // No key of a cache entry is all zeros in practice; nothing is kept from eviction.
-            None => ns.rescan(w, &NO_KEY)?.used,
+            None => ns.rescan(w)?.used,
         };
         self.lk.used = Some(used);
         let old = charged_at(dir, rel);

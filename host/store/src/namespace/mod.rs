@@ -101,6 +101,18 @@ struct Inner {
     uncommitted: AtomicU64,
 }
 
+/// The granularity of recency: a hit refreshes an entry's modification time only when it was set
+/// longer ago than this, so least-recently-used order is exact to within it. (An hour in this
+/// crate's tests and fuzzers, longer than any of their runs, so that their model of the order is
+/// exact; tests of refreshing make entries older than that.)
+#[cfg(not(any(test, feature = "fuzzing")))]
+pub(crate) const RECENCY: Duration = Duration::from_secs(1);
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) const RECENCY: Duration = Duration::from_secs(3600);
+
+/// How much of a large entry is read before it is checked (about a core's L2 cache).
+const CHECKED_CHUNK: usize = 256 << 10;
+
 /// How many uses are counted in memory before they are added to the counters file.
 const USES_PER_FLUSH: u64 = 1024;
 

@@ -97,7 +97,7 @@ impl Namespace {
         let Some((_, file, meta, header)) = self.open_checked(key)? else {
             return Ok(None);
         };
-        self.touch(&file);
+        self.touch(&file, &meta);
         Ok(Some(RawEntry { file, meta, header }))
     }
 
@@ -150,8 +150,19 @@ impl Namespace {
     }
 
     /// Marks an entry as just used, for LRU eviction. Best effort, and never in read-only mode.
-    pub(super) fn touch(&self, file: &File) {
-        if !self.inner.options.read_only {
+    /// Refreshes an entry's recency on a hit: its modification time, unless it was set less
+    /// than [`RECENCY`] ago (so a hot entry costs no inode write per hit; eviction order is then
+    /// exact to within that granularity).
+    pub(super) fn touch(&self, file: &File, meta: &std::fs::Metadata) {
+        if self.inner.options.read_only {
+            return;
+        }
+        let fresh = meta
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_some_and(|age| age < RECENCY);
+        if !fresh {
             let _ = file.set_modified(now());
         }
     }
@@ -173,7 +184,7 @@ impl Namespace {
         };
         match self.read_verified(key, &hk, &file, &meta)? {
             Ok(content) => {
-                self.touch(&file);
+                self.touch(&file, &meta);
                 Ok(Some(content))
             }
             Err(reason) => {
@@ -245,12 +256,23 @@ impl Namespace {
             Ok(h) => h,
             Err(reason) => return Ok(Err(reason)),
         };
+        // Checked as it is read, a chunk at a time while the chunk is still in the CPU's cache
+        // (a second pass over the whole content after the kernel's copy costs as much again).
         let mut content = Vec::with_capacity(len);
-        read_all(&mut content, len, HEADER_LEN as u64)?;
+        let mut crc = Checksum::default();
+        while content.len() < len {
+            let start = content.len();
+            let n = sys::read_spare_upto(file, &mut content, (HEADER_LEN + start) as u64, CHECKED_CHUNK)
+                .map_err(|e| Error::io(format!("cannot read entry {}", hk.as_str()), e))?;
+            if n == 0 {
+                break;
+            }
+            crc.update(&content[start..]);
+        }
         if content.len() < len {
             return Ok(Err("truncated"));
         }
-        if Checksum::of(&content) != header.crc {
+        if crc.value() != header.crc {
             return Ok(Err("content checksum mismatch"));
         }
         Ok(Ok(content))
@@ -281,7 +303,7 @@ impl Namespace {
             return Ok(self.discard_path(&hk, Some((&file, &meta)), "content checksum mismatch"));
         }
         if is_use {
-            self.touch(&file);
+            self.touch(&file, &meta);
         }
         Ok(Lookup::Found(FileReader {
             ns: self.clone(),

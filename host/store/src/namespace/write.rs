@@ -128,7 +128,7 @@ impl Namespace {
         let mut lk = self.lock()?;
         let used = match lk.used {
             Some(u) => u,
-            None => self.rescan(w, key)?.used,
+            None => self.rescan(w)?.used,
         };
         lk.used = Some(used);
         let old = charged_at(dir, &rel);

@@ -29,6 +29,18 @@ pub(crate) fn read_spare(file: &File, buf: &mut Vec<u8>, offset: u64) -> io::Res
     rustix::io::pread(file, rustix::buffer::spare_capacity(buf), offset).map_err(io::Error::from)
 }
 
+/// Reads at most `max` bytes into `buf`'s spare capacity at `offset`, returning how many.
+pub(crate) fn read_spare_upto(file: &File, buf: &mut Vec<u8>, offset: u64, max: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let n = max.min(spare.len());
+    let (read, _) = rustix::io::pread(file, &mut spare[..n], offset).map_err(io::Error::from)?;
+    let read = read.len();
+    // SAFETY: `pread` initialised the first `read` bytes of the spare capacity (rustix returns
+    // exactly the initialised part), which are within the capacity.
+    unsafe { buf.set_len(buf.len() + read) };
+    Ok(read)
+}
+
 /// Options for opening an entry file to read: never blocking on a planted FIFO, and with
 /// `noatime`, asking not to update its access time (which only the file's owner may ask: if
 /// opening fails with `PermissionDenied`, open again without it).

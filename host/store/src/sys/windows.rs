@@ -38,6 +38,16 @@ pub(crate) fn read_spare(file: &File, buf: &mut Vec<u8>, offset: u64) -> io::Res
     read
 }
 
+/// Reads at most `max` bytes into `buf`'s spare capacity at `offset`, returning how many.
+pub(crate) fn read_spare_upto(file: &File, buf: &mut Vec<u8>, offset: u64, max: usize) -> io::Result<usize> {
+    let start = buf.len();
+    let end = start + max.min(buf.capacity() - start);
+    buf.resize(end, 0);
+    let read = file.seek_read(&mut buf[start..], offset);
+    buf.truncate(start + *read.as_ref().unwrap_or(&0));
+    read
+}
+
 /// Nothing to add: named pipes do not live in directories, and there is no `O_NOATIME`.
 pub(crate) fn entry_read_options(_oo: &mut OpenOptions, _noatime: bool) {}
 
