@@ -12,7 +12,8 @@
 //! under the namespace lock (an in-process mutex plus an `flock` on `state`, so other processes
 //! are excluded too); reads take no lock. The usage counter is updated before the rename, so a
 //! crash can only make it overestimate; any scan of the namespace recomputes it exactly.
-//! Recency is the entry file's modification time, set on add and on every hit.
+//! Recency is the entry file's modification time, set on add and on a hit when it is older than
+//! [`RECENCY`] (one second).
 
 use std::collections::VecDeque;
 use std::fs::File;
