@@ -17,6 +17,36 @@
 //!   `redis` crate (synchronous client, no TLS or cluster support) and `hmac`.
 //! - `fault-injection`, `fuzzing`: hooks for this crate's own tests and fuzzers; never enable them
 //!   in a normal build.
+//!
+//! # Platforms
+//!
+//! Linux, macOS and Windows, on x86-64 and aarch64 (wherever wasmtime runs); the crate needs no C
+//! compiler. What differs between platforms is kept in one small module per platform; where a
+//! platform lacks something, this is what happens instead:
+//!
+//! - **Locks** (the namespace's, and each writer's on its temporary file): `flock` on Unix;
+//!   `LockFileEx` on Windows, on one byte far past the end of any file, so that a held lock never
+//!   blocks a reader of the file's bytes (Windows enforces byte-range locks).
+//! - **A removed or replaced entry that a reader has open**: on Unix it is unlinked or renamed
+//!   over. Windows cannot take the name of an open file (deleting it only marks it "delete
+//!   pending", and until its last reader closes the name can be neither opened nor replaced), so
+//!   the store first renames it into the namespace's `tmp/` and deletes it there: the entry's name
+//!   is free at once, and the file goes when its reader closes it. Everywhere, a reader keeps
+//!   reading the bytes it opened.
+//! - **Access times**: on Linux entries are opened with `O_NOATIME`, so a hit writes the inode
+//!   once (the modification time, which is recency). Elsewhere a hit may also update the access
+//!   time, as any read does there.
+//! - **Private files**: created mode `0600` on Unix. On Windows they inherit the directory's ACL:
+//!   keep the cache under the user's profile (as `%LOCALAPPDATA%` is).
+//! - **[`Durability::Sync`]**: the entry is flushed before it is published everywhere; its
+//!   directory is fsynced after the rename on Unix only (Windows cannot flush a directory handle;
+//!   NTFS journals the rename).
+//! - **Planted FIFOs** are opened with `O_NONBLOCK` on Unix (they cannot be planted in a Windows
+//!   directory).
+//!
+//! The store's own test suite runs on Windows too (under Wine, in CI: `scripts/cross-check.sh`);
+//! only tests of what Windows lacks (symlinks without privileges, FIFOs, Unix permissions,
+//! `O_NOATIME`, mounts, rlimits) are Unix-only.
 #![deny(missing_docs)]
 
 pub mod entry;
