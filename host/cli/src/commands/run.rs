@@ -87,12 +87,6 @@ struct RemoteArgs {
     /// Fail (an `io` error to the component) when the remote fails, instead of carrying on locally
     #[arg(long, requires = "remote")]
     remote_required: bool,
-}
-
-impl RemoteArgs {
-    /// The remote tier asked for, checked; a required one must answer now.
-    fn tier(&self) -> Result<Option<RemoteTier>> {
-        let Some(url) = &self.remote else { return Ok(None) };
     /// How long values written to the remote live there (e.g. 30s, 10m, 12h, 7d) [default: until
     /// the server evicts them; run it with maxmemory and maxmemory-policy allkeys-lru]
     #[arg(long, value_name = "DURATION", requires = "remote", value_parser = parse_duration)]
@@ -121,17 +115,23 @@ fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         return Err(format!("{text:?}: a TTL must be at least 1ms"));
     }
     Ok(Duration::from_millis(millis))
+}
+
+impl RemoteArgs {
+    /// The remote tier asked for, checked; a required one must answer now.
+    fn tier(&self) -> Result<Option<RemoteTier>> {
+        let Some(url) = &self.remote else { return Ok(None) };
         let mut options = RemoteOptions::new(url.clone());
         options.fleet_key = self.remote_key_file.as_deref().map(read_fleet_key).transpose()?;
         options.read_only = self.remote_read_only;
         options.required = self.remote_required;
+        options.ttl = self.remote_ttl;
         let tier = RemoteTier::new(options)?;
         if self.remote_required {
             tier.ping()
                 .map_err(|e| anyhow!("{} (--remote-required)", e.full_message()))?;
         }
         Ok(Some(tier))
-        options.ttl = self.remote_ttl;
     }
 }
 
