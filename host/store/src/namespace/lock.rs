@@ -111,20 +111,16 @@ impl Namespace {
             Some(Ok(file)) => counters::counts(&file.into_std()),
             _ => Counts::default(),
         };
-        counts.hits += self.inner.pending_hits.load(Ordering::Relaxed);
-        counts.misses += self.inner.pending_misses.load(Ordering::Relaxed);
+        let (hits, misses) = self.inner.uses.peek();
+        counts.hits += hits;
+        counts.misses += misses;
         counts
     }
 
     /// Counts one use of an entry by `get`, `open` or `contains`: a hit or a miss. In memory
     /// only, until [`USES_PER_FLUSH`] have gathered or the handle is dropped.
     pub(super) fn count_use(&self, hit: bool) {
-        let counter = if hit {
-            &self.inner.pending_hits
-        } else {
-            &self.inner.pending_misses
-        };
-        if counter.fetch_add(1, Ordering::Relaxed) + 1 >= USES_PER_FLUSH {
+        if self.inner.uses.add(hit) >= USES_PER_FLUSH {
             self.flush_counts();
         }
     }
@@ -132,8 +128,7 @@ impl Namespace {
     /// Adds the uses counted in memory to the counters file now. Best effort: statistics are
     /// not worth failing a cache operation for (a failure is logged, and the uses are lost).
     pub fn flush_counts(&self) {
-        let hits = self.inner.pending_hits.swap(0, Ordering::Relaxed);
-        let misses = self.inner.pending_misses.swap(0, Ordering::Relaxed);
+        let (hits, misses) = self.inner.uses.take();
         if hits + misses == 0 {
             return;
         }

@@ -67,7 +67,7 @@ impl Drop for Namespace {
     fn drop(&mut self) {
         // Every handle flushes what it can see, so the uses of a process that ends normally
         // reach the counters file whichever handle goes last.
-        if self.inner.pending_hits.load(Ordering::Relaxed) + self.inner.pending_misses.load(Ordering::Relaxed) > 0 {
+        if self.inner.uses.peek() != (0, 0) {
             self.flush_counts();
         }
     }
@@ -92,10 +92,10 @@ struct Inner {
     /// How many temporary files of dead writers opening the namespace reclaimed.
     reclaimed_at_open: AtomicU64,
     /// Hits and misses of `get`, `open` and `contains` not yet added to the counters file:
-    /// counted in memory (an atomic add, no lock and no write on the hit path), flushed every
-    /// [`USES_PER_FLUSH`] uses and when a handle is dropped.
-    pending_hits: AtomicU64,
-    pending_misses: AtomicU64,
+    /// counted in memory (an add to the calling thread's own shard: no lock, no file write and
+    /// no memory shared with other threads on the hit path), flushed once a thread's shard holds
+    /// [`USES_PER_FLUSH`] uses, and when a handle is dropped.
+    uses: uses::Uses,
     /// Bytes in the temporary files of this handle's uncommitted writers: together at most the
     /// quota (a write past it answers `QuotaExceeded`), given back when a writer commits or is
     /// dropped.
@@ -297,6 +297,7 @@ mod evict;
 pub(crate) mod kv;
 mod lock;
 mod read;
+mod uses;
 mod write;
 
 #[cfg(test)]
@@ -346,8 +347,7 @@ impl Namespace {
                 writable,
                 options,
                 reclaimed_at_open: AtomicU64::new(0),
-                pending_hits: AtomicU64::new(0),
-                pending_misses: AtomicU64::new(0),
+                uses: uses::Uses::default(),
                 uncommitted: AtomicU64::new(0),
             }),
         };
