@@ -6,7 +6,9 @@ use std::io;
 ///
 /// The first variants mirror the WIT `error` variant one for one; [`Error::InvalidNamespace`] is
 /// for the host's own mistakes (a namespace name a plugin may not use) and never reaches a guest.
+/// More variants may be added: a `match` outside this crate needs a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The key is not exactly 32 bytes.
     #[error("invalid key: a key is a 32-byte SHA-256 digest, this one has {len} bytes")]

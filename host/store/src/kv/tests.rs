@@ -34,7 +34,8 @@ fn files(dir: &Path) -> Vec<String> {
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
             } else {
-                out.push(e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+                // With `/` between components on every platform (Windows lists `\`).
+                out.push(e.path().strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/"));
             }
         }
     }
