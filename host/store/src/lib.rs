@@ -31,8 +31,11 @@
 //!   over. Windows cannot take the name of an open file (deleting it only marks it "delete
 //!   pending", and until its last reader closes the name can be neither opened nor replaced), so
 //!   the store first renames it into the namespace's `tmp/` and deletes it there: the entry's name
-//!   is free at once, and the file goes when its reader closes it. Everywhere, a reader keeps
-//!   reading the bytes it opened.
+//!   is free at once, and the file goes when its reader closes it. Replacing an entry is one
+//!   atomic rename where Windows can rename over an open file (POSIX semantics: Windows 10 1809
+//!   and later, on NTFS); elsewhere (older Windows, Wine) an entry a reader holds open is moved
+//!   aside first, and a reader that looks in between misses. Everywhere, a reader keeps reading
+//!   the bytes it opened, and never sees a torn entry.
 //! - **Access times**: on Linux entries are opened with `O_NOATIME`, so a hit writes the inode
 //!   once (the modification time, which is recency). Elsewhere a hit may also update the access
 //!   time, as any read does there.

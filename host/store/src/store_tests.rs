@@ -557,7 +557,14 @@ fn concurrent_writers_of_one_key_never_tear() {
             s.spawn(move || {
                 for _ in 0..50 {
                     ns.add(&key, &vec![t; 50_000]).unwrap();
-                    let got = ns.get(&key).unwrap().unwrap();
+                    let got = ns.get(&key).unwrap();
+                    // Where Windows cannot rename over an open file (Wine; Windows before 10
+                    // 1809), replacing an entry a reader holds is two renames, and a reader in
+                    // between misses (see the crate's Platforms docs). Never torn bytes.
+                    let Some(got) = got else {
+                        assert!(cfg!(windows), "a reader missed an entry being replaced");
+                        continue;
+                    };
                     assert!(got.len() == 50_000 && got.iter().all(|&b| b == got[0]));
                 }
             });
