@@ -171,6 +171,8 @@ mod imp {
             return false;
         }
         match rustix::fs::fstatfs(file) {
+            // `f_type`'s type differs between C libraries (glibc's `i64`, musl's `u64`).
+            #[allow(clippy::unnecessary_cast)]
             Ok(st) => LOCAL_FILESYSTEMS.contains(&(st.f_type as i64)),
             Err(_) => false,
         }
