@@ -178,9 +178,14 @@ impl Bucket {
         let Some((file, meta)) = self.ns.kv_open(rel)? else {
             return Ok(None);
         };
-        let len = usize::try_from(meta.len()).map_err(|_| crate::Error::TooLarge {
-            limit: self.ns.options().max_entry_size,
-        })?;
+        // Never allocate past what this handle's limits allow: a larger record (written under
+        // larger limits, or planted) is refused, not removed.
+        let limit = self.ns.options().max_entry_size;
+        let most = limit.saturating_add((record::HEADER_LEN + MAX_KEY_LEN) as u64);
+        let len = match usize::try_from(meta.len()) {
+            Ok(len) if meta.len() <= most => len,
+            _ => return Err(crate::Error::TooLarge { limit }.into()),
+        };
         let mut buf = Vec::with_capacity(len);
         // One read for a small record (records are never rewritten in place, only replaced).
         (&file)

@@ -469,3 +469,25 @@ fn clear_removes_records_and_leftover_temporary_files_are_reclaimed() {
     let stats = cache.stats().unwrap();
     assert_eq!((stats[0].kv_keys, stats[0].kv_bytes, stats[0].entries), (0, 0, 0));
 }
+
+#[test]
+fn a_record_over_the_readers_limit_is_refused_not_removed_and_not_allocated() {
+    let (d, cache) = cache();
+    bucket(&cache).set("big", &[1; 20_000]).unwrap();
+    let small = bucket_with(
+        &cache,
+        NamespaceOptions {
+            max_entry_size: 1000,
+            ..NamespaceOptions::default()
+        },
+    );
+    let e = small.get("big").unwrap_err();
+    assert!(matches!(e, Error::Store(crate::Error::TooLarge { limit: 1000 })), "{e}");
+    assert_eq!(bucket(&cache).get("big").unwrap().map(|v| v.len()), Some(20_000));
+    // A planted sparse file of 100 GiB under a record's name: refused without reading it.
+    let path = record_path(d.path(), "sparse");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::File::create(&path).unwrap().set_len(100 << 30).unwrap();
+    let e = bucket(&cache).get("sparse").unwrap_err();
+    assert!(matches!(e, Error::Store(crate::Error::TooLarge { .. })), "{e}");
+}
