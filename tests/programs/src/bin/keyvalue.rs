@@ -19,7 +19,7 @@ use bindings::wasi::keyvalue::{atomics, batch, store};
 
 const USAGE: &str = "keyvalue SCENARIO; scenarios: wasmtime-main | open ID | get KEY | set KEY VALUE | \
     set-size KEY BYTES | delete KEY | increment KEY DELTA TIMES | list | fill PREFIX N | \
-    set-many PREFIX N VALUE | check-many PREFIX N | odd-keys";
+    set-many PREFIX N VALUE | check-many PREFIX N | odd-keys | bench get|set|increment SIZE ITERS";
 
 fn describe(e: &Error) -> String {
     match e {
@@ -186,6 +186,36 @@ fn main() {
             for (v, count) in seen {
                 println!("{v} {count}");
             }
+        }
+        "bench" => {
+            // Times ITERS operations from inside the guest (host calls included) and prints
+            // nanoseconds per operation: what host/benches/keyvalue.rs compares across stores.
+            let (op, size, iters) = (arg(&args, 1), num(arg(&args, 2)) as usize, num(arg(&args, 3)));
+            let bucket = open();
+            let value = vec![7u8; size];
+            bucket.set("bench", &value).unwrap();
+            let keys: Vec<String> = (0..100).map(|i| format!("bench-{i}")).collect();
+            let start = std::time::Instant::now();
+            match op {
+                "get" => {
+                    for _ in 0..iters {
+                        let got = bucket.get("bench").unwrap();
+                        assert_eq!(got.map(|v| v.len()), Some(size));
+                    }
+                }
+                "set" => {
+                    for i in 0..iters {
+                        bucket.set(&keys[i as usize % keys.len()], &value).unwrap();
+                    }
+                }
+                "increment" => {
+                    for _ in 0..iters {
+                        atomics::increment(&bucket, "bench-counter", 1).unwrap();
+                    }
+                }
+                _ => panic!("bench OP: get | set | increment"),
+            }
+            println!("{}", start.elapsed().as_nanos() / u128::from(iters.max(1)));
         }
         "odd-keys" => {
             let bucket = open();
