@@ -374,3 +374,45 @@ fn two_hosts_share_compiled_components_under_a_fleet_key() {
     assert_eq!(counter(&d, ".compiled", "rejected"), 1);
     assert_eq!(counter(&d, ".compiled", "remote_hits"), 0);
 }
+
+/// Issue 11, finding 6: `--remote-ttl` gives every published value an expiry; bad durations
+/// are refused before anything is created.
+#[test]
+fn finding_6_remote_ttl_sets_an_expiry_on_published_values() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = TestCache::new();
+    a.contract(&["--remote", &url, "--remote-ttl", "1h"], &["put", "ttl", "1000"]);
+    let pttl: i64 = redis
+        .cli(&["PTTL", &redis_key("default", "ttl")])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((3_590_000..=3_600_000).contains(&pttl), "PTTL {pttl}");
+    // Without the flag, no expiry.
+    a.contract(&["--remote", &url], &["put", "no-ttl", "1000"]);
+    assert_eq!(redis.cli(&["PTTL", &redis_key("default", "no-ttl")]).trim(), "-1");
+
+    let cache = TestCache::new();
+    for (ttl, expect) in [
+        ("0s", "at least 1ms"),
+        ("10", "unknown unit"),
+        ("1w", "unknown unit"),
+        ("s", "not a duration"),
+    ] {
+        let out = cache.run(
+            contract_wasm(),
+            &["--remote", &url, "--remote-ttl", ttl],
+            &["absent", "x"],
+        );
+        assert!(!out.status.success(), "--remote-ttl {ttl} accepted");
+        let err = stderr(&out);
+        assert!(
+            err.contains(expect),
+            "--remote-ttl {ttl}: expected {expect:?} in:\n{err}"
+        );
+        assert!(!cache.dir().exists(), "--remote-ttl {ttl} created the cache directory");
+    }
+    let out = cache.run(contract_wasm(), &["--remote-ttl", "1h"], &["absent", "x"]);
+    assert!(!out.status.success(), "--remote-ttl without --remote accepted");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use wasmtime::component::Resource;
 
 use super::generated::asynchronous::filecache::cache::cache as wit;
-use super::{CacheError, FileCacheView, ReaderHandle, WriterHandle, committed, key, lock, read_len};
+use super::{CacheError, FileCacheCtx, FileCacheView, ReaderHandle, WriterHandle, committed, key, lock, read_len};
 use crate::Store;
 
 super::answer_into!(wit::Error);
@@ -20,6 +20,15 @@ async fn off_thread<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static
             .await
             .map_err(|e| CacheError::Trap(wasmtime::Error::msg(format!("a cache operation failed: {e}")))),
         Err(_) => Ok(work()),
+    }
+}
+
+/// A handle slot taken for a writer still being made: given back when dropped.
+struct SlotGuard<'a>(&'a FileCacheCtx);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.give_slot();
     }
 }
 
@@ -57,17 +66,11 @@ impl wit::Host for FileCacheView<'_> {
     async fn create(&mut self, k: Vec<u8>) -> Result<Resource<WriterHandle>, CacheError> {
         let (k, store) = (key(&k)?, self.store());
         self.ctx.take_slot()?;
-        match off_thread(move || store.create(&k)).await {
-            Ok(Ok(writer)) => self.push(WriterHandle::new(writer)),
-            Ok(Err(e)) => {
-                self.ctx.give_slot();
-                Err(e.into())
-            }
-            Err(e) => {
-                self.ctx.give_slot();
-                Err(e)
-            }
-        }
+        // Given back if the writer cannot be made, or if the call is dropped while it waits.
+        let slot = SlotGuard(self.ctx);
+        let writer = off_thread(move || store.create(&k)).await??;
+        std::mem::forget(slot);
+        self.push(WriterHandle::new(writer))
     }
 
     async fn delete(&mut self, k: Vec<u8>) -> Result<(), CacheError> {
