@@ -8,12 +8,12 @@
 //! - [`entry`]: the format of one entry file (header, checked content).
 //! - [`kv`]: a namespace as a key-value bucket (what `wasi:keyvalue` guests get): records that
 //!   count against the quota but are never evicted, atomic increment and compare-and-swap.
-//! - [`remote`] (feature `remote`): a shared tier in Redis for a fleet of hosts.
+//! - `remote` (feature `remote`): a shared tier in Redis for a fleet of hosts.
 //! - [`size`]: parsing sizes such as `64MiB` (for command lines and configuration).
 //!
 //! # Cargo features
 //!
-//! - `remote` (off by default): [`remote::RemoteTier`] and [`remote::TieredStore`], over the
+//! - `remote` (off by default): the `remote` module (`RemoteTier`, `TieredStore`), over the
 //!   `redis` crate (synchronous client, no TLS or cluster support) and `hmac`.
 //! - `fault-injection`, `fuzzing`: hooks for this crate's own tests and fuzzers; never enable them
 //!   in a normal build.
