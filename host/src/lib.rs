@@ -120,7 +120,7 @@
 //! # Cargo features
 //!
 //! - `compiled` (default): [`compiled::ComponentCache`]; enables wasmtime's `cranelift`.
-//! - `incremental`: [`compiled::IncrementalCache`]; enables wasmtime's `incremental-cache`.
+//! - `incremental`: `compiled::IncrementalCache`; enables wasmtime's `incremental-cache`.
 //! - `remote`: the `remote` module (`filecache-store`'s), over the `redis` crate.
 //!
 //! Without them, the crate needs only wasmtime's `runtime`, `component-model` and `async`.
