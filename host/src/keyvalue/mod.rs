@@ -59,6 +59,9 @@ use wasmtime::component::{HasData, Linker, ResourceTable, ResourceTableError};
 mod draft;
 mod draft2;
 
+/// The answer of `get-many`: each key asked for with its value, or `None` where it has none.
+pub(crate) type KeyValues = Vec<Option<(String, Vec<u8>)>>;
+
 /// The most keys one `list-keys` page returns.
 pub const PAGE_SIZE: usize = kv::MAX_PAGE;
 
@@ -228,7 +231,7 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, Error> + Send
 mod work {
     use super::*;
 
-    pub fn get_many(bucket: &Bucket, keys: Vec<String>) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
+    pub fn get_many(bucket: &Bucket, keys: Vec<String>) -> Result<KeyValues, Error> {
         keys.into_iter().map(|k| Ok(bucket.get(&k)?.map(|v| (k, v)))).collect()
     }
 
