@@ -556,7 +556,7 @@ impl Inner {
     fn is_stored(&self, key: &Key) -> bool {
         self.disk
             .as_ref()
-            .is_some_and(|d| d.artifacts.contains(key).unwrap_or(false))
+            .is_some_and(|d| d.artifacts.is_stored(key).unwrap_or(false))
     }
 
     fn count(&self, counter: Counter) {
