@@ -154,7 +154,7 @@ impl Namespace {
             None => now.file_type().is_symlink(),
         };
         if same
-            && dir.remove_file_or_symlink(rel).is_ok()
+            && self.remove_entry_file(dir, rel).is_ok()
             && now.file_type().is_file()
             && let Some(used) = lk.used
         {
@@ -261,7 +261,7 @@ impl Namespace {
         })?;
         let mut removed = 0;
         for rel in rels {
-            match dir.remove_file(&rel) {
+            match self.remove_entry_file(dir, &rel) {
                 Ok(()) => removed += 1,
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(Error::io("cannot remove a key-value record", e)),
@@ -303,7 +303,7 @@ impl KvTxn<'_> {
         }
         tmp.name.clear();
         if let Err(e) = ns.durable_sync_dir(parent(rel)) {
-            if dir.remove_file(rel).is_ok() {
+            if ns.remove_entry_file(dir, rel).is_ok() {
                 let _ = self.lk.store_used(before.saturating_sub(old));
             }
             return Err(e);
@@ -313,7 +313,8 @@ impl KvTxn<'_> {
 
     fn rename_into_place(&self, tmp_name: &str, rel: &str) -> Result<()> {
         let (w, dir) = (self.w, self.dir);
-        let rename = || fault::check(Point::Rename).and_then(|()| w.tmp.rename(tmp_name, dir, rel));
+        let rename =
+            || fault::check(Point::Rename).and_then(|()| sys::rename_replacing(&w.tmp, tmp_name, dir, rel, &w.tmp));
         match rename() {
             Err(e) if is_not_found(&e) => {
                 // The fan-out directory (or kv/ itself) does not exist yet.
@@ -339,7 +340,7 @@ impl KvTxn<'_> {
             Err(e) if is_not_found(&e) => return Ok(false),
             Err(e) => return Err(Error::io(format!("cannot stat key-value record {rel}"), e)),
         };
-        match self.dir.remove_file_or_symlink(rel) {
+        match self.ns.remove_entry_file(self.dir, rel) {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => return Ok(false),
             Err(e) => return Err(Error::io(format!("cannot delete key-value record {rel}"), e)),

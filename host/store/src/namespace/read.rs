@@ -12,7 +12,9 @@ impl Namespace {
     /// Like [`open_entry_file`](Self::open_entry_file), telling a miss from an entry removed as
     /// damaged (and why).
     fn lookup_entry_file(&self, hk: &HexKey) -> Result<Lookup<(File, std::fs::Metadata)>> {
-        let Some(dir) = self.dir() else { return Ok(Lookup::Missing) };
+        let Some(dir) = self.dir() else {
+            return Ok(Lookup::Missing);
+        };
         let mut oo = OpenOptions::new();
         // O_NONBLOCK: opening a planted FIFO must not hang; it has no effect on regular files.
         // O_NOATIME: the cache keeps recency in the modification time, which a hit sets; without
@@ -22,7 +24,7 @@ impl Namespace {
         sys::entry_read_options(&mut oo, true);
         let rel = hk.rel_path();
         let opened = match dir.open_with(&rel, &oo) {
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && sys::HAS_NOATIME => {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && sys::READ_EXTRA_MAY_BE_REFUSED => {
                 sys::entry_read_options(&mut oo, false);
                 dir.open_with(&rel, &oo)
             }
@@ -370,8 +372,12 @@ impl FileReader {
         }
         let mut got = 0;
         while got < want {
-            let n = sys::read_at(&self.file, &mut buf[got..want], HEADER_LEN as u64 + self.pos + got as u64)
-                .context(|| format!("cannot read entry {}", self.key))?;
+            let n = sys::read_at(
+                &self.file,
+                &mut buf[got..want],
+                HEADER_LEN as u64 + self.pos + got as u64,
+            )
+            .context(|| format!("cannot read entry {}", self.key))?;
             if n == 0 {
                 return Err(self.fail("truncated"));
             }

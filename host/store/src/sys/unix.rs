@@ -13,8 +13,9 @@ const NOATIME: OFlags = OFlags::NOATIME;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const NOATIME: OFlags = OFlags::empty();
 
-/// Whether [`entry_read_options`] can ask not to update the access time.
-pub(crate) const HAS_NOATIME: bool = !NOATIME.is_empty();
+/// Whether [`entry_read_options`] with `extra` asks for more than reading (`O_NOATIME`), which
+/// may be refused (`PermissionDenied`): then open again without.
+pub(crate) const READ_EXTRA_MAY_BE_REFUSED: bool = !NOATIME.is_empty();
 
 pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     file.read_at(buf, offset)
@@ -42,10 +43,14 @@ pub(crate) fn read_spare_upto(file: &File, buf: &mut Vec<u8>, offset: u64, max: 
 }
 
 /// Options for opening an entry file to read: never blocking on a planted FIFO, and with
-/// `noatime`, asking not to update its access time (which only the file's owner may ask: if
+/// `extra`, asking not to update its access time (which only the file's owner may ask: if
 /// opening fails with `PermissionDenied`, open again without it).
-pub(crate) fn entry_read_options(oo: &mut OpenOptions, noatime: bool) {
-    let flags = if noatime { OFlags::NONBLOCK | NOATIME } else { OFlags::NONBLOCK };
+pub(crate) fn entry_read_options(oo: &mut OpenOptions, extra: bool) {
+    let flags = if extra {
+        OFlags::NONBLOCK | NOATIME
+    } else {
+        OFlags::NONBLOCK
+    };
     oo.custom_flags(flags.bits() as i32);
 }
 

@@ -14,8 +14,10 @@ use windows_sys::Win32::Storage::FileSystem::{
 };
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
-/// Windows has no `O_NOATIME`.
-pub(crate) const HAS_NOATIME: bool = false;
+/// Whether [`entry_read_options`] with `extra` asks for more than reading (the right to set the
+/// file's times, for recency), which may be refused (`PermissionDenied`: read-only media, another
+/// user's file): then open again without.
+pub(crate) const READ_EXTRA_MAY_BE_REFUSED: bool = true;
 
 /// Where the lock byte lies: far past the end of any file the store writes, so that a held lock
 /// (which Windows enforces on reads and writes of its range) never stands in a reader's way.
@@ -48,8 +50,19 @@ pub(crate) fn read_spare_upto(file: &File, buf: &mut Vec<u8>, offset: u64, max: 
     read
 }
 
-/// Nothing to add: named pipes do not live in directories, and there is no `O_NOATIME`.
-pub(crate) fn entry_read_options(_oo: &mut OpenOptions, _noatime: bool) {}
+/// Options for opening an entry file to read. With `extra`, also the right to set its times: a
+/// hit sets the modification time (recency) through the handle it read with, and Windows refuses
+/// that on a handle opened only to read (`FILE_WRITE_ATTRIBUTES`). (No FIFO can be planted in a
+/// Windows directory, and there is no `O_NOATIME`.)
+pub(crate) fn entry_read_options(oo: &mut OpenOptions, extra: bool) {
+    use cap_std::fs::OpenOptionsExt;
+    use windows_sys::Win32::Storage::FileSystem::{FILE_GENERIC_READ, FILE_WRITE_ATTRIBUTES};
+    oo.access_mode(if extra {
+        FILE_GENERIC_READ | FILE_WRITE_ATTRIBUTES
+    } else {
+        FILE_GENERIC_READ
+    });
+}
 
 /// Nothing to add (see [`entry_read_options`]).
 pub(crate) fn nonblocking(_oo: &mut OpenOptions) {}
@@ -69,8 +82,14 @@ fn scratch_name() -> String {
     let mut b = [0u8; 8];
     // A failure of the OS RNG leaves the time to tell names apart.
     let _ = getrandom::fill(&mut b);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    format!("{:016x}.{}.removed", u64::from_le_bytes(b) ^ t.as_nanos() as u64, std::process::id())
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{:016x}.{}.removed",
+        u64::from_le_bytes(b) ^ t.as_nanos() as u64,
+        std::process::id()
+    )
 }
 
 /// Removes the file (or symlink) `rel` of `dir`. A file that is open (a reader has it) cannot
@@ -150,8 +169,20 @@ pub(crate) fn try_lock(file: &File) -> io::Result<()> {
 
 pub(crate) fn unlock(file: &File) -> io::Result<()> {
     // SAFETY: the handle is open for as long as `file` is borrowed.
-    let ok = unsafe { UnlockFile(file.as_raw_handle() as HANDLE, LOCK_OFFSET as u32, (LOCK_OFFSET >> 32) as u32, 1, 0) };
-    if ok != 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let ok = unsafe {
+        UnlockFile(
+            file.as_raw_handle() as HANDLE,
+            LOCK_OFFSET as u32,
+            (LOCK_OFFSET >> 32) as u32,
+            1,
+            0,
+        )
+    };
+    if ok != 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn info(file: &File) -> io::Result<BY_HANDLE_FILE_INFORMATION> {
