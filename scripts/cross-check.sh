@@ -68,6 +68,9 @@ if [ "$what" = all ] || [ "$what" = wine ]; then
         x86_64-w64-mingw32-gcc -O2 -shared -o "$dll" scripts/process-prng.c -ladvapi32
     fi
     step "the store's tests on Windows, under Wine"
-    timed cargo test --quiet -p filecache-store --lib --target x86_64-pc-windows-gnu
+    # One test at a time: Wine serialises file operations through its server, and tests that
+    # race threads for the namespace lock (bounded to 3 s in test builds) starve when other tests
+    # load it too.
+    timed cargo test --quiet -p filecache-store --lib --target x86_64-pc-windows-gnu -- --test-threads 1
     /usr/lib/wine/wineserver -k 2>/dev/null || true
 fi
