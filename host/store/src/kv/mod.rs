@@ -16,9 +16,10 @@
 //! crash at any point leaves each key with its old record or its new one, never a listed key
 //! without a value (a temporary file left by a dead writer is reclaimed by the next open).
 //!
-//! Reads take no lock. [`Bucket::increment`] and [`Bucket::swap`] read, compute and write under
-//! the namespace lock (an in-process mutex plus an `flock` on the namespace's `state` file), so
-//! they are atomic across the processes sharing the cache directory.
+//! Reads take no lock. [`Bucket::increment_u64`] (and `_i64`) and [`Bucket::swap`] read,
+//! compute and write under the namespace lock (an in-process mutex plus an `flock` on the
+//! namespace's `state` file), so they are atomic across the processes sharing the cache
+//! directory.
 //!
 //! [`Bucket::list_keys`] pages through the keys in the order of their digests. A position is the
 //! first 8 bytes of a digest (a `u64`, as `wasi:keyvalue@0.2.0-draft` wants its cursor), and a
