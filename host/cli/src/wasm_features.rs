@@ -7,8 +7,11 @@
 use anyhow::{Result, bail};
 use wasmtime::Config;
 
+/// How a switch sets the engine's configuration.
+type Set = fn(&mut Config, bool);
+
 /// The switches `-W` knows: the name, and how it sets the engine's configuration.
-const SWITCHES: &[(&str, fn(&mut Config, bool))] = &[
+const SWITCHES: &[(&str, Set)] = &[
     ("bulk-memory", |c, on| {
         c.wasm_bulk_memory(on);
     }),
