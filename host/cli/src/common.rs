@@ -44,7 +44,7 @@ impl CacheDirArg {
 /// warms exactly what `run` loads.
 #[derive(Args, Clone, Default)]
 pub struct WasmArgs {
-    /// Switch a WebAssembly feature on or off, as wasmtime's CLI does: NAME[=y|n][,...]
+    /// Switch a WebAssembly feature on or off, as wasmtime's CLI does: `NAME[=y|n][,...]`
     /// (e.g. `-W component-model-async=n`). The defaults are wasmtime's.
     #[arg(short = 'W', long = "wasm", value_name = "NAME[=y|n]", value_parser = wasm_features::parse)]
     pub features: Vec<Vec<Switch>>,
