@@ -54,7 +54,7 @@ impl IncrementalCache {
         }))
     }
 
-    fn entry_key(key: &[u8]) -> Key {
+    pub(super) fn entry_key(key: &[u8]) -> Key {
         Key::digest([FORMAT, key].concat())
     }
 

@@ -325,7 +325,7 @@ fn incremental_entries_are_authenticated() {
         .cache
         .reserved_namespace(INCREMENTAL_NAMESPACE, NamespaceOptions::default())
         .unwrap();
-    let k = Key::digest(b"k1");
+    let k = IncrementalCache::entry_key(b"k1");
     let mut record = ns.get(&k).unwrap().unwrap();
     *record.last_mut().unwrap() ^= 1;
     ns.add(&k, &record).unwrap();
