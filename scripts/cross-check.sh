@@ -37,6 +37,7 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 
 step() { printf '\n== %s\n' "$*"; }
 timed() { local t0=$SECONDS; "$@"; echo "   ($((SECONDS - t0)) s)"; }
+quietly() { "$@" >/dev/null 2>&1; }
 
 if [ "$what" = all ] || [ "$what" = check ]; then
     for target in x86_64-pc-windows-gnu aarch64-unknown-linux-gnu x86_64-unknown-linux-gnu; do
@@ -63,7 +64,7 @@ if [ "$what" = all ] || [ "$what" = wine ]; then
     if [ ! -f "$dll" ] || [ scripts/process-prng.c -nt "$dll" ]; then
         step "a Wine prefix in $WINEPREFIX"
         mkdir -p "$WINEPREFIX"
-        timed /usr/lib/wine/wine64 wineboot --init >/dev/null 2>&1
+        timed quietly /usr/lib/wine/wine64 wineboot --init
         /usr/lib/wine/wineserver -w 2>/dev/null || true
         x86_64-w64-mingw32-gcc -O2 -shared -o "$dll" scripts/process-prng.c -ladvapi32
     fi
