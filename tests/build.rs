@@ -13,7 +13,14 @@ const GUESTS: &[(&str, &[&str], &[&str])] = &[
     (
         "filecache-test-programs",
         &[],
-        &["contract", "hostile", "markdown", "bench", "keyvalue", "keyvalue-draft2"],
+        &[
+            "contract",
+            "hostile",
+            "markdown",
+            "bench",
+            "keyvalue",
+            "keyvalue-draft2",
+        ],
     ),
 ];
 

@@ -45,10 +45,8 @@ impl Guest {
         let engine = Engine::default();
         let mut linker = Linker::<Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI links");
-        filecache_host::add_to_linker(&mut linker, |h: &mut Host| {
-            FileCacheView::new(&h.cache, &mut h.table)
-        })
-        .expect("the cache links");
+        filecache_host::add_to_linker(&mut linker, |h: &mut Host| FileCacheView::new(&h.cache, &mut h.table))
+            .expect("the cache links");
         let component = Component::from_file(&engine, filecache_tests::bench_wasm()).expect("the bench guest compiles");
         let host = Host {
             wasi: WasiCtx::builder().inherit_stderr().build(),

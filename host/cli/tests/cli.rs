@@ -323,7 +323,10 @@ fn killed_writers_leave_whole_entries_or_nothing() {
     // The kills must have landed mid-write (a temporary file left by the dead writer) for the
     // checks above to prove anything.
     eprintln!("{killed_mid_write} of 12 writers killed mid-write; {seen_whole} had published");
-    assert!(killed_mid_write >= 4, "only {killed_mid_write} of 12 kills landed mid-write");
+    assert!(
+        killed_mid_write >= 4,
+        "only {killed_mid_write} of 12 kills landed mid-write"
+    );
 }
 
 #[test]
@@ -369,9 +372,15 @@ fn processes_racing_on_one_namespace_see_exact_content_and_keep_the_quota() {
             sampler.join().unwrap()
         })
     };
-    assert!(samples >= 10, "the usage was sampled during the race ({samples} samples)");
+    assert!(
+        samples >= 10,
+        "the usage was sampled during the race ({samples} samples)"
+    );
     assert!(max_seen <= quota, "over quota at some instant: {max_seen} > {quota}");
-    assert!(max_seen > quota / 2, "the race filled the namespace ({max_seen} bytes at most)");
+    assert!(
+        max_seen > quota / 2,
+        "the race filled the namespace ({max_seen} bytes at most)"
+    );
     let stats: serde_json::Value = serde_json::from_slice(&cache.cli("stats", &["--json"]).stdout).unwrap();
     let race = stats["namespaces"]
         .as_array()

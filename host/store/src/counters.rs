@@ -72,7 +72,9 @@ impl Counts {
 pub(crate) fn read(file: &File) -> [u64; SLOTS] {
     let mut b = [0u8; 8 + 8 * SLOTS];
     let mut slots = [0u64; SLOTS];
-    let Ok(n) = crate::sys::read_at(file, &mut b, 0) else { return slots };
+    let Ok(n) = crate::sys::read_at(file, &mut b, 0) else {
+        return slots;
+    };
     if n < 8 || b[..8] != MAGIC {
         return slots;
     }

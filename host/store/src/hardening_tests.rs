@@ -42,7 +42,10 @@ fn get_never_allocates_past_the_namespace_limit() {
         streamed.extend_from_slice(&chunk);
     }
     assert!(streamed == content, "the streamed entry is the whole entry");
-    assert!(writer.get(&key).unwrap().is_some(), "the entry is not removed: it is not damaged");
+    assert!(
+        writer.get(&key).unwrap().is_some(),
+        "the entry is not removed: it is not damaged"
+    );
 }
 
 /// Finding 1, the extreme: a sparse entry file of 100 GiB with a valid header. `get` answers at
@@ -111,7 +114,11 @@ fn stats_count_plugin_hits_and_misses_exactly() {
     }
     let stats = cache.stats().unwrap();
     let s = stats.iter().find(|s| s.name == "plugin").unwrap();
-    assert_eq!((s.counts.hits, s.counts.misses), (10, 5), "flushed when the handle went");
+    assert_eq!(
+        (s.counts.hits, s.counts.misses),
+        (10, 5),
+        "flushed when the handle went"
+    );
 }
 
 /// Finding 5: a fan-out directory that cannot be opened (EACCES, EMFILE) fails the scan — and so
@@ -134,10 +141,20 @@ fn scan_fails_on_a_fan_out_directory_it_cannot_open() {
             "recount" => ns.recount().map(|_| ()),
             _ => ns.clear().map(|_| ()),
         };
-        let err = result.err().unwrap_or_else(|| panic!("{what} cannot see a fan-out directory: it must fail"));
-        assert!(err.full_message().contains("cannot open"), "{what}: {}", err.full_message());
+        let err = result
+            .err()
+            .unwrap_or_else(|| panic!("{what} cannot see a fan-out directory: it must fail"));
+        assert!(
+            err.full_message().contains("cannot open"),
+            "{what}: {}",
+            err.full_message()
+        );
     }
-    assert_eq!(ns.scan(0).unwrap().used, used, "nothing was lost, and no short total was written");
+    assert_eq!(
+        ns.scan(0).unwrap().used,
+        used,
+        "nothing was lost, and no short total was written"
+    );
     assert_eq!(ns.scan(0).unwrap().entries, 3);
 }
 
@@ -154,7 +171,11 @@ fn temporary_files_of_uncommitted_writers_count_against_the_quota() {
         ..NamespaceOptions::default()
     };
     let ns = cache.namespace("plugin", options).unwrap();
-    let tmp_files = || std::fs::read_dir(dir.path().join("plugin").join("tmp")).unwrap().count();
+    let tmp_files = || {
+        std::fs::read_dir(dir.path().join("plugin").join("tmp"))
+            .unwrap()
+            .count()
+    };
     let chunk = vec![7u8; 300 << 10];
     let mut held = Vec::new();
     for i in 0..3u8 {
@@ -168,7 +189,10 @@ fn temporary_files_of_uncommitted_writers_count_against_the_quota() {
         Err(Error::QuotaExceeded { quota, .. }) => assert_eq!(quota, 1 << 20),
         other => panic!("expected QuotaExceeded, got {other:?}"),
     }
-    assert!(matches!(fourth.commit(), Err(Error::QuotaExceeded { .. })), "the writer is spent");
+    assert!(
+        matches!(fourth.commit(), Err(Error::QuotaExceeded { .. })),
+        "the writer is spent"
+    );
     assert_eq!(tmp_files(), 3, "the spent writer's file is gone");
     drop(held.pop());
     assert_eq!(tmp_files(), 2, "a dropped writer leaves no file");
@@ -202,10 +226,21 @@ fn a_held_namespace_lock_is_waited_for_a_bounded_time() {
     let start = std::time::Instant::now();
     let err = ns.add(&Key::digest(b"during"), b"content").unwrap_err();
     let waited = start.elapsed();
-    assert!(err.full_message().contains("held the namespace lock"), "{}", err.full_message());
+    assert!(
+        err.full_message().contains("held the namespace lock"),
+        "{}",
+        err.full_message()
+    );
     assert!(waited >= crate::namespace::LOCK_WAIT, "it waited the bound: {waited:?}");
-    assert!(waited < crate::namespace::LOCK_WAIT * 10, "and not much longer: {waited:?}");
-    assert_eq!(ns.get(&Key::digest(b"before")).unwrap().as_deref(), Some(&b"content"[..]), "reads take no lock");
+    assert!(
+        waited < crate::namespace::LOCK_WAIT * 10,
+        "and not much longer: {waited:?}"
+    );
+    assert_eq!(
+        ns.get(&Key::digest(b"before")).unwrap().as_deref(),
+        Some(&b"content"[..]),
+        "reads take no lock"
+    );
     crate::sys::unlock(&state).unwrap();
     ns.add(&Key::digest(b"after"), b"content").unwrap();
 }

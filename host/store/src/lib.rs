@@ -82,9 +82,9 @@ mod maintenance;
 #[cfg(test)]
 mod model_tests;
 mod namespace;
-mod sys;
 #[cfg(test)]
 mod store_tests;
+mod sys;
 
 use std::io;
 use std::path::Path;
@@ -289,9 +289,7 @@ impl FileCache {
         // Created only if there is no such name, never through a symlink (issue 11 finding 8):
         // `create_new` does not follow one, even a dangling one.
         let mut oo = cap_std::fs::OpenOptions::new();
-        oo.write(true)
-            .create_new(true)
-            .follow(cap_fs_ext::FollowSymlinks::No);
+        oo.write(true).create_new(true).follow(cap_fs_ext::FollowSymlinks::No);
         if let Ok(mut file) = self.root.open_with("CACHEDIR.TAG", &oo) {
             let _ = io::Write::write_all(&mut file, TAG.as_bytes());
         }

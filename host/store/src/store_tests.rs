@@ -6,9 +6,9 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use std::time::Duration;
 use crate::entry::HEADER_LEN;
 use crate::namespace::RECENCY;
+use std::time::Duration;
 
 fn cache() -> (tempfile::TempDir, FileCache) {
     let dir = tempfile::tempdir().unwrap();
@@ -168,13 +168,25 @@ fn a_hit_refreshes_recency_only_past_the_granularity() {
     ns.add(&key, b"content").unwrap();
     let path = entry_path(d.path(), "test", &key);
     let recent = std::time::SystemTime::now() - RECENCY / 2;
-    std::fs::File::options().write(true).open(&path).unwrap().set_modified(recent).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(recent)
+        .unwrap();
     assert!(ns.get(&key).unwrap().is_some());
-    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), recent, "fresh enough: not written");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        recent,
+        "fresh enough: not written"
+    );
     age(&path, RECENCY + Duration::from_secs(1));
     let stale = std::fs::metadata(&path).unwrap().modified().unwrap();
     assert!(ns.open(&key).unwrap().is_some());
-    assert!(std::fs::metadata(&path).unwrap().modified().unwrap() > stale, "older: refreshed");
+    assert!(
+        std::fs::metadata(&path).unwrap().modified().unwrap() > stale,
+        "older: refreshed"
+    );
 }
 
 #[test]
@@ -194,7 +206,10 @@ fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
     for (i, k) in keys[..4].iter().enumerate() {
         ns.add(k, &[7; 1000]).unwrap();
         // Older than the recency granularity, in the order added: a hit refreshes them.
-        age(&entry_path(_d.path(), "q", k), RECENCY * 2 + Duration::from_secs(10 - i as u64));
+        age(
+            &entry_path(_d.path(), "q", k),
+            RECENCY * 2 + Duration::from_secs(10 - i as u64),
+        );
     }
     // Use the oldest: now keys[1] is the least recently used.
     assert!(ns.get(&keys[0]).unwrap().is_some());
@@ -327,7 +342,10 @@ fn every_byte_flip_and_truncation_is_a_miss_and_removed() {
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
         assert!(got.len() < data.len());
         // What was served before the end is the file's bytes, in order (never other bytes).
-        assert!(got[..] == bad[HEADER_LEN..HEADER_LEN + got.len()], "flip at {i}: wrong bytes served");
+        assert!(
+            got[..] == bad[HEADER_LEN..HEADER_LEN + got.len()],
+            "flip at {i}: wrong bytes served"
+        );
         assert!(!path.exists());
     }
     std::fs::write(&path, &good).unwrap();
@@ -403,7 +421,11 @@ fn a_file_under_another_keys_name_is_refused() {
     std::fs::copy(entry_path(d.path(), "test", &a), &pb).unwrap();
     assert_eq!(ns.get(&b).unwrap(), None);
     assert!(!pb.exists(), "the copy under another key's name is removed");
-    assert_eq!(ns.get(&a).unwrap().as_deref(), Some(&b"content of a"[..]), "the original stays");
+    assert_eq!(
+        ns.get(&a).unwrap().as_deref(),
+        Some(&b"content of a"[..]),
+        "the original stays"
+    );
 }
 
 #[test]

@@ -76,7 +76,11 @@ impl Namespace {
     fn lock_hooked(&self, hooked: bool) -> Result<Locked<'_>> {
         let w = self.writable()?;
         let file = w.state.lock().unwrap_or_else(|p| p.into_inner());
-        let hook = if hooked { fault::check(Point::LockNamespace) } else { Ok(()) };
+        let hook = if hooked {
+            fault::check(Point::LockNamespace)
+        } else {
+            Ok(())
+        };
         hook.and_then(|()| lock_within(&file, LOCK_WAIT))
             .context(|| format!("cannot lock namespace {:?}", self.inner.name))?;
         let mut b = [0u8; 16];
@@ -133,7 +137,11 @@ impl Namespace {
             return;
         }
         if let Err(e) = self.count(&[(Counter::Hits, hits), (Counter::Misses, misses)]) {
-            tracing::debug!("cannot count uses of namespace {:?}: {}", self.inner.name, e.full_message());
+            tracing::debug!(
+                "cannot count uses of namespace {:?}: {}",
+                self.inner.name,
+                e.full_message()
+            );
         }
     }
 }

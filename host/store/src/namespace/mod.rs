@@ -233,10 +233,7 @@ impl EntryInfo {
 /// Read-write, created owner-only if missing, never through a symlink: the namespace's own files.
 fn private_rw_options() -> OpenOptions {
     let mut oo = OpenOptions::new();
-    oo.read(true)
-        .write(true)
-        .create(true)
-        .follow(FollowSymlinks::No);
+    oo.read(true).write(true).create(true).follow(FollowSymlinks::No);
     sys::owner_only(&mut oo);
     oo
 }

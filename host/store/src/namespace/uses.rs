@@ -51,7 +51,10 @@ impl Uses {
     /// Takes the uses counted so far, leaving zeros: (hits, misses).
     pub(super) fn take(&self) -> (u64, u64) {
         self.shards.iter().fold((0, 0), |(h, m), s| {
-            (h + s.hits.swap(0, Ordering::Relaxed), m + s.misses.swap(0, Ordering::Relaxed))
+            (
+                h + s.hits.swap(0, Ordering::Relaxed),
+                m + s.misses.swap(0, Ordering::Relaxed),
+            )
         })
     }
 }

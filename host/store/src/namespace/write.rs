@@ -49,7 +49,12 @@ impl Namespace {
                 return Err(Error::io("cannot lock a temporary file", e));
             }
             // A reclaimer may have taken the file in the instant before we locked it.
-            if file.metadata().and_then(|m| sys::link_count(&file, &m)).map(|n| n == 0).unwrap_or(true) {
+            if file
+                .metadata()
+                .and_then(|m| sys::link_count(&file, &m))
+                .map(|n| n == 0)
+                .unwrap_or(true)
+            {
                 continue;
             }
             let mut out = BufWriter::with_capacity(WRITE_BUFFER, TmpFile(file));
@@ -159,7 +164,8 @@ impl Namespace {
     /// if needed.
     pub(super) fn rename_into_place(&self, w: &Writable, dir: &Dir, tmp_name: &str, hk: &HexKey) -> Result<()> {
         let rel = hk.rel_path();
-        let rename = || fault::check(Point::Rename).and_then(|()| sys::rename_replacing(&w.tmp, tmp_name, dir, &rel, &w.tmp));
+        let rename =
+            || fault::check(Point::Rename).and_then(|()| sys::rename_replacing(&w.tmp, tmp_name, dir, &rel, &w.tmp));
         let renamed = match rename() {
             Err(e) if is_not_found(&e) => {
                 // The fan-out directory does not exist yet.

@@ -67,7 +67,13 @@ mod tests {
     fn positional_io_round_trips_and_locks_exclude_other_handles() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("f");
-        let a = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let a = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         write_all_at(&a, b"hello world", 0).unwrap();
         write_all_at(&a, b"W", 6).unwrap();
         let mut buf = [0u8; 11];
@@ -104,7 +110,10 @@ mod tests {
         let meta = a.metadata().unwrap();
         assert_eq!(link_count(&a, &meta).unwrap(), 1);
         assert!(is_same_file_at(&dir, "a", &a, &meta));
-        assert!(!is_same_file_at(&dir, "b", &a, &meta), "another file of the same size and content");
+        assert!(
+            !is_same_file_at(&dir, "b", &a, &meta),
+            "another file of the same size and content"
+        );
         assert!(!is_same_file_at(&dir, "missing", &a, &meta));
         dir.hard_link("a", &dir, "c").unwrap();
         assert_eq!(link_count(&a, &a.metadata().unwrap()).unwrap(), 2);
@@ -115,7 +124,11 @@ mod tests {
         rename_replacing(&dir, "b", &dir, "a", &scratch).unwrap();
         assert!(!is_same_file_at(&dir, "a", &a, &meta));
         drop(a);
-        assert_eq!(scratch.entries().unwrap().count(), 0, "the replaced file is gone once closed");
+        assert_eq!(
+            scratch.entries().unwrap().count(),
+            0,
+            "the replaced file is gone once closed"
+        );
     }
 
     #[test]
@@ -136,12 +149,22 @@ mod tests {
 
         let reader2 = dir.open("entry").unwrap().into_std();
         remove_file(&dir, "entry", &scratch).unwrap();
-        assert!(!d.path().join("entry").exists(), "the name is free while the file is open");
+        assert!(
+            !d.path().join("entry").exists(),
+            "the name is free while the file is open"
+        );
         dir.write("new", b"newer").unwrap();
         rename_replacing(&dir, "new", &dir, "entry", &scratch).unwrap();
         assert_eq!(dir.read("entry").unwrap(), b"newer");
-        assert_eq!(remove_file(&dir, "missing", &scratch).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            remove_file(&dir, "missing", &scratch).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
         drop((reader, reader2));
-        assert_eq!(scratch.entries().unwrap().count(), 0, "nothing left once the readers close");
+        assert_eq!(
+            scratch.entries().unwrap().count(),
+            0,
+            "nothing left once the readers close"
+        );
     }
 }

@@ -506,7 +506,10 @@ fn gets(cx: Ctx, seed: &str, hits: u64, misses: u64) {
     for i in 0..misses {
         let absent = key_for(&format!("{seed}/absent/{i}"));
         if let Some(v) = cx.ok(format_args!("miss {i}"), get(&absent)) {
-            cx.fail(format_args!("miss {i}"), format_args!("expected a miss, got {} bytes", v.len()));
+            cx.fail(
+                format_args!("miss {i}"),
+                format_args!("expected a miss, got {} bytes", v.len()),
+            );
         }
     }
 }
