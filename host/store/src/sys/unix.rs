@@ -116,5 +116,5 @@ pub(crate) fn is_same_file_at(dir: &Dir, rel: &str, _file: &File, meta: &std::fs
 #[cfg(any(test, feature = "fault-injection"))]
 pub(crate) const DISK_FULL: i32 = rustix::io::Errno::NOSPC.raw_os_error();
 /// ... and an I/O error.
-#[cfg(any(test, feature = "fault-injection"))]
+#[cfg(test)]
 pub(crate) const IO_ERROR: i32 = rustix::io::Errno::IO.raw_os_error();

@@ -217,5 +217,5 @@ pub(crate) fn is_same_file_at(dir: &Dir, rel: &str, file: &File, _meta: &std::fs
 #[cfg(any(test, feature = "fault-injection"))]
 pub(crate) const DISK_FULL: i32 = windows_sys::Win32::Foundation::ERROR_DISK_FULL as i32;
 /// ... and an I/O error.
-#[cfg(any(test, feature = "fault-injection"))]
+#[cfg(test)]
 pub(crate) const IO_ERROR: i32 = windows_sys::Win32::Foundation::ERROR_IO_DEVICE as i32;
