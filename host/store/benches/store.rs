@@ -13,7 +13,7 @@
 //! outside the timed region. A miss asks for a key that was never written: the same one every
 //! time (`filecache`, …), or one never asked for before (`filecache-fresh`, …).
 //!
-//! `cargo bench -p filecache-host --bench store` (about 6 minutes; add `-- --quick` for a rough
+//! `cargo bench -p filecache-store --bench store` (about 6 minutes; add `-- --quick` for a rough
 //! run, or a filter such as `-- get/` for one group). Results land in `target/criterion/`;
 //! `python3 scripts/plot.py` turns them into `docs/throughput.svg`.
 
