@@ -136,3 +136,73 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// The page every plugin kit's example renders (Python and JavaScript), and the HTML it must give.
+pub const PAGE_MD: &str = r#"# Notes on *caching*
+
+A plugin keeps `expensive <results>` between runs: **rendered pages**, _compressed assets_ and
+[parsed indexes](https://example.com/indexes).  
+Second line after a hard break; snake_case_stays as it is.
+
+## What it stores
+
+- content by key
+- checked on every read
+  1. CRC32C
+  2. the key in the header
+- written atomically
+
+> A miss is `ok(none)`.
+> A damaged entry is a miss too.
+
+```python
+def key(parts):
+    return sha256(b"".join(parts))
+```
+
+| size | get | add |
+|:-----|----:|:---:|
+| 1 KiB | 2.1x | 2.4x |
+| 1 MiB | 7.8x |
+
+---
+
+![diagram](docs/flow.svg) and <https://example.com/more>
+
+## What it stores
+"#;
+
+pub const PAGE_HTML: &str = r#"<h1 id="notes-on-caching">Notes on <em>caching</em></h1>
+<p>A plugin keeps <code>expensive &lt;results&gt;</code> between runs: <strong>rendered pages</strong>, <em>compressed assets</em> and
+<a href="https://example.com/indexes">parsed indexes</a>.<br>
+Second line after a hard break; snake_case_stays as it is.</p>
+<h2 id="what-it-stores">What it stores</h2>
+<ul>
+<li>content by key</li>
+<li>checked on every read
+<ol>
+<li>CRC32C</li>
+<li>the key in the header</li>
+</ol></li>
+<li>written atomically</li>
+</ul>
+<blockquote>
+<p>A miss is <code>ok(none)</code>.
+A damaged entry is a miss too.</p>
+</blockquote>
+<pre><code class="language-python">def key(parts):
+    return sha256(b&quot;&quot;.join(parts))
+</code></pre>
+<table>
+<thead>
+<tr><th style="text-align:left">size</th><th style="text-align:right">get</th><th style="text-align:center">add</th></tr>
+</thead>
+<tbody>
+<tr><td style="text-align:left">1 KiB</td><td style="text-align:right">2.1x</td><td style="text-align:center">2.4x</td></tr>
+<tr><td style="text-align:left">1 MiB</td><td style="text-align:right">7.8x</td><td style="text-align:center"></td></tr>
+</tbody>
+</table>
+<hr>
+<p><img src="docs/flow.svg" alt="diagram"> and <a href="https://example.com/more">https://example.com/more</a></p>
+<h2 id="what-it-stores-1">What it stores</h2>
+"#;
