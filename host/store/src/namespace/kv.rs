@@ -52,50 +52,28 @@ impl Namespace {
     /// Writes a whole record to a new temporary file (fsynced in durable mode).
     pub(crate) fn kv_write_tmp(&self, bytes: &[u8]) -> Result<KvTmp> {
         let w = self.writable()?;
-        let mut oo = OpenOptions::new();
-        oo.write(true).create_new(true).follow(FollowSymlinks::No);
-        sys::owner_only(&mut oo);
-        loop {
-            let name = format!("kv.{}.{:016x}.tmp", std::process::id(), random_suffix());
-            let file = fault::check(Point::CreateTemp)
-                .and_then(|()| w.tmp.open_with(&name, &oo))
-                .context(|| format!("cannot create a temporary file in namespace {:?}", self.inner.name))?
-                .into_std();
-            if let Err(e) = fault::check(Point::LockTemp).and_then(|()| sys::lock(&file)) {
-                let _ = w.tmp.remove_file(&name);
-                return Err(Error::io("cannot lock a temporary file", e));
-            }
-            // A reclaimer may have taken the file in the instant before we locked it.
-            if file
-                .metadata()
-                .and_then(|m| sys::link_count(&file, &m))
-                .map(|n| n == 0)
-                .unwrap_or(true)
-            {
-                continue;
-            }
-            let written = fault::check(Point::Write)
-                .and_then(|()| sys::write_all_at(&file, bytes, 0))
-                .context(|| "cannot write a key-value record".into())
-                .and_then(|()| {
-                    if self.inner.options.durability == Durability::Sync {
-                        fault::check(Point::SyncFile)
-                            .and_then(|()| file.sync_all())
-                            .context(|| "cannot fsync a key-value record".into())
-                    } else {
-                        Ok(())
-                    }
-                });
-            if let Err(e) = written {
-                let _ = w.tmp.remove_file(&name);
-                return Err(e);
-            }
-            return Ok(KvTmp {
-                ns: self.clone(),
-                name,
-                _file: file,
+        let (name, file) = self.create_locked_temp(w, "kv")?;
+        let written = fault::check(Point::Write)
+            .and_then(|()| sys::write_all_at(&file, bytes, 0))
+            .context(|| "cannot write a key-value record".into())
+            .and_then(|()| {
+                if self.inner.options.durability == Durability::Sync {
+                    fault::check(Point::SyncFile)
+                        .and_then(|()| file.sync_all())
+                        .context(|| "cannot fsync a key-value record".into())
+                } else {
+                    Ok(())
+                }
             });
+        if let Err(e) = written {
+            let _ = w.tmp.remove_file(&name);
+            return Err(e);
         }
+        Ok(KvTmp {
+            ns: self.clone(),
+            name,
+            _file: file,
+        })
     }
 
     /// Runs `f` under the namespace lock (in-process mutex and `flock`, so other processes are

@@ -31,15 +31,15 @@ impl Namespace {
         }
     }
 
-    /// Starts streaming a new entry for `key`.
-    pub fn create(&self, key: &Key) -> Result<FileWriter> {
-        let w = self.writable()?;
-        let hk = key.hex();
+    /// Creates a new temporary file `<prefix>.<pid>.<random>.tmp` in the namespace's `tmp/`,
+    /// private and locked for as long as it is open (the lock tells a live writer from a dead
+    /// one, whose file a reclaimer may remove). Returns its name and the open file.
+    pub(super) fn create_locked_temp(&self, w: &Writable, prefix: &str) -> Result<(String, File)> {
         let mut oo = OpenOptions::new();
         oo.write(true).create_new(true).follow(FollowSymlinks::No);
         sys::owner_only(&mut oo);
         loop {
-            let name = format!("{}.{}.{:016x}.tmp", hk.as_str(), std::process::id(), random_suffix());
+            let name = format!("{prefix}.{}.{:016x}.tmp", std::process::id(), random_suffix());
             let file = fault::check(Point::CreateTemp)
                 .and_then(|()| w.tmp.open_with(&name, &oo))
                 .context(|| format!("cannot create a temporary file in namespace {:?}", self.inner.name))?
@@ -57,23 +57,30 @@ impl Namespace {
             {
                 continue;
             }
-            let mut out = BufWriter::with_capacity(WRITE_BUFFER, TmpFile(file));
-            if let Err(e) = out.write_all(&[0u8; HEADER_LEN]) {
-                drop(out);
-                let _ = w.tmp.remove_file(&name);
-                return Err(Error::io("cannot write a temporary file", e));
-            }
-            return Ok(FileWriter {
-                ns: self.clone(),
-                key: *key,
-                tmp_name: Some(name),
-                out: Some(out),
-                len: 0,
-                crc: Checksum::default(),
-                failed: None,
-                reserved: 0,
-            });
+            return Ok((name, file));
         }
+    }
+
+    /// Starts streaming a new entry for `key`.
+    pub fn create(&self, key: &Key) -> Result<FileWriter> {
+        let w = self.writable()?;
+        let (name, file) = self.create_locked_temp(w, key.hex().as_str())?;
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, TmpFile(file));
+        if let Err(e) = out.write_all(&[0u8; HEADER_LEN]) {
+            drop(out);
+            let _ = w.tmp.remove_file(&name);
+            return Err(Error::io("cannot write a temporary file", e));
+        }
+        Ok(FileWriter {
+            ns: self.clone(),
+            key: *key,
+            tmp_name: Some(name),
+            out: Some(out),
+            len: 0,
+            crc: Checksum::default(),
+            failed: None,
+            reserved: 0,
+        })
     }
 
     /// Removes the entry under `key`.
