@@ -73,12 +73,6 @@ if [ "$what" = all ] || [ "$what" = wine ]; then
     # One test at a time: Wine serialises file operations through its server, and tests that
     # race threads for the namespace lock (bounded to 3 s in test builds) starve when other tests
     # load it too.
-    # Skipped, visibly: the model test finds, for some random seeds, that on Windows a write
-    # struck by an injected fault can lose more than the model allows (seen with
-    # PROPTEST_RNG_SEED=1795678719775412600: "step 6 Add(2, 1108): 2234 bytes stored, model
-    # 4000"). An open bug of the Windows replace path, not yet understood. Everything else runs.
-    echo "   skipped on Windows: model_tests::store_agrees_with_model (open bug, see the comment above)"
-    timed cargo test --quiet -p filecache-store --lib --target x86_64-pc-windows-gnu -- --test-threads 1 \
-        --skip model_tests::store_agrees_with_model
+    timed cargo test --quiet -p filecache-store --lib --target x86_64-pc-windows-gnu -- --test-threads 1
     /usr/lib/wine/wineserver -k 2>/dev/null || true
 fi

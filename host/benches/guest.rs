@@ -95,11 +95,7 @@ fn guest(c: &mut Criterion) {
     let ns = cache
         .namespace(
             "bench",
-            NamespaceOptions {
-                quota: u64::MAX,
-                max_entry_size: u64::MAX,
-                ..NamespaceOptions::default()
-            },
+            NamespaceOptions::default().quota(u64::MAX).max_entry_size(u64::MAX),
         )
         .expect("a namespace");
     let mut g = Guest::new(&ns);

@@ -293,11 +293,7 @@ fn crash_child_process() {
         .unwrap()
         .namespace(
             CRASH_NS,
-            NamespaceOptions {
-                quota: CRASH_QUOTA,
-                durability,
-                ..Default::default()
-            },
+            NamespaceOptions::default().quota(CRASH_QUOTA).durability(durability),
         )
         .unwrap();
     crash_content(0, 16);
@@ -418,13 +414,7 @@ fn writers_killed_at_random_points_leave_whole_entries_or_nothing() {
         }
         let store = FileCache::open(&dir).unwrap();
         let ns = store
-            .namespace(
-                CRASH_NS,
-                NamespaceOptions {
-                    quota: CRASH_QUOTA,
-                    ..Default::default()
-                },
-            )
+            .namespace(CRASH_NS, NamespaceOptions::default().quota(CRASH_QUOTA))
             .unwrap();
         assert!(
             tmp_listing(&dir, CRASH_NS).is_empty(),

@@ -42,11 +42,7 @@ impl IncrementalCache {
         let secret = Secret::load_or_create(cache.root())?;
         let ns = cache.reserved_namespace(
             INCREMENTAL_NAMESPACE,
-            NamespaceOptions {
-                max_entry_size: 64 << 20,
-                quota,
-                ..NamespaceOptions::default()
-            },
+            NamespaceOptions::default().max_entry_size(64 << 20).quota(quota),
         )?;
         Ok(Arc::new(IncrementalCache {
             ns,

@@ -400,12 +400,11 @@ impl Disk {
         // used at all. A read-only cache with a trusted secret still serves its artifacts.
         let secret = Secret::load_or_create(cache.root())?;
         let open = |read_only| -> crate::Result<(Namespace, Namespace)> {
-            let options = NamespaceOptions {
-                max_entry_size: u64::MAX,
-                quota: options.quota,
-                read_only,
-                durability: options.durability,
-            };
+            let options = NamespaceOptions::default()
+                .max_entry_size(u64::MAX)
+                .quota(options.quota)
+                .read_only(read_only)
+                .durability(options.durability);
             Ok((
                 cache.reserved_namespace(COMPILED_NAMESPACE, options)?,
                 cache.reserved_namespace(DIGESTS_NAMESPACE, options)?,

@@ -80,6 +80,7 @@ pub struct CasHandle {
 /// name it.)
 #[doc(hidden)]
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     NoSuchStore,
     AccessDenied,

@@ -30,10 +30,7 @@ fn main() {
     let redis = RedisServer::start();
     let tier = RemoteTier::new(RemoteOptions::new(redis.url())).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let options = NamespaceOptions {
-        quota: u64::MAX,
-        ..NamespaceOptions::default()
-    };
+    let options = NamespaceOptions::default().quota(u64::MAX);
     let open = |dir: &str| {
         FileCache::open(tmp.path().join(dir))
             .unwrap()

@@ -74,11 +74,7 @@ fn populate(dir: &Path, n: usize) {
 }
 
 fn options() -> NamespaceOptions {
-    NamespaceOptions {
-        quota: u64::MAX,
-        max_entry_size: u64::MAX,
-        ..NamespaceOptions::default()
-    }
+    NamespaceOptions::default().quota(u64::MAX).max_entry_size(u64::MAX)
 }
 
 fn root_of(n: usize) -> std::path::PathBuf {

@@ -49,20 +49,10 @@ impl Peers {
     fn new() -> Peers {
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let cache = FileCache::open(tmp.path().join("filecache")).expect("the cache opens");
-        let options = NamespaceOptions {
-            quota: u64::MAX,
-            max_entry_size: u64::MAX,
-            ..NamespaceOptions::default()
-        };
+        let options = NamespaceOptions::default().quota(u64::MAX).max_entry_size(u64::MAX);
         let ns = cache.namespace("bench", options).expect("a namespace");
         let ns_sync = cache
-            .namespace(
-                "bench-sync",
-                NamespaceOptions {
-                    durability: Durability::Sync,
-                    ..options
-                },
-            )
+            .namespace("bench-sync", options.durability(Durability::Sync))
             .expect("a namespace");
         let raw = tmp.path().join("raw");
         std::fs::create_dir(&raw).expect("a directory");

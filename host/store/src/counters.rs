@@ -35,6 +35,7 @@ const SLOTS: usize = 6;
 
 /// A snapshot of a namespace's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Counts {
     /// See [`Counter::Hits`].
     pub hits: u64,

@@ -40,6 +40,7 @@ pub struct Header {
 
 /// Why a header was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HeaderError {
     /// Not an entry file (or the magic is damaged).
     BadMagic,

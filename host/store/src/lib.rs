@@ -137,6 +137,7 @@ pub trait EntryWriter: Send {
 
 /// Whether writes are made durable before they become visible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// No fsync: an entry may be lost on power loss, but a torn one is never served (its
     /// checksum fails and it is removed). The default, as for most caches.
@@ -149,7 +150,18 @@ pub enum Durability {
 }
 
 /// The limits and settings of a namespace, as seen by the process that opens it.
+///
+/// Built from the defaults with one method per setting (the fields are public to read; the
+/// struct may gain settings, so it cannot be written as a literal outside this crate):
+///
+/// ```
+/// use filecache_store::{Durability, NamespaceOptions};
+/// let options = NamespaceOptions::default().quota(256 << 20).durability(Durability::Sync);
+/// assert_eq!(options.quota, 256 << 20);
+/// assert_eq!(options.max_entry_size, NamespaceOptions::default().max_entry_size);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NamespaceOptions {
     /// The largest content an entry may have, in bytes (default 64 MiB).
     pub max_entry_size: u64,
@@ -173,6 +185,36 @@ impl Default for NamespaceOptions {
             read_only: false,
             durability: Durability::Relaxed,
         }
+    }
+}
+
+impl NamespaceOptions {
+    /// Sets [`max_entry_size`](Self::max_entry_size).
+    #[must_use]
+    pub fn max_entry_size(mut self, bytes: u64) -> Self {
+        self.max_entry_size = bytes;
+        self
+    }
+
+    /// Sets [`quota`](Self::quota).
+    #[must_use]
+    pub fn quota(mut self, bytes: u64) -> Self {
+        self.quota = bytes;
+        self
+    }
+
+    /// Sets [`read_only`](Self::read_only).
+    #[must_use]
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Sets [`durability`](Self::durability).
+    #[must_use]
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
     }
 }
 

@@ -8,6 +8,7 @@ use crate::{Error, Key, Result};
 
 /// Entries and bytes of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct NamespaceStats {
     /// The namespace's name.
     pub name: String,
@@ -29,6 +30,7 @@ pub struct NamespaceStats {
 
 /// What [`FileCache::gc`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct GcReport {
     /// Entries removed to get under the size.
     pub removed_entries: u64,
@@ -42,6 +44,7 @@ pub struct GcReport {
 
 /// What [`FileCache::verify`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct VerifyReport {
     /// Entries read and checked.
     pub checked: u64,
@@ -55,6 +58,7 @@ pub struct VerifyReport {
 
 /// An entry that [`FileCache::verify`] found damaged (and removed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct DamagedEntry {
     /// Its namespace.
     pub namespace: String,
@@ -66,6 +70,7 @@ pub struct DamagedEntry {
 
 /// Progress of a long operation, for a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Progress {
     /// Units done.
     pub done: u64,

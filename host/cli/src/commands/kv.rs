@@ -58,14 +58,12 @@ impl KvCommand {
     pub fn execute(self) -> Result<std::process::ExitCode> {
         let (dir, cache) = self.cache.open()?;
         let read_only = matches!(self.op, KvOp::Get { .. } | KvOp::List { .. });
-        let options = NamespaceOptions {
-            read_only,
-            // The shell may store what the component's own limits would refuse; the usage
-            // counter still counts it.
-            max_entry_size: u64::MAX,
-            quota: u64::MAX,
-            ..NamespaceOptions::default()
-        };
+        // The shell may store what the component's own limits would refuse; the usage counter
+        // still counts it.
+        let options = NamespaceOptions::default()
+            .read_only(read_only)
+            .max_entry_size(u64::MAX)
+            .quota(u64::MAX);
         let ns = cache
             .namespace(&self.namespace, options)
             .with_context(|| format!("cannot open namespace {:?} in {}", self.namespace, dir.display()))?;

@@ -212,16 +212,15 @@ impl RunCommand {
         // used, read-only, with one warning (below).
         let unwritable = unwritable_dir(&cache_dir);
         let defaults = NamespaceOptions::default();
-        let options = NamespaceOptions {
-            max_entry_size: args.max_entry_size.unwrap_or(defaults.max_entry_size),
-            quota: args.quota.unwrap_or(defaults.quota),
-            read_only: args.read_only || unwritable,
-            durability: if args.durable {
+        let options = defaults
+            .max_entry_size(args.max_entry_size.unwrap_or(defaults.max_entry_size))
+            .quota(args.quota.unwrap_or(defaults.quota))
+            .read_only(args.read_only || unwritable)
+            .durability(if args.durable {
                 Durability::Sync
             } else {
                 Durability::Relaxed
-            },
-        };
+            });
 
         if probe(&args.component)? == WasmKind::CoreModule {
             return Err(not_a_component(&args.component));

@@ -58,6 +58,7 @@ pub const MAX_PAGE: usize = 1000;
 
 /// Why a key-value operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The store failed, or refused (read-only, over a limit, a damaged record).
     #[error(transparent)]
@@ -105,6 +106,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One page of keys from [`Bucket::list_keys`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyPage {
     /// The keys, in digest order.
     pub keys: Vec<String>,

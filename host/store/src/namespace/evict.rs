@@ -51,32 +51,42 @@ impl Namespace {
         loop {
             let mut candidates = w.candidates.lock().unwrap_or_else(|p| p.into_inner());
             // The entry being replaced is not evicted for itself, but stays a candidate (in its
-            // place) for the writes after this one.
+            // place) for the writes after this one, even when this eviction fails part way.
             let mut kept = None;
-            while used.saturating_sub(old) + size > quota {
-                let Some(c) = candidates.queue.pop_front() else { break };
-                if c.key == *keep {
-                    kept = Some(c);
-                    continue;
-                }
-                let rel = c.key.hex().rel_path();
-                // Skip an entry used (or replaced) since the scan: it is no longer among the oldest.
-                if !c.is_unchanged(dir, &rel) {
-                    continue;
-                }
-                match self.remove_entry_file(dir, &rel) {
-                    Ok(()) => {
-                        tracing::debug!(namespace = %self.inner.name, key = %c.key, "evicted");
-                        used = used.saturating_sub(c.size);
-                        lk.store_used(used)?;
+            let mut evicting = || -> Result<()> {
+                while used.saturating_sub(old) + size > quota {
+                    let Some(c) = candidates.queue.pop_front() else { break };
+                    if c.key == *keep {
+                        kept = Some(c);
+                        continue;
                     }
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(Error::io("cannot evict an entry", e)),
+                    let rel = c.key.hex().rel_path();
+                    // Skip an entry used (or replaced) since the scan: it is no longer among the
+                    // oldest.
+                    if !c.is_unchanged(dir, &rel) {
+                        continue;
+                    }
+                    match self.remove_entry_file(dir, &rel) {
+                        Ok(()) => {
+                            tracing::debug!(namespace = %self.inner.name, key = %c.key, "evicted");
+                            used = used.saturating_sub(c.size);
+                            lk.store_used(used)?;
+                        }
+                        Err(e) if is_not_found(&e) => {}
+                        Err(e) => {
+                            // Still there, and still the oldest.
+                            candidates.queue.push_front(c);
+                            return Err(Error::io("cannot evict an entry", e));
+                        }
+                    }
                 }
-            }
+                Ok(())
+            };
+            let evicted = evicting();
             if let Some(c) = kept {
                 candidates.queue.push_front(c);
             }
+            evicted?;
             if used.saturating_sub(old) + size <= quota {
                 return Ok(used.saturating_sub(old) + size);
             }

@@ -133,6 +133,7 @@ struct Candidates {
 
 /// What a scan learns about one entry file.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EntryInfo {
     /// The entry's key.
     pub key: Key,
@@ -171,6 +172,7 @@ impl RawEntry {
 
 /// The result of walking a namespace.
 #[doc(hidden)]
+#[non_exhaustive]
 pub struct Scan {
     /// Bytes of every entry and key-value record seen (what the usage counter holds).
     pub used: u64,
