@@ -68,6 +68,12 @@ const RACY: Duration = Duration::from_secs(2);
 #[cfg(test)]
 const RACY: Duration = Duration::from_millis(300);
 
+/// The recency granularity of artifacts: an artifact's place in LRU order is refreshed at most
+/// once an hour. A refresh sets the file's modification time, which changes its change time and
+/// so its identity, and the next load (after the racy window) verifies the whole artifact again
+/// and remembers the new identity; an hour makes that once an hour per artifact at most.
+const ARTIFACT_RECENCY: Duration = Duration::from_secs(3600);
+
 /// What was compiled: a component or a core module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -406,7 +412,9 @@ impl Disk {
                 .read_only(read_only)
                 .durability(options.durability);
             Ok((
-                cache.reserved_namespace(COMPILED_NAMESPACE, options)?,
+                // A refresh of an artifact's recency changes its file's change time, which makes
+                // the next load verify it in full again (see `ARTIFACT_RECENCY`).
+                cache.reserved_namespace(COMPILED_NAMESPACE, options.recency(ARTIFACT_RECENCY))?,
                 cache.reserved_namespace(DIGESTS_NAMESPACE, options)?,
             ))
         };
@@ -591,6 +599,12 @@ impl Inner {
             return reject("shorter than an artifact header");
         }
         let total = HEADER_LEN + content_len;
+        // This very file (by identity) was verified in full before, since when nothing has
+        // written to it: its MAC need not be computed again (see `remembered_verified`).
+        let identity = file_identity(raw.metadata());
+        let verified_before = identity
+            .as_ref()
+            .is_some_and(|(id, _)| self.remembered_verified(id, key));
         // The artifact's place in the entry file, once its header and MAC are checked.
         let check = |bytes: &[u8]| -> std::result::Result<std::ops::Range<usize>, &'static str> {
             let content = bytes
@@ -607,11 +621,19 @@ impl Inner {
                 }
                 _ => return Err("artifact bounds do not match the entry"),
             };
-            // The MAC covers every byte of the content but itself: fields, padding and artifact.
-            let expected = mac(&disk.secret.artifact, &[&content[..64], &content[ARTIFACT_HEADER..]]);
-            // `blake3::Hash` compares in constant time.
-            if expected != blake3::Hash::from_bytes(content[64..96].try_into().expect("32 bytes")) {
-                return Err("not authenticated by this cache's secret");
+            if !verified_before {
+                // The MAC covers every byte of the content but itself: fields, padding and
+                // artifact.
+                #[cfg(test)]
+                tests::MACS_CHECKED.with(|n| n.set(n.get() + 1));
+                let expected = mac(&disk.secret.artifact, &[&content[..64], &content[ARTIFACT_HEADER..]]);
+                // `blake3::Hash` compares in constant time.
+                if expected != blake3::Hash::from_bytes(content[64..96].try_into().expect("32 bytes")) {
+                    return Err("not authenticated by this cache's secret");
+                }
+                if let Some((id, changed)) = &identity {
+                    self.remember_verified(id, *changed, key);
+                }
             }
             Ok(HEADER_LEN + range.start..HEADER_LEN + range.end)
         };
@@ -782,6 +804,44 @@ impl Inner {
             .then(|| digest.try_into().ok())?
     }
 
+    /// Whether the artifact file of identity `identity` was verified as the artifact for `key`
+    /// before: a record under a key derived from both, holding a MAC of both under the secret of
+    /// remembered digests. The file's identity includes its change time, which any write to it
+    /// changes and no user can set, so a file written since (in place, or replaced) is verified
+    /// in full again.
+    fn remembered_verified(&self, identity: &Key, key: &Key) -> bool {
+        let Some(disk) = self.disk.as_ref() else {
+            return false;
+        };
+        let Ok(Some(record)) = disk.digests.get(&verified_key(identity, key)) else {
+            return false;
+        };
+        let expected = mac(
+            &disk.secret.digest,
+            &[VERIFIED_LABEL, identity.as_bytes(), key.as_bytes()],
+        );
+        <[u8; 32]>::try_from(record.as_slice()).is_ok_and(|tag| expected == blake3::Hash::from_bytes(tag))
+    }
+
+    /// Remembers that the artifact file of identity `identity` was verified in full as the
+    /// artifact for `key`, unless it changed too recently for its timestamps to tell a later
+    /// change apart.
+    fn remember_verified(&self, identity: &Key, changed: SystemTime, key: &Key) {
+        let Some(disk) = self.disk.as_ref().filter(|d| d.writable) else {
+            return;
+        };
+        if SystemTime::now().duration_since(changed).unwrap_or_default() < RACY {
+            return;
+        }
+        let tag = mac(
+            &disk.secret.digest,
+            &[VERIFIED_LABEL, identity.as_bytes(), key.as_bytes()],
+        );
+        if let Err(e) = disk.digests.add(&verified_key(identity, key), tag.as_bytes()) {
+            tracing::debug!("cannot remember a verified artifact: {}", e.full_message());
+        }
+    }
+
     /// Remembers a file's digest by its identity, unless the file changed too recently for its
     /// timestamps to tell a later change apart.
     fn remember_digest(&self, identity: &Key, changed: SystemTime, digest: &[u8; 32]) {
@@ -811,6 +871,19 @@ fn file_identity(meta: &std::fs::Metadata) -> Option<(Key, SystemTime)> {
         h.update(v.to_le_bytes());
     }
     Some((Key::new(h.finalize().into()), changed))
+}
+
+/// What the MAC of a remembered verification starts with (apart from remembered digests, which
+/// share the secret).
+const VERIFIED_LABEL: &[u8] = b"filecache verified artifact v1\0";
+
+/// Where the memo of a verified artifact file lives in the digests namespace.
+fn verified_key(identity: &Key, key: &Key) -> Key {
+    let mut h = Sha256::new();
+    h.update(VERIFIED_LABEL);
+    h.update(identity.as_bytes());
+    h.update(key.as_bytes());
+    Key::new(h.finalize().into())
 }
 
 fn read_all(mut file: &File) -> std::io::Result<Vec<u8>> {

@@ -9,6 +9,15 @@ use wasmtime::{Config, Engine, Store};
 
 use super::*;
 
+thread_local! {
+    /// How many artifact MACs this thread computed (the compiled cache counts them in tests).
+    pub(super) static MACS_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn macs_checked() -> u64 {
+    MACS_CHECKED.with(|n| n.get())
+}
+
 /// A component exporting `answer: func() -> u32` that returns `n`.
 fn component_wat(n: u32) -> Vec<u8> {
     wat::parse_str(format!(
@@ -261,6 +270,60 @@ fn age(path: &std::path::Path, mtime: std::time::SystemTime) {
     let file = std::fs::File::options().write(true).open(path).unwrap();
     file.set_modified(mtime).unwrap();
     std::thread::sleep(RACY + Duration::from_millis(50));
+}
+
+/// A verified artifact file is remembered by identity, so a later load need not compute its MAC;
+/// any write to the file (even one that keeps its size and puts its mtime back) changes its
+/// identity and is caught by the MAC before the code runs; a forged memo is ignored.
+#[test]
+fn verified_artifacts_are_remembered_by_identity_and_any_change_is_still_caught() {
+    let f = Fixture::new();
+    let engine = engine(true);
+    let wasm = component_wat(31);
+    f.compiled(&engine).load_component(&wasm).unwrap();
+    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let path = f.artifact_path(&key);
+    let load = || {
+        let before = macs_checked();
+        let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+        (s, answer(&engine, &c), macs_checked() - before)
+    };
+
+    // Old enough that its timestamps can be trusted: verified once more, then remembered.
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    age(&path, old);
+    assert_eq!(load(), (Source::Disk, 31, 1), "verified, then remembered");
+    assert_eq!(load(), (Source::Disk, 31, 0), "remembered: no MAC");
+    assert_eq!(load(), (Source::Disk, 31, 0));
+
+    // One byte of the code rewritten in place, size kept and the mtime put back, and loaded
+    // at once: the change time differs, so the MAC runs, and rejects it.
+    let good = std::fs::read(&path).unwrap();
+    let at = good.len() - 100;
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.write_at(&[good[at] ^ 0x01], at as u64).unwrap();
+        file.set_modified(old).unwrap();
+    }
+    let (s, n, macs) = load();
+    assert_eq!((s, n, macs), (Source::Compiled, 31, 1), "the change is caught");
+    assert_eq!(std::fs::read(&path).unwrap(), good, "recompiled and stored again");
+
+    // A forged memo (a record without the right MAC) for the new file is ignored.
+    age(&path, old);
+    let meta = std::fs::metadata(&path).unwrap();
+    let identity = file_identity(&meta).unwrap().0;
+    let digests = f
+        .cache
+        .reserved_namespace(DIGESTS_NAMESPACE, NamespaceOptions::default())
+        .unwrap();
+    digests.add(&verified_key(&identity, &key), &[0u8; 32]).unwrap();
+    assert_eq!(load(), (Source::Disk, 31, 1), "a forged memo is not trusted");
+    assert_eq!(load(), (Source::Disk, 31, 0), "the real one is");
+    // A memo of this file for another key does not vouch for it either.
+    let other = f.compiled(&engine).key(Kind::Component, &component_wat(32));
+    assert!(!f.compiled(&engine).inner.remembered_verified(&identity, &other));
 }
 
 #[test]

@@ -175,6 +175,12 @@ pub struct NamespaceOptions {
     pub read_only: bool,
     /// Whether to fsync (default [`Durability::Relaxed`]).
     pub durability: Durability,
+    /// The granularity of recency (default one second): a hit refreshes an entry's modification
+    /// time (its place in least-recently-used order) only when it was set longer ago than this,
+    /// so that a hot entry costs no inode write per hit. Eviction order is exact to within it.
+    /// The compiled-code cache uses an hour: a refresh changes the file's change time, which
+    /// its memo of verified artifacts goes by.
+    pub recency: std::time::Duration,
 }
 
 impl Default for NamespaceOptions {
@@ -184,6 +190,7 @@ impl Default for NamespaceOptions {
             quota: 1 << 30,
             read_only: false,
             durability: Durability::Relaxed,
+            recency: namespace::RECENCY,
         }
     }
 }
@@ -214,6 +221,13 @@ impl NamespaceOptions {
     #[must_use]
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// Sets [`recency`](Self::recency).
+    #[must_use]
+    pub fn recency(mut self, granularity: std::time::Duration) -> Self {
+        self.recency = granularity;
         self
     }
 }

@@ -189,6 +189,30 @@ fn a_hit_refreshes_recency_only_past_the_granularity() {
     );
 }
 
+/// The granularity is the namespace's own (`NamespaceOptions::recency`): the compiled cache
+/// uses an hour.
+#[test]
+fn recency_granularity_is_per_namespace() {
+    let (d, cache) = cache();
+    let key = Key::digest(b"recency");
+    let ago = Duration::from_secs(120);
+    for (name, granularity, refreshed) in [("minute", 60, true), ("hour", 3600, false)] {
+        let ns = cache
+            .namespace(
+                name,
+                NamespaceOptions::default().recency(Duration::from_secs(granularity)),
+            )
+            .unwrap();
+        ns.add(&key, b"content").unwrap();
+        let path = entry_path(d.path(), name, &key);
+        age(&path, ago);
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(ns.get(&key).unwrap().is_some());
+        let after = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert_eq!(after > before, refreshed, "{name}: two minutes old");
+    }
+}
+
 #[test]
 fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
     let (_d, cache) = cache();

@@ -13,7 +13,7 @@
 //! are excluded too); reads take no lock. The usage counter is updated before the rename, so a
 //! crash can only make it overestimate; any scan of the namespace recomputes it exactly.
 //! Recency is the entry file's modification time, set on add and on a hit when it is older than
-//! [`RECENCY`] (one second).
+//! the namespace's recency granularity ([`RECENCY`], one second, by default).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -102,7 +102,7 @@ struct Inner {
     uncommitted: AtomicU64,
 }
 
-/// The granularity of recency: a hit refreshes an entry's modification time only when it was set
+/// The default granularity of recency ([`NamespaceOptions::recency`](crate::NamespaceOptions::recency)): a hit refreshes an entry's modification time only when it was set
 /// longer ago than this, so least-recently-used order is exact to within it. (An hour in this
 /// crate's tests and fuzzers, longer than any of their runs, so that their model of the order is
 /// exact; tests of refreshing make entries older than that.)

@@ -153,8 +153,8 @@ impl Namespace {
 
     /// Marks an entry as just used, for LRU eviction. Best effort, and never in read-only mode.
     /// Refreshes an entry's recency on a hit: its modification time, unless it was set less
-    /// than [`RECENCY`] ago (so a hot entry costs no inode write per hit; eviction order is then
-    /// exact to within that granularity).
+    /// than the namespace's [`recency`](crate::NamespaceOptions::recency) ago (so a hot entry
+    /// costs no inode write per hit; eviction order is then exact to within that granularity).
     pub(super) fn touch(&self, file: &File, meta: &std::fs::Metadata) {
         if self.inner.options.read_only {
             return;
@@ -163,7 +163,7 @@ impl Namespace {
             .modified()
             .ok()
             .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .is_some_and(|age| age < RECENCY);
+            .is_some_and(|age| age < self.inner.options.recency);
         if !fresh {
             let _ = file.set_modified(now());
         }
