@@ -13,7 +13,11 @@
 //! outside the timed region. A miss asks for a key that was never written: the same one every
 //! time (`filecache`, …), or one never asked for before (`filecache-fresh`, …).
 //!
-//! `cargo bench -p filecache-store --bench store` (about 6 minutes; add `-- --quick` for a rough
+//! `parallel/{threads,processes}/{1,2}`: 1 KiB gets of one namespace by one or two readers at once
+//! (threads of one process, or processes), one get per reader per iteration: on two idle cores,
+//! two readers take as long per iteration as one when nothing on the hit path is shared.
+//!
+//! `cargo bench -p filecache-store --bench store` (about 7 minutes; add `-- --quick` for a rough
 //! run, or a filter such as `-- get/` for one group). Results land in `target/criterion/`;
 //! `python3 scripts/plot.py` turns them into `docs/throughput.svg`.
 
@@ -21,9 +25,7 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use criterion::{
-    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
-};
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, measurement::WallTime};
 use filecache_store::{Durability, FileCache, Key, Namespace, NamespaceOptions};
 
 /// The entry sizes measured, in bytes.
@@ -243,5 +245,126 @@ fn miss(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, get, add, miss);
-criterion_main!(benches);
+/// The entries `parallel` reads: 1 KiB each, as a hot working set.
+const PARALLEL_ENTRIES: usize = 64;
+const PARALLEL_SIZE: usize = 1 << 10;
+
+fn parallel_key(i: usize) -> Key {
+    Key::digest(format!("parallel/{i}"))
+}
+
+/// `n` gets of the parallel working set on `ns`, checked.
+fn parallel_gets(ns: &Namespace, n: u64) {
+    for i in 0..n {
+        let got = ns
+            .get(black_box(&parallel_key(i as usize % PARALLEL_ENTRIES)))
+            .expect("get")
+            .expect("a hit");
+        assert_eq!(got.len(), PARALLEL_SIZE);
+    }
+}
+
+/// The environment variable that makes this benchmark binary a reader process of `parallel`:
+/// `<cache dir> <gets>`; it waits for a line on stdin, does the gets, and prints how long they
+/// took in nanoseconds.
+const CHILD: &str = "FILECACHE_BENCH_PARALLEL_CHILD";
+
+fn parallel_child(spec: &str) {
+    use std::io::BufRead;
+    let (dir, n) = spec.split_once(' ').expect("<dir> <gets>");
+    let cache = FileCache::open(dir).expect("the cache opens");
+    let ns = cache
+        .namespace("parallel", NamespaceOptions::default())
+        .expect("a namespace");
+    parallel_gets(&ns, 100); // warm
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).expect("go");
+    let t = Instant::now();
+    parallel_gets(&ns, n.parse().expect("a count"));
+    println!("{}", t.elapsed().as_nanos());
+}
+
+/// Throughput of 1 KiB gets on one namespace by 1 and 2 threads of one process, and by 1 and 2
+/// processes: each iteration is one get per reader, so the per-iteration time of 2 readers over
+/// that of 1 is how far from perfect scaling they are (nothing shared on the hit path: 1.0).
+fn parallel(c: &mut Criterion) {
+    let p = Peers::new();
+    let dir = p._tmp.path().join("filecache");
+    let ns = FileCache::open(&dir)
+        .expect("the cache opens")
+        .namespace("parallel", NamespaceOptions::default())
+        .expect("a namespace");
+    let data = content(PARALLEL_SIZE);
+    for i in 0..PARALLEL_ENTRIES {
+        ns.add(&parallel_key(i), &data).expect("add");
+    }
+    let mut group = c.benchmark_group("parallel");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(4));
+    group.throughput(Throughput::Elements(1));
+    for readers in [1u64, 2] {
+        group.bench_function(BenchmarkId::new("threads", readers), |b| {
+            b.iter_custom(|iters| {
+                let barrier = std::sync::Barrier::new(readers as usize + 1);
+                std::thread::scope(|s| {
+                    for _ in 0..readers {
+                        s.spawn(|| {
+                            barrier.wait();
+                            parallel_gets(&ns, iters);
+                        });
+                    }
+                    barrier.wait();
+                    let t = Instant::now();
+                    // Joined at the end of the scope: the time of the slowest reader.
+                    t
+                })
+                .elapsed()
+            })
+        });
+    }
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    for readers in [1u64, 2] {
+        group.bench_function(BenchmarkId::new("processes", readers), |b| {
+            b.iter_custom(|iters| {
+                use std::io::{BufRead, BufReader, Write};
+                let mut children: Vec<_> = (0..readers)
+                    .map(|_| {
+                        std::process::Command::new(&exe)
+                            .env(CHILD, format!("{} {iters}", dir.display()))
+                            .stdin(std::process::Stdio::piped())
+                            .stdout(std::process::Stdio::piped())
+                            .spawn()
+                            .expect("a reader process")
+                    })
+                    .collect();
+                for child in &mut children {
+                    child.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
+                }
+                // Each reader times its own gets; the slowest one is the pair's time.
+                let mut slowest = Duration::ZERO;
+                for mut child in children {
+                    let mut line = String::new();
+                    BufReader::new(child.stdout.take().expect("stdout"))
+                        .read_line(&mut line)
+                        .expect("a time");
+                    assert!(child.wait().expect("a reader").success());
+                    slowest = slowest.max(Duration::from_nanos(line.trim().parse().expect("nanoseconds")));
+                }
+                slowest
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, get, add, miss, parallel);
+
+fn main() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return parallel_child(&spec);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
