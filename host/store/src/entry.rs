@@ -65,8 +65,18 @@ impl HeaderError {
 }
 
 fn header_crc(bytes: &[u8; HEADER_LEN]) -> u32 {
-    let crc = crc32c::crc32c(&bytes[..28]);
-    crc32c::crc32c_append(crc, &bytes[32..])
+    crc32c_append(crc32c_append(0, &bytes[..28]), &bytes[32..])
+}
+
+/// CRC32C (Castagnoli, as iSCSI, ext4 and SSE4.2 define it) of `bytes`, continuing from `crc`,
+/// the CRC32C of what came before (0 for nothing): `crc32c_append(crc32c_append(0, a), b)` is
+/// the CRC32C of `a` then `b`. Computed with the fastest instructions the CPU has, chosen at run
+/// time (on x86-64 with AVX-512 and VPCLMULQDQ, about twice the speed of SSE4.2's `crc32`).
+pub(crate) fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
+    // The digest's state is the CRC before its final inversion.
+    let mut d = crc_fast::Digest::new_with_init_state(crc_fast::CrcAlgorithm::Crc32Iscsi, u64::from(!crc));
+    d.update(bytes);
+    d.finalize() as u32
 }
 
 impl Header {
@@ -117,7 +127,7 @@ pub struct Checksum(u32);
 impl Checksum {
     /// Adds `bytes` to the checksum.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.0 = crc32c::crc32c_append(self.0, bytes);
+        self.0 = crc32c_append(self.0, bytes);
     }
     /// The checksum so far.
     pub fn value(&self) -> u32 {
@@ -125,13 +135,36 @@ impl Checksum {
     }
     /// The checksum of `bytes`.
     pub fn of(bytes: &[u8]) -> u32 {
-        crc32c::crc32c(bytes)
+        crc32c_append(0, bytes)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checksum is CRC32C exactly (entries written by earlier builds, with the `crc32c`
+    /// crate, stay valid): the standard check value, and agreement with `crc32c` at every size
+    /// that changes code paths, in one piece and split anywhere.
+    #[test]
+    fn the_checksum_is_crc32c() {
+        assert_eq!(Checksum::of(b"123456789"), 0xe306_9283);
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in (0..1100).chain([4095, 4096, 4097, 65_536, 262_145, 300_000]) {
+            let bytes = &data[..len];
+            let expected = crc32c::crc32c(bytes);
+            assert_eq!(Checksum::of(bytes), expected, "{len} bytes");
+            for at in [0, 1, 7, 63, 64, 65, 255, 256, len / 2, len.saturating_sub(1), len] {
+                let at = at.min(len);
+                let mut c = Checksum::default();
+                c.update(&bytes[..at]);
+                c.update(&bytes[at..]);
+                assert_eq!(c.value(), expected, "{len} bytes split at {at}");
+            }
+        }
+    }
 
     #[test]
     fn round_trip() {

@@ -42,7 +42,7 @@ pub struct Header {
 }
 
 fn header_crc(b: &[u8; HEADER_LEN]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&b[..36]), &b[40..])
+    crate::entry::crc32c_append(crate::entry::crc32c_append(0, &b[..36]), &b[40..])
 }
 
 impl Header {
