@@ -59,7 +59,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
-use redis::{Client, Connection, ConnectionAddr, RedisResult};
+use redis::{Client, Connection, ConnectionAddr, IntoConnectionInfo, RedisResult};
 use sha2::Sha256;
 
 pub use tiered::TieredStore;
@@ -226,7 +226,12 @@ impl RemoteTier {
         if !url.starts_with("redis://") {
             return Err(invalid(url, "expected redis://HOST:PORT[/DB]"));
         }
-        let client = Client::open(url.as_str()).map_err(|e| invalid(url, e))?;
+        // No `CLIENT SETINFO` on connecting: it is a round trip before the first operation,
+        // which against a server that accepts connections but never answers cost a second
+        // timeout per failure.
+        let info = url.as_str().into_connection_info().map_err(|e| invalid(url, e))?;
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let client = Client::open(info.set_redis_settings(settings)).map_err(|e| invalid(url, e))?;
         match client.get_connection_info().addr() {
             ConnectionAddr::Tcp(host, _) if !host.is_empty() => {}
             _ => return Err(invalid(url, "expected redis://HOST:PORT[/DB]")),
