@@ -60,23 +60,9 @@ want=$(cat "$kit/package.json" "$kit/package-lock.json" | sha256sum | cut -d' ' 
 ) 9>"$work/.lock"
 
 # --- the WIT world: world.wit, the contract, and the WASI packages the host implements --------
-wasi_version=$(awk '/^name = "wasmtime-wasi"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$root/Cargo.lock")
-[ -n "$wasi_version" ] || { echo "error: no wasmtime-wasi in $root/Cargo.lock" >&2; exit 1; }
-find_deps() {
-    ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"wasmtime-wasi-$wasi_version"/src/p2/wit/deps 2>/dev/null | head -n1
-}
-deps=$(find_deps)
-if [ -z "$deps" ]; then
-    echo "fetching the wasmtime-wasi $wasi_version crate for its WIT files (cargo fetch)" >&2
-    cargo fetch --quiet --manifest-path "$root/Cargo.toml"
-    deps=$(find_deps)
-    [ -n "$deps" ] || { echo "error: wasmtime-wasi-$wasi_version not found in cargo's registry after cargo fetch" >&2; exit 1; }
-fi
-wit=$(mktemp -d "$work/wit.XXXXXX")
+. "$root/guest/kit-wit.sh"
+wit=$(kit_wit "$root" "$work")
 trap 'rm -rf "$wit" "$out.tmp"' EXIT
-mkdir "$wit/deps"
-cp "$deps"/*.wit "$wit/deps/"
-cp "$root/wit/cache.wit" "$wit/deps/cache.wit"
 # The world names the WASI version; follow the one these WIT files declare.
 wasi=$(sed -n 's/^package wasi:cli@\(.*\);$/\1/p' "$wit/deps/cli.wit")
 sed -E "s/(wasi:[a-z-]+\/[a-z-]+)@[0-9.]+/\1@$wasi/g" "$kit/wit/world.wit" > "$wit/world.wit"
