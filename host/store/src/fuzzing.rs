@@ -9,8 +9,9 @@
 //!   independent check of the format decides what must happen: a valid file is served exactly,
 //!   anything else is a miss (or `corrupt` at the end of a read) and is removed.
 //! - [`store_ops`]: a sequence of operations (add, get, open, streamed and abandoned writes,
-//!   delete, contains, reopen, and writes during which an injected disk fault strikes) is run
-//!   against a namespace and against [`Model`], which must agree after every step.
+//!   delete, contains, reopen, writes during which an injected disk fault strikes, and the
+//!   key-value records of the same namespace: set, get, delete) is run against a namespace and
+//!   against [`Model`], which must agree after every step.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -238,6 +239,12 @@ pub enum Op {
         /// Whether every later one fails too.
         persistent: bool,
     },
+    /// `Bucket::set` of a value of the given length (key `key<k>`).
+    KvSet(u8, u16),
+    /// `Bucket::get`.
+    KvGet(u8),
+    /// `Bucket::delete`.
+    KvDelete(u8),
 }
 
 /// Decodes a fuzz input into operations (at most 64).
@@ -247,7 +254,7 @@ pub fn decode_ops(data: &[u8]) -> Vec<Op> {
     while !b.is_empty() && ops.len() < 64 {
         let kind = b.u8();
         let key = b.u8() % KEYS;
-        ops.push(match kind % 9 {
+        ops.push(match kind % 10 {
             0 | 1 => Op::Add(key, b.u16() % MAX_LEN),
             2 => Op::Get(key),
             3 => Op::Open(key, b.u16() % 700 + 1),
@@ -256,6 +263,11 @@ pub fn decode_ops(data: &[u8]) -> Vec<Op> {
             6 => Op::Delete(key),
             7 if kind & 0x80 == 0 => Op::Contains(key),
             7 => Op::Reopen,
+            8 => match kind / 10 % 3 {
+                0 => Op::KvSet(key, b.u16() % MAX_LEN),
+                1 => Op::KvGet(key),
+                _ => Op::KvDelete(key),
+            },
             _ => Op::Faulty {
                 key,
                 len: b.u16() % MAX_LEN,
@@ -275,24 +287,55 @@ pub fn store_ops(data: &[u8]) {
     }
 }
 
-/// What the store promises, in memory: content per key, and use order (oldest first), under
-/// [`QUOTA`].
+/// What the store promises, in memory: content per key, and use order (oldest first), and
+/// key-value records (never evicted, counted as key and value), under [`QUOTA`].
 #[derive(Default, Debug)]
 pub struct Model {
     entries: HashMap<u8, Vec<u8>>,
     order: Vec<u8>,
+    records: HashMap<u8, Vec<u8>>,
+}
+
+/// The key-value key of record `k`.
+fn kv_key(k: u8) -> String {
+    format!("key{k}")
 }
 
 impl Model {
-    /// Bytes of content held.
+    /// Bytes of content held: cache entries, and records' keys and values.
     pub fn used(&self) -> u64 {
-        self.entries.values().map(|v| v.len() as u64).sum()
+        self.entries.values().map(|v| v.len() as u64).sum::<u64>() + self.records_used()
+    }
+    fn records_used(&self) -> u64 {
+        self.records
+            .iter()
+            .map(|(&k, v)| (kv_key(k).len() + v.len()) as u64)
+            .sum()
+    }
+    /// `set` of record `k`: cache entries are evicted, oldest first, to make room; when even all
+    /// of them are not enough it fails, with every one of them evicted on the way.
+    fn kv_set(&mut self, k: u8, v: Vec<u8>) -> bool {
+        let charged = (kv_key(k).len() + v.len()) as u64;
+        if charged > QUOTA {
+            return false;
+        }
+        let old = self.records.get(&k).map_or(0, |o| (kv_key(k).len() + o.len()) as u64);
+        while self.used() - old + charged > QUOTA {
+            let Some(&oldest) = self.order.first() else {
+                return false;
+            };
+            self.delete(oldest);
+        }
+        self.records.insert(k, v);
+        true
     }
     fn touch(&mut self, k: u8) {
         self.order.retain(|&x| x != k);
         self.order.push(k);
     }
-    /// The keys `add(k, len)` would evict, oldest first; `None` if it cannot fit at all.
+    /// The keys `add(k, len)` would evict, oldest first; `None` if it is over the quota on its
+    /// own. When even evicting every other entry leaves no room (records take the rest), that is
+    /// every other entry, and the add fails after evicting them (see [`Model::add`]).
     fn victims(&self, k: u8, len: u64) -> Option<Vec<u8>> {
         if len > QUOTA {
             return None;
@@ -315,6 +358,10 @@ impl Model {
         };
         for x in victims {
             self.delete(x);
+        }
+        let old = self.entries.get(&k).map_or(0, |o| o.len() as u64);
+        if self.used() - old + v.len() as u64 > QUOTA {
+            return false;
         }
         self.entries.insert(k, v);
         self.touch(k);
@@ -398,6 +445,7 @@ pub fn check_ops(ops: &[Op]) -> Result<(), String> {
     };
     let ns_dir = dir.path().join("model");
     let mut ns = open()?;
+    let mut bucket = crate::kv::Bucket::new(ns.clone());
     let mut model = Model::default();
     for (step, op) in ops.iter().enumerate() {
         let salt = step as u64;
@@ -433,8 +481,27 @@ pub fn check_ops(ops: &[Op]) -> Result<(), String> {
                 );
             }
             Op::Reopen => {
-                drop(ns);
+                drop((ns, bucket));
                 ns = open()?;
+                bucket = crate::kv::Bucket::new(ns.clone());
+            }
+            Op::KvSet(k, len) => {
+                let v = value(k, len, salt);
+                let r = bucket.set(&kv_key(k), &v);
+                ensure!(r.is_ok() == model.kv_set(k, v), "step {step} {op:?}: {r:?}");
+            }
+            Op::KvGet(k) => {
+                let got = bucket.get(&kv_key(k)).map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                ensure!(
+                    got.as_ref() == model.records.get(&k),
+                    "step {step} {op:?}: wrong answer"
+                );
+            }
+            Op::KvDelete(k) => {
+                bucket
+                    .delete(&kv_key(k))
+                    .map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                model.records.remove(&k);
             }
             Op::Faulty {
                 key: k,

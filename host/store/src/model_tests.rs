@@ -1,7 +1,8 @@
 //! Model-based test: random sequences of operations against the store and against a simple
 //! in-memory model of what it promises (exact content, LRU eviction under a quota, nothing
 //! visible from an uncommitted writer, persistence across reopening, nothing lost to a write that
-//! fails on a full disk), which must agree. The model and the runner are shared with the
+//! fails on a full disk, key-value records that are never evicted and that evict cache entries
+//! to make room), which must agree. The model and the runner are shared with the
 //! `store_ops` fuzz target ([`crate::fuzzing`]).
 
 use proptest::prelude::*;
@@ -20,6 +21,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => key.clone().prop_map(Op::Delete),
         1 => key.clone().prop_map(Op::Contains),
         1 => Just(Op::Reopen),
+        2 => (key.clone(), len.clone()).prop_map(|(k, l)| Op::KvSet(k, l)),
+        2 => key.clone().prop_map(Op::KvGet),
+        1 => key.clone().prop_map(Op::KvDelete),
         1 => (key, len, any::<bool>(), 1u8..16, any::<bool>()).prop_map(|(key, len, stream, nth, persistent)| {
             Op::Faulty { key, len, stream, nth, persistent }
         }),

@@ -68,14 +68,24 @@ impl Drop for Locked<'_> {
 
 impl Namespace {
     pub(super) fn lock(&self) -> Result<Locked<'_>> {
-        self.lock_hooked(true)
+        self.lock_hooked(true, true)?
+            .ok_or_else(|| Error::io("cannot lock the namespace", io::Error::from(io::ErrorKind::WouldBlock)))
     }
 
     /// The lock; `hooked` lets a fault plan fail taking it (the write path's plans), which
-    /// updates of statistics are outside of.
-    fn lock_hooked(&self, hooked: bool) -> Result<Locked<'_>> {
+    /// updates of statistics are outside of. Without `wait`, `None` when a thread of this process
+    /// holds it (perhaps this very one: the in-process mutex is not reentrant).
+    fn lock_hooked(&self, hooked: bool, wait: bool) -> Result<Option<Locked<'_>>> {
         let w = self.writable()?;
-        let file = w.state.lock().unwrap_or_else(|p| p.into_inner());
+        let file = if wait {
+            w.state.lock().unwrap_or_else(|p| p.into_inner())
+        } else {
+            match w.state.try_lock() {
+                Ok(file) => file,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+            }
+        };
         let hook = if hooked {
             fault::check(Point::LockNamespace)
         } else {
@@ -88,22 +98,31 @@ impl Namespace {
             Ok(16) if b[..8] == STATE_MAGIC => Some(u64::from_le_bytes(b[8..].try_into().expect("8 bytes"))),
             _ => None,
         };
-        Ok(Locked { file, used })
+        Ok(Some(Locked { file, used }))
     }
 
     /// Adds to this namespace's event counters on disk (see [`Counter`]), under the namespace
     /// lock so that processes add up exactly. A read-only namespace counts nothing.
     pub fn count(&self, deltas: &[(Counter, u64)]) -> Result<()> {
+        self.count_with(deltas, true).map(|_| ())
+    }
+
+    /// [`count`](Self::count); without `wait`, counts nothing and answers `false` when a thread
+    /// of this process holds the namespace lock.
+    fn count_with(&self, deltas: &[(Counter, u64)], wait: bool) -> Result<bool> {
         let (Some(dir), Some(_)) = (self.dir(), &self.inner.writable) else {
-            return Ok(());
+            return Ok(true);
         };
-        let _lk = self.lock_hooked(false)?;
+        let Some(_lk) = self.lock_hooked(false, wait)? else {
+            return Ok(false);
+        };
         let ctx = || format!("cannot update the counters of namespace {:?}", self.inner.name);
         let file = dir
             .open_with(COUNTERS_FILE, &private_rw_options())
             .context(ctx)?
             .into_std();
-        counters::add(&file, deltas).context(ctx)
+        counters::add(&file, deltas).context(ctx)?;
+        Ok(true)
     }
 
     /// This namespace's event counters: as last written, plus this process's uses not yet
@@ -125,23 +144,33 @@ impl Namespace {
     /// only, until [`USES_PER_FLUSH`] have gathered or the handle is dropped.
     pub(super) fn count_use(&self, hit: bool) {
         if self.inner.uses.add(hit) >= USES_PER_FLUSH {
-            self.flush_counts();
+            self.flush_uses(false);
         }
     }
 
     /// Adds the uses counted in memory to the counters file now. Best effort: statistics are
     /// not worth failing a cache operation for (a failure is logged, and the uses are lost).
     pub fn flush_counts(&self) {
+        self.flush_uses(true);
+    }
+
+    /// Flushes the uses counted in memory; without `wait`, only if no thread of this process
+    /// holds the namespace lock (else they stay in memory for a later flush): a handle may be
+    /// dropped, or a use counted, by a thread that holds the lock itself (a key-value write
+    /// drops a handle under it), and waiting then would deadlock.
+    pub(super) fn flush_uses(&self, wait: bool) {
         let (hits, misses) = self.inner.uses.take();
         if hits + misses == 0 {
             return;
         }
-        if let Err(e) = self.count(&[(Counter::Hits, hits), (Counter::Misses, misses)]) {
-            tracing::debug!(
+        match self.count_with(&[(Counter::Hits, hits), (Counter::Misses, misses)], wait) {
+            Ok(true) => {}
+            Ok(false) => self.inner.uses.give_back(hits, misses),
+            Err(e) => tracing::debug!(
                 "cannot count uses of namespace {:?}: {}",
                 self.inner.name,
                 e.full_message()
-            );
+            ),
         }
     }
 }

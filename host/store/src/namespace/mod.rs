@@ -66,9 +66,11 @@ pub struct Namespace {
 impl Drop for Namespace {
     fn drop(&mut self) {
         // Every handle flushes what it can see, so the uses of a process that ends normally
-        // reach the counters file whichever handle goes last.
+        // reach the counters file whichever handle goes last. Only the last may wait for the
+        // lock: another handle may be dropped by the thread holding it (no handle is left to
+        // hold it when the last goes, and none can be made).
         if self.inner.uses.peek() != (0, 0) {
-            self.flush_counts();
+            self.flush_uses(Arc::strong_count(&self.inner) == 1);
         }
     }
 }

@@ -48,6 +48,13 @@ impl Uses {
         })
     }
 
+    /// Puts back uses taken but not flushed.
+    pub(super) fn give_back(&self, hits: u64, misses: u64) {
+        let shard = &self.shards[shard_index()];
+        shard.hits.fetch_add(hits, Ordering::Relaxed);
+        shard.misses.fetch_add(misses, Ordering::Relaxed);
+    }
+
     /// Takes the uses counted so far, leaving zeros: (hits, misses).
     pub(super) fn take(&self) -> (u64, u64) {
         self.shards.iter().fold((0, 0), |(h, m), s| {
