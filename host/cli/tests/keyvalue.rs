@@ -153,7 +153,10 @@ fn odd_keys_round_trip_and_name_no_file() {
             .to_string_lossy()
             .into_owned();
         assert!(
-            rel == "state" || rel == "counters" || (rel.starts_with("kv/") && rel.len() == "kv/xx/".len() + 64),
+            rel == "state"
+                || rel == "counters"
+                || rel == "kv-generation"
+                || (rel.starts_with("kv/") && rel.len() == "kv/xx/".len() + 64),
             "unexpected file {rel}"
         );
     }

@@ -35,12 +35,26 @@ macro_rules! run_sync {
     ($f:expr) => {
         inline($f)
     };
+    // Store work on the bucket behind resource `$b`: borrowed from the table, not cloned.
+    ($self:ident, $b:ident, |$bucket:ident| $body:expr) => {{
+        let $bucket = &$self.table.get(&$b)?.0;
+        inline(|| $body)
+    }};
 }
 
 macro_rules! run_async {
     ($f:expr) => {
         blocking($f).await
     };
+    // Store work on the bucket behind resource `$b`: a clone, moved to the blocking thread.
+    ($self:ident, $b:ident, |$bucket:ident| $body:expr) => {{
+        let $bucket = $self.bucket(&$b)?;
+        blocking(move || {
+            let $bucket = &$bucket;
+            $body
+        })
+        .await
+    }};
 }
 
 /// The host traits of one set of generated bindings; `$kw` is `async` or nothing, `$run` runs
@@ -59,23 +73,19 @@ macro_rules! host_impl {
 
         impl $g::wasi::keyvalue::store::HostBucket for KeyValueView<'_> {
             $($kw)* fn get(&mut self, b: Resource<BucketHandle>, key: String) -> Result<Option<Vec<u8>>, Error> {
-                let bucket = self.bucket(&b)?;
-                $run!(move || Ok(bucket.get(&key)?))
+                $run!(self, b, |bucket| Ok(bucket.get(&key)?))
             }
 
             $($kw)* fn set(&mut self, b: Resource<BucketHandle>, key: String, value: Vec<u8>) -> Result<(), Error> {
-                let bucket = self.bucket(&b)?;
-                $run!(move || Ok(bucket.set(&key, &value)?))
+                $run!(self, b, |bucket| Ok(bucket.set(&key, &value)?))
             }
 
             $($kw)* fn delete(&mut self, b: Resource<BucketHandle>, key: String) -> Result<(), Error> {
-                let bucket = self.bucket(&b)?;
-                $run!(move || Ok(bucket.delete(&key)?))
+                $run!(self, b, |bucket| Ok(bucket.delete(&key)?))
             }
 
             $($kw)* fn exists(&mut self, b: Resource<BucketHandle>, key: String) -> Result<bool, Error> {
-                let bucket = self.bucket(&b)?;
-                $run!(move || Ok(bucket.exists(&key)?))
+                $run!(self, b, |bucket| Ok(bucket.exists(&key)?))
             }
 
             $($kw)* fn list_keys(
@@ -121,8 +131,7 @@ macro_rules! host_impl {
 
         impl $g::wasi::keyvalue::atomics::Host for KeyValueView<'_> {
             $($kw)* fn increment(&mut self, b: Resource<BucketHandle>, key: String, delta: i64) -> Result<i64, Error> {
-                let bucket = self.bucket(&b)?;
-                $run!(move || Ok(bucket.increment_i64(&key, delta)?))
+                $run!(self, b, |bucket| Ok(bucket.increment_i64(&key, delta)?))
             }
 
             $($kw)* fn swap(

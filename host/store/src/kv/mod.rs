@@ -21,6 +21,37 @@
 //! namespace's `state` file), so they are atomic across the processes sharing the cache
 //! directory.
 //!
+//! # The read cache
+//!
+//! [`Bucket::get`] and [`Bucket::exists`] answer from memory when they can: each namespace
+//! handle (shared by its clones, and so by every bucket made from it) keeps the values it read,
+//! and the keys it found without one, together with the *bucket generation* they were read at:
+//! a number in the namespace's `kv-generation` file that every change of any record through the
+//! store moves on (set, delete, increment, swap, the batch operations, `clear`, the removal of a
+//! damaged record found by a read, a listing or `verify`), in any process. A read costs one
+//! positional read of that 16-byte file; while it still holds the generation a value was read
+//! at, the value is served from memory, and otherwise the record is read and checked from disk
+//! as always (how this stays exact under concurrent changes, torn reads of the file and writers
+//! that die mid-change is told in `namespace/kv.rs`). What that guarantees:
+//!
+//! - A change made through the store by any process is seen by every later read, in every
+//!   process: a cached answer is served only while no change of the bucket has begun since it
+//!   was read, so it was the current value at some moment during the read that serves it.
+//! - Only checked values enter the cache: a record that fails its check is reported and
+//!   removed as before, never cached, never served.
+//! - A value read once is served from memory until some process changes the bucket (any key of
+//!   it) through the store. Damage done to a record file *behind the store's back* after it was
+//!   read, or a file replaced by hand, goes unnoticed by the handles that cached it until then;
+//!   the next read from disk finds it, reports it and removes the record (a handle that had not
+//!   cached the key finds it at once).
+//! - The generation file is one of the namespace's own files, like `state`: a missing, short,
+//!   torn or damaged one only means reads from disk (the next change writes a fresh random
+//!   generation), but removing it while processes have the namespace open, or sharing the
+//!   directory with a version of this crate that does not move it on, leaves their caches
+//!   stale.
+//! - Bounded: at most 8 MiB per namespace handle, keys and bookkeeping included (emptied when a
+//!   new value would not fit); values over 64 KiB are never cached.
+//!
 //! [`Bucket::list_keys`] pages through the keys in the order of their digests. A position is the
 //! first 8 bytes of a digest (a `u64`, as `wasi:keyvalue@0.2.0-draft` wants its cursor), and a
 //! page never ends between two digests that share those bytes, so a position stays meaningful
@@ -47,7 +78,7 @@ pub mod record;
 
 use std::io::Read;
 
-use crate::namespace::kv::kv_rel;
+use crate::namespace::kv::{KvTxn, kv_rel};
 use crate::{Key, Namespace};
 
 /// The longest key, in bytes (so that a page of [`MAX_PAGE`] keys stays under 8 MiB). Keys count
@@ -176,9 +207,9 @@ impl Bucket {
 
     /// Reads and checks the record at `rel` for `key` (`None` for the key when only the digest
     /// is known: the key found is then checked against the digest). A damaged record is removed
-    /// and reported as [`crate::Error::Corrupt`].
-    fn read(&self, digest: &Key, rel: &str) -> Result<Option<(String, Record)>> {
-        let Some((file, meta)) = self.ns.kv_open(rel)? else {
+    /// and reported as [`crate::Error::Corrupt`] (under `txn`'s lock when the caller holds it).
+    fn read(&self, digest: &Key, rel: &str, mut txn: Option<&mut KvTxn<'_>>) -> Result<Option<(String, Record)>> {
+        let Some((file, meta)) = self.ns.kv_open(rel, txn.as_deref_mut())? else {
             return Ok(None);
         };
         // Never allocate past what this handle's limits allow: a larger record (written under
@@ -209,7 +240,7 @@ impl Bucket {
                 Ok(Some((key, Record { value: buf, generation })))
             }
             Err(reason) => {
-                self.ns.kv_discard(rel, Some((&file, &meta)), reason);
+                self.ns.kv_discard(rel, Some((&file, &meta)), reason, txn);
                 Err(crate::Error::Corrupt {
                     key: format!("kv/{digest}"),
                     reason,
@@ -221,19 +252,55 @@ impl Bucket {
 
     fn read_key(&self, key: &str) -> Result<Option<Record>> {
         let digest = Self::digest(key)?;
-        Ok(self.read(&digest, &kv_rel(&digest))?.map(|(_, r)| r))
+        Ok(self.read(&digest, &kv_rel(&digest), None)?.map(|(_, r)| r))
+    }
+
+    /// The value of `key` through the handle's read cache: `hit` maps a cached answer, `miss`
+    /// one read (and checked) from disk, which is then remembered if the bucket generation
+    /// allows it (see [the module docs](self#the-read-cache)).
+    fn read_cached<R>(
+        &self,
+        key: &str,
+        hit: impl FnOnce(Option<&[u8]>) -> R,
+        miss: impl FnOnce(Option<Vec<u8>>) -> R,
+    ) -> Result<R> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(Error::KeyTooLong {
+                len: key.len(),
+                limit: MAX_KEY_LEN,
+            });
+        }
+        let generation = self.ns.kv_generation();
+        if let Some(g) = generation
+            && let Some(r) = self.ns.kv_cached(key, g, hit)
+        {
+            return Ok(r);
+        }
+        let digest = Self::digest(key)?;
+        let value = self.read(&digest, &kv_rel(&digest), None)?.map(|(_, r)| r.value);
+        if let Some(g) = generation {
+            self.ns.kv_remember(key, g, value.as_deref());
+        }
+        Ok(miss(value))
     }
 
     /// The value of `key`, checked; `None` if it has none. A damaged record is removed and
-    /// reported as an error (never served).
+    /// reported as an error (never served). Served from the handle's read cache while no
+    /// process has changed the bucket since it was read (see [the module docs](self#the-read-cache)).
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.read_key(key)?.map(|r| r.value))
+        self.read_cached(key, |v| v.map(<[u8]>::to_vec), |v| v)
     }
 
     /// Whether `key` has a value (the record is read and checked, so a damaged one is removed
-    /// and reported rather than counted).
+    /// and reported rather than counted). Served from the read cache as [`get`](Self::get) is.
     pub fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.read_key(key)?.is_some())
+        self.read_cached(key, |v| v.is_some(), |v| v.is_some())
+    }
+
+    /// Bytes held by the read cache of this bucket's namespace handle (all its clones share it).
+    #[doc(hidden)]
+    pub fn cache_bytes(&self) -> usize {
+        self.ns.kv_cache_bytes()
     }
 
     /// The error for a value of `len` bytes under a key of `key_len` bytes, if it breaks a limit.
@@ -274,7 +341,7 @@ impl Bucket {
         let tmp = self
             .ns
             .kv_write_tmp(&record::encode(key.as_bytes(), value, generation()))?;
-        txn.publish(tmp, &kv_rel(digest), (key.len() + value.len()) as u64)?;
+        txn.publish(tmp, key, &kv_rel(digest), (key.len() + value.len()) as u64)?;
         Ok(())
     }
 
@@ -293,7 +360,7 @@ impl Bucket {
             .kv_write_tmp(&record::encode(key.as_bytes(), value, generation()))?;
         let rel = kv_rel(&digest);
         let charged = (key.len() + value.len()) as u64;
-        self.ns.kv_transaction(|txn| txn.publish(tmp, &rel, charged))?;
+        self.ns.kv_transaction(|txn| txn.publish(tmp, key, &rel, charged))?;
         Ok(())
     }
 
@@ -301,7 +368,7 @@ impl Bucket {
     pub fn delete(&self, key: &str) -> Result<()> {
         let digest = Self::digest(key)?;
         let rel = kv_rel(&digest);
-        self.ns.kv_transaction(|txn| txn.remove(&rel))?;
+        self.ns.kv_transaction(|txn| txn.remove(key, &rel))?;
         Ok(())
     }
 
@@ -311,7 +378,7 @@ impl Bucket {
         let digest = Self::digest(key)?;
         let rel = kv_rel(&digest);
         self.ns.kv_transaction(|txn| {
-            let current = self.read(&digest, &rel)?.map(|(_, r)| r.value);
+            let current = self.read(&digest, &rel, Some(&mut *txn))?.map(|(_, r)| r.value);
             let (new, out) = f(current.as_deref())?;
             self.write_locked(txn, key, &digest, &new)?;
             Ok(out)
@@ -368,7 +435,7 @@ impl Bucket {
         let digest = Self::digest(&cas.key)?;
         let rel = kv_rel(&digest);
         self.ns.kv_transaction(|txn| {
-            let now = self.read(&digest, &rel)?.map(|(_, r)| r);
+            let now = self.read(&digest, &rel, Some(&mut *txn))?.map(|(_, r)| r);
             if now.as_ref().map(|r| r.generation) != cas.generation {
                 return Ok(Err(Cas {
                     key: cas.key.clone(),
@@ -412,7 +479,7 @@ impl Bucket {
         let next = digests.get(cut).map(prefix);
         let mut keys = Vec::with_capacity(cut);
         for digest in &digests[..cut] {
-            match self.read(digest, &kv_rel(digest)) {
+            match self.read(digest, &kv_rel(digest), None) {
                 Ok(Some((key, _))) => keys.push(key),
                 // Deleted meanwhile.
                 Ok(None) => {}
@@ -447,7 +514,7 @@ impl Bucket {
         })?;
         let (mut ok, mut damaged) = (0, Vec::new());
         for d in digests {
-            match self.read(&d, &kv_rel(&d)) {
+            match self.read(&d, &kv_rel(&d), None) {
                 Ok(_) => ok += 1,
                 Err(Error::Store(crate::Error::Corrupt { reason, .. })) => damaged.push((d, reason)),
                 Err(Error::Store(e)) => return Err(e),

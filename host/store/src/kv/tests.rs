@@ -81,9 +81,11 @@ fn odd_keys_round_trip_and_never_name_a_file() {
     let mut expected = keys.clone();
     expected.sort();
     assert_eq!(listed, expected);
-    // Only digests name files: the namespace holds its state, counters, tmp/ and kv/xx/<hex>.
+    // Only digests name files: the namespace holds its state, counters, kv-generation, tmp/
+    // and kv/xx/<hex>.
     for f in files(&d.path().join("cache/test")) {
         let ok = f == "state"
+            || f == "kv-generation"
             || f.strip_prefix("kv/").is_some_and(|rest| {
                 let (shard, name) = rest.split_once('/').unwrap();
                 Key::from_hex(name).is_some() && name.starts_with(shard)
@@ -490,4 +492,375 @@ fn a_record_over_the_readers_limit_is_refused_not_removed_and_not_allocated() {
     std::fs::File::create(&path).unwrap().set_len(100 << 30).unwrap();
     let e = bucket(&cache).get("sparse").unwrap_err();
     assert!(matches!(e, Error::Store(crate::Error::TooLarge { .. })), "{e}");
+}
+
+fn generation_path(root: &Path) -> PathBuf {
+    root.join("cache/test/kv-generation")
+}
+
+/// Two handles on one directory (each its own namespace handle, lock file description and read
+/// cache, as two processes would have).
+fn two_buckets(d: &tempfile::TempDir) -> (FileCache, Bucket, FileCache, Bucket) {
+    let a = FileCache::open(d.path().join("cache")).unwrap();
+    let b = FileCache::open(d.path().join("cache")).unwrap();
+    let (ba, bb) = (bucket(&a), bucket(&b));
+    (a, ba, b, bb)
+}
+
+#[test]
+fn a_cached_value_never_outlives_a_change_by_another_handle() {
+    let d = tempfile::tempdir().unwrap();
+    let (_a, a, _b, b) = two_buckets(&d);
+    b.set("k", b"1").unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(a.cache_bytes() > 0, "the value is cached");
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"1"[..]));
+    // Set.
+    b.set("k", b"2").unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"2"[..]));
+    assert!(a.exists("k").unwrap());
+    // Delete.
+    b.delete("k").unwrap();
+    assert_eq!(a.get("k").unwrap(), None);
+    assert!(!a.exists("k").unwrap());
+    // A missing key is cached too, and a set by the other handle ends that as well.
+    assert_eq!(a.get("k").unwrap(), None);
+    assert_eq!(b.increment_u64("k", 5).unwrap(), 5);
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"5"[..]));
+    assert_eq!(b.increment_i64("k", -2).unwrap(), 3);
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"3"[..]));
+    // Swap.
+    let cas = b.cas("k").unwrap();
+    b.swap(&cas, b"swapped").unwrap().unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"swapped"[..]));
+    // Clear.
+    b.namespace().clear().unwrap();
+    assert_eq!(a.get("k").unwrap(), None);
+    // And the other way round, with a value cached on both sides.
+    a.set("k", b"x").unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"x"[..]));
+    a.set("k", b"y").unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"y"[..]));
+    // A handle's own change leaves the rest of its cache in place, but never the key changed.
+    a.set("other", b"o").unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"y"[..]));
+    a.set("k", b"z").unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"z"[..]));
+    a.delete("k").unwrap();
+    assert_eq!(a.get("k").unwrap(), None);
+}
+
+#[test]
+fn damage_behind_the_stores_back_is_found_at_the_next_read_from_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let (_a, a, _b, b) = two_buckets(&d);
+    b.set("k", b"a value").unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"a value"[..]));
+    let path = record_path(d.path(), "k");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    // Documented: what was read (and checked) before the damage is served from memory...
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"a value"[..]));
+    // ...by the handle that read it; another reads the disk, finds the damage and removes it.
+    assert!(matches!(b.get("k"), Err(Error::Store(crate::Error::Corrupt { .. }))));
+    assert!(!path.exists());
+    // That removal is a change of the bucket: the first handle sees it.
+    assert_eq!(a.get("k").unwrap(), None);
+
+    // Damage again, and a change of another key through the store: the first handle reads the
+    // disk again, finds the damage, reports it and removes the record.
+    b.set("k", b"a value").unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"a value"[..]));
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"a value"[..]));
+    b.set("another", b"x").unwrap();
+    assert!(matches!(a.get("k"), Err(Error::Store(crate::Error::Corrupt { .. }))));
+    assert!(!path.exists());
+    assert_eq!(a.get("k").unwrap(), None);
+    assert_eq!(b.get("k").unwrap(), None);
+}
+
+#[test]
+fn a_damaged_record_met_by_increment_or_swap_is_removed_under_the_lock_held() {
+    let (d, cache) = cache();
+    let b = bucket(&cache);
+    for op in ["increment", "swap"] {
+        b.set("n", b"41").unwrap();
+        let cas = b.cas("n").unwrap();
+        std::fs::write(record_path(d.path(), "n"), b"garbage").unwrap();
+        // (The removal takes the lock the operation already holds: it must not wait for it.)
+        let e = match op {
+            "increment" => b.increment_u64("n", 1).unwrap_err(),
+            _ => b.swap(&cas, b"42").unwrap_err(),
+        };
+        assert!(matches!(e, Error::Store(crate::Error::Corrupt { .. })), "{op}: {e}");
+        assert!(!record_path(d.path(), "n").exists(), "{op}");
+        assert_eq!(b.increment_u64("n", 1).unwrap(), 1, "{op}");
+        b.delete("n").unwrap();
+    }
+}
+
+#[test]
+fn a_torn_damaged_or_missing_generation_means_reads_from_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let (_a, _, _b, b) = two_buckets(&d);
+    // The reader is read-only: it never writes a generation itself (a writable handle gives a
+    // damaged file a fresh one, once), so each case below meets the generation as written here.
+    let ro = FileCache::open(d.path().join("cache")).unwrap();
+    let a = bucket_with(
+        &ro,
+        NamespaceOptions {
+            read_only: true,
+            ..NamespaceOptions::default()
+        },
+    );
+    b.set("k", b"old").unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"old"[..]));
+    let cached_at = std::fs::read(generation_path(d.path())).unwrap();
+    assert_eq!(cached_at.len(), 16);
+    b.set("k", b"new").unwrap();
+    let now = std::fs::read(generation_path(d.path())).unwrap();
+    assert_ne!(now, cached_at);
+    // The control: a generation set back by hand to the one the value was cached at makes the
+    // handle serve what it cached (so what follows does test the check of the generation).
+    std::fs::write(generation_path(d.path()), &cached_at).unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"old"[..]));
+    // Torn (the first half from the generation the value was cached at), damaged, odd (a
+    // change under way), short, empty, missing: the record is read from disk.
+    let mut torn = cached_at.clone();
+    torn[8..].copy_from_slice(&now[8..]);
+    let mut flipped = cached_at.clone();
+    flipped[15] ^= 0x80;
+    let g = u64::from_le_bytes(cached_at[..8].try_into().unwrap());
+    let mut odd = Vec::new();
+    odd.extend_from_slice(&(g | 1).to_le_bytes());
+    odd.extend_from_slice(&(!(g | 1)).to_le_bytes());
+    for (what, bytes) in [
+        ("torn", torn),
+        ("flipped", flipped),
+        ("odd", odd),
+        ("short", cached_at[..15].to_vec()),
+        ("empty", Vec::new()),
+        ("zeros", vec![0; 16]),
+    ] {
+        std::fs::write(generation_path(d.path()), &bytes).unwrap();
+        assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"new"[..]), "{what}");
+        assert!(a.exists("k").unwrap(), "{what}");
+        // Nothing read then is served later as if read at the generation it was cached at.
+        std::fs::write(generation_path(d.path()), &cached_at).unwrap();
+        assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"old"[..]), "{what}: the control");
+    }
+    // A change through the store after damage writes a fresh generation: caching resumes.
+    std::fs::write(generation_path(d.path()), b"garbage").unwrap();
+    b.set("k", b"newer").unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"newer"[..]));
+    let fresh = std::fs::read(generation_path(d.path())).unwrap();
+    assert_eq!(fresh.len(), 16);
+    assert_ne!(fresh, cached_at);
+    b.set("k", b"newest").unwrap();
+    assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"newest"[..]));
+    // The file removed: a handle that already had it open keeps reading its (stale) copy, so
+    // this is unsupported like removing `state`; a handle opened afterwards reads from disk
+    // until a change through the store writes a generation again.
+    std::fs::remove_file(generation_path(d.path())).unwrap();
+    let c = FileCache::open(d.path().join("cache")).unwrap();
+    let ro = bucket_with(
+        &c,
+        NamespaceOptions {
+            read_only: true,
+            ..NamespaceOptions::default()
+        },
+    );
+    assert_eq!(ro.get("k").unwrap().as_deref(), Some(&b"newest"[..]));
+    assert_eq!(ro.cache_bytes(), 0, "no generation, nothing cached");
+}
+
+#[test]
+fn a_writable_handle_fixes_a_generation_left_odd_by_a_dead_writer_once() {
+    let d = tempfile::tempdir().unwrap();
+    let (_a, _, _b, b) = two_buckets(&d);
+    b.set("k", b"v").unwrap();
+    let g = u64::from_le_bytes(
+        std::fs::read(generation_path(d.path())).unwrap()[..8]
+            .try_into()
+            .unwrap(),
+    );
+    let odd = g.wrapping_add(1);
+    let mut bytes = odd.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&(!odd).to_le_bytes());
+    std::fs::write(generation_path(d.path()), &bytes).unwrap();
+    let c = FileCache::open(d.path().join("cache")).unwrap();
+    let fresh = bucket(&c);
+    assert_eq!(fresh.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(fresh.cache_bytes() > 0, "cached once the generation was fixed");
+    let now = u64::from_le_bytes(
+        std::fs::read(generation_path(d.path())).unwrap()[..8]
+            .try_into()
+            .unwrap(),
+    );
+    assert_eq!(now, odd + 1);
+    // And a read from within `update` (the lock held by this very thread) never waits for it.
+    std::fs::write(generation_path(d.path()), b"damaged").unwrap();
+    let d2 = FileCache::open(d.path().join("cache")).unwrap();
+    let other = bucket(&d2);
+    let seen = other
+        .update("n", |_| Ok((b"1".to_vec(), other.get("k").unwrap())))
+        .unwrap();
+    assert_eq!(seen.as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn the_read_cache_stays_within_its_bound() {
+    use crate::namespace::kv::{KV_CACHE_BYTES, KV_CACHE_MAX_VALUE};
+    let (_d, cache) = cache();
+    let b = bucket_with(
+        &cache,
+        NamespaceOptions {
+            quota: 64 << 20,
+            ..NamespaceOptions::default()
+        },
+    );
+    let value = vec![7u8; KV_CACHE_MAX_VALUE];
+    let n = 2 * KV_CACHE_BYTES / KV_CACHE_MAX_VALUE;
+    for i in 0..n {
+        b.set(&format!("big-{i}"), &value).unwrap();
+    }
+    let mut most = 0;
+    for i in 0..n {
+        assert_eq!(b.get(&format!("big-{i}")).unwrap().map(|v| v.len()), Some(value.len()));
+        let bytes = b.cache_bytes();
+        assert!(bytes <= KV_CACHE_BYTES, "{bytes} bytes after {i} values");
+        most = most.max(bytes);
+    }
+    assert!(most > KV_CACHE_BYTES / 2, "the cache was used: {most} bytes at most");
+    // A value over the largest cached is read from disk every time.
+    b.set("huge", &vec![1u8; KV_CACHE_MAX_VALUE + 1]).unwrap();
+    let before = b.cache_bytes();
+    assert_eq!(b.get("huge").unwrap().map(|v| v.len()), Some(KV_CACHE_MAX_VALUE + 1));
+    assert_eq!(b.cache_bytes(), before);
+    // Missing keys are bounded too (long keys, to get there sooner).
+    let mut most = 0;
+    for i in 0..(KV_CACHE_BYTES / 4000 + 100) {
+        let key = format!("{i:04000}");
+        assert_eq!(b.get(&key).unwrap(), None);
+        let bytes = b.cache_bytes();
+        assert!(bytes <= KV_CACHE_BYTES, "{bytes} bytes after {i} missing keys");
+        most = most.max(bytes);
+    }
+    assert!(
+        most > KV_CACHE_BYTES / 2,
+        "missing keys were cached: {most} bytes at most"
+    );
+}
+
+/// Readers on their own handles never see a counter go back while others increment it, and
+/// see its last value at the end.
+fn watch_counter(root: &Path, key: &str, target: u64) -> u64 {
+    let cache = FileCache::open(root).unwrap();
+    let b = bucket(&cache);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (mut last, mut reads) = (0, 0u64);
+    loop {
+        let v: u64 = b
+            .get(key)
+            .unwrap()
+            .map(|v| std::str::from_utf8(&v).unwrap().parse().unwrap())
+            .unwrap_or(0);
+        reads += 1;
+        assert!(v >= last, "went back from {last} to {v}");
+        last = v;
+        if v == target {
+            return reads;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {v} of {target} after a minute"
+        );
+        // Leave the writers (and the other tests) some of the machine.
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
+
+#[test]
+fn readers_on_other_handles_follow_concurrent_increments() {
+    let (d, _cache) = cache();
+    let root = d.path().join("cache");
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let cache = FileCache::open(root).unwrap();
+                let b = bucket(&cache);
+                for _ in 0..200 {
+                    b.increment_u64("counter", 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let root = root.clone();
+            std::thread::spawn(move || watch_counter(&root, "counter", 400))
+        })
+        .collect();
+    for t in writers {
+        t.join().unwrap();
+    }
+    for t in readers {
+        t.join().unwrap();
+    }
+}
+
+/// The child side of the cross-process test below: does nothing unless run by it.
+#[test]
+fn cross_process_child() {
+    let Ok(job) = std::env::var("FILECACHE_KV_CHILD") else {
+        return;
+    };
+    let (op, root) = job.split_once(':').unwrap();
+    match op {
+        "increment" => {
+            let cache = FileCache::open(root).unwrap();
+            let b = bucket(&cache);
+            for _ in 0..250 {
+                b.increment_u64("counter", 1).unwrap();
+            }
+        }
+        "watch" => {
+            let reads = watch_counter(Path::new(root), "counter", 500);
+            eprintln!("watched with {reads} reads");
+        }
+        _ => panic!("unknown job {job}"),
+    }
+}
+
+#[test]
+fn readers_in_other_processes_follow_increments_and_see_the_last_value() {
+    let (d, _cache) = cache();
+    let root = d.path().join("cache");
+    let child = |op: &str| {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "kv::tests::cross_process_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("FILECACHE_KV_CHILD", format!("{op}:{}", root.display()))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // A reader with the value cached from the start.
+    let cache = FileCache::open(&root).unwrap();
+    let b = bucket(&cache);
+    assert_eq!(b.get("counter").unwrap(), None);
+    let children: Vec<_> = [child("watch"), child("watch"), child("increment"), child("increment")].into();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(b.get("counter").unwrap().as_deref(), Some(&b"500"[..]));
 }

@@ -131,7 +131,7 @@ impl Namespace {
                 Err(e) => return Err(Error::io("cannot remove an entry", e)),
             }
         }
-        removed += self.kv_clear(dir)?;
+        removed += self.kv_clear(dir, &lk)?;
         lk.store_used(self.scan(0)?.used)?;
         drop(lk);
         *w.candidates.lock().unwrap_or_else(|p| p.into_inner()) = Candidates::default();

@@ -4,9 +4,106 @@
 //!
 //! ```text
 //! <namespace>/kv/00/ … kv/ff/   records, named by the SHA-256 digest of their key in hex
+//! <namespace>/kv-generation     the bucket generation (see below)
 //! ```
+//!
+//! # The bucket generation and the read cache
+//!
+//! `kv-generation` holds a `u64` and its bitwise complement (16 bytes, little-endian), so that
+//! a torn or damaged read is recognised. Every change of a record by the store (set, delete,
+//! increment, swap, clear, the removal of a damaged record) happens under the namespace lock
+//! between two writes of it: before the first file is renamed or removed the generation becomes
+//! odd ("a change is under way"), and once every change is visible it becomes the next even
+//! number. A missing or damaged file is replaced by a random odd number at the next change, so
+//! a generation never comes back to a value it once had (in practice: 2^63 even values).
+//!
+//! A reader reads the generation (one `pread`) before anything else. When it is even (`g`), a
+//! value found in the handle's cache for generation `g` is served; otherwise the record is read
+//! and checked from disk, and, if the generation was even, remembered for `g`. A value
+//! remembered for `g` was read after the generation was `g`, so it was current at some moment
+//! since; and while the generation still reads `g`, no change of any record has begun since
+//! then (it would have made the generation odd first). So a cached answer is always one that
+//! was current at some point during the read that serves it. Odd, damaged or unreadable: no
+//! cache, the record is read from disk. A writer that dies mid-change leaves the generation
+//! odd, which only costs the caches until the next change.
+
+use std::collections::HashMap;
 
 use super::*;
+
+/// The file holding the bucket generation, in the namespace directory.
+pub(crate) const KV_GENERATION_FILE: &str = "kv-generation";
+/// The most bytes (keys, values and bookkeeping) one namespace handle's read cache holds.
+pub(crate) const KV_CACHE_BYTES: usize = 8 << 20;
+/// The largest value kept in the read cache; larger ones are read from disk every time.
+pub(crate) const KV_CACHE_MAX_VALUE: usize = 64 << 10;
+/// What one cached key is charged on top of its key and value bytes (map slot, allocations).
+const KV_CACHE_OVERHEAD: usize = 64;
+
+/// The key-value state a namespace handle shares between its clones: the generation file and
+/// the read cache.
+#[derive(Default)]
+pub(super) struct KvShared {
+    generation: std::sync::OnceLock<File>,
+    /// Whether this handle already tried to write a first generation into a fresh (or damaged)
+    /// file (once per handle, so that a file that cannot be fixed costs no lock per read).
+    initialised: std::sync::atomic::AtomicBool,
+    cache: Mutex<KvCache>,
+}
+
+/// Values read at one generation: key → value (`None`: the key had none).
+#[derive(Default)]
+struct KvCache {
+    generation: Option<u64>,
+    values: HashMap<String, Option<Box<[u8]>>>,
+    bytes: usize,
+}
+
+impl KvCache {
+    fn clear(&mut self) {
+        self.generation = None;
+        self.values = HashMap::new();
+        self.bytes = 0;
+    }
+
+    fn charge(key: &str, value: Option<&[u8]>) -> usize {
+        key.len() + value.map_or(0, <[u8]>::len) + KV_CACHE_OVERHEAD
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(v) = self.values.remove(key) {
+            self.bytes -= Self::charge(key, v.as_deref());
+        }
+    }
+}
+
+/// A change of records under way under the lock: the generation before it (when it was a valid
+/// even number) and the odd one written.
+#[derive(Clone, Copy)]
+pub(crate) struct Change {
+    before: Option<u64>,
+    odd: u64,
+}
+
+fn encode_generation(g: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&g.to_le_bytes());
+    b[8..].copy_from_slice(&(!g).to_le_bytes());
+    b
+}
+
+/// The generation in `file`; `None` when it cannot be read or is torn, damaged or missing.
+fn read_generation(file: &File) -> Option<u64> {
+    let mut b = [0u8; 16];
+    match sys::read_at(file, &mut b, 0) {
+        Ok(16) => {
+            let g = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+            let check = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
+            (check == !g).then_some(g)
+        }
+        _ => None,
+    }
+}
 
 /// The records' directory, inside the namespace.
 pub(crate) const KV_DIR: &str = "kv";
@@ -25,6 +122,11 @@ pub(crate) struct KvTxn<'a> {
     w: &'a Writable,
     dir: &'a Dir,
     lk: Locked<'a>,
+    /// The change begun under this lock (the generation made odd), if any.
+    change: Option<Change>,
+    /// The keys whose records changed; `None` once records of unknown keys did (a damaged
+    /// record removed: its key is not known), so that the whole read cache goes.
+    keys: Option<Vec<String>>,
 }
 
 impl Drop for KvTmp {
@@ -84,14 +186,178 @@ impl Namespace {
     ) -> std::result::Result<R, E> {
         let w = self.writable()?;
         let dir = self.dir().ok_or(Error::ReadOnly)?;
+        // Opened before anything changes: a change must be able to bump the generation.
+        self.kv_generation_file()?;
         let lk = self.lock()?;
-        let mut txn = KvTxn { ns: self, w, dir, lk };
-        f(&mut txn)
+        let mut txn = KvTxn {
+            ns: self,
+            w,
+            dir,
+            lk,
+            change: None,
+            keys: Some(Vec::new()),
+        };
+        let out = f(&mut txn);
+        if let Some(change) = txn.change {
+            self.kv_end_change(change, txn.keys.as_deref());
+        }
+        out
+    }
+
+    /// The generation file, opened once per handle (created owner-only by a writable one).
+    fn kv_generation_file(&self) -> Result<&File> {
+        if let Some(f) = self.inner.kv.generation.get() {
+            return Ok(f);
+        }
+        let dir = self.dir().ok_or(Error::ReadOnly)?;
+        let oo = if self.inner.writable.is_some() {
+            private_rw_options()
+        } else {
+            let mut oo = OpenOptions::new();
+            oo.read(true).follow(FollowSymlinks::No);
+            oo
+        };
+        let file = dir
+            .open_with(KV_GENERATION_FILE, &oo)
+            .context(|| {
+                format!(
+                    "cannot open the key-value generation of namespace {:?}",
+                    self.inner.name
+                )
+            })?
+            .into_std();
+        Ok(self.inner.kv.generation.get_or_init(|| file))
+    }
+
+    /// The bucket generation as a reader sees it: `Some` only when it is a valid even number
+    /// (no change under way), the generation a cached value must have been read at.
+    pub(crate) fn kv_generation(&self) -> Option<u64> {
+        let file = self.kv_generation_file().ok()?;
+        match read_generation(file) {
+            Some(g) if g % 2 == 0 => Some(g),
+            _ => {
+                // A fresh file, a damaged one, or a change left unfinished by a writer that
+                // died: a writable handle fixes it, once, under the lock (so never while a
+                // change is under way). Never waiting for the lock: this thread may hold it
+                // already (a read from within `Bucket::update`).
+                let first = self.inner.writable.is_some() && !self.inner.kv.initialised.swap(true, Ordering::Relaxed);
+                if !first {
+                    return None;
+                }
+                let _lk = self.lock_if_free()?;
+                let fixed = match read_generation(file) {
+                    Some(g) if g % 2 == 0 => return Some(g),
+                    // Every file a dead writer renamed or removed is visible by now.
+                    Some(odd) => odd.wrapping_add(1),
+                    None => random_suffix() & !1,
+                };
+                sys::write_all_at(file, &encode_generation(fixed), 0).ok()?;
+                Some(fixed)
+            }
+        }
+    }
+
+    /// What this handle's cache holds for `key` at generation `generation`: `Some(None)` when
+    /// the key had no value, `None` when nothing is cached.
+    pub(crate) fn kv_cached<R>(&self, key: &str, generation: u64, f: impl FnOnce(Option<&[u8]>) -> R) -> Option<R> {
+        let c = self.inner.kv.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.generation != Some(generation) {
+            return None;
+        }
+        c.values.get(key).map(|v| f(v.as_deref()))
+    }
+
+    /// Remembers `value` (checked, read from disk after the generation read `generation`) for
+    /// `key`. Within the cache's bounds: a value over [`KV_CACHE_MAX_VALUE`] is not kept, and a
+    /// cache that would grow past [`KV_CACHE_BYTES`] is emptied first.
+    pub(crate) fn kv_remember(&self, key: &str, generation: u64, value: Option<&[u8]>) {
+        if value.is_some_and(|v| v.len() > KV_CACHE_MAX_VALUE) {
+            return;
+        }
+        let charge = KvCache::charge(key, value);
+        let mut c = self.inner.kv.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.generation != Some(generation) {
+            // Values of another generation are of no more use (a generation never comes back).
+            c.clear();
+            c.generation = Some(generation);
+        }
+        c.remove(key);
+        if c.bytes + charge > KV_CACHE_BYTES {
+            c.clear();
+            c.generation = Some(generation);
+        }
+        c.values.insert(key.to_string(), value.map(Box::from));
+        c.bytes += charge;
+    }
+
+    /// Bytes the read cache of this handle holds (keys, values, bookkeeping).
+    #[doc(hidden)]
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.inner.kv.cache.lock().unwrap_or_else(|p| p.into_inner()).bytes
+    }
+
+    /// Marks a change of records as under way (an odd generation), before the first file is
+    /// renamed or removed; `change` holds what was written, so that this happens once per lock.
+    fn kv_begin_change(&self, change: &mut Option<Change>) -> Result<()> {
+        if change.is_some() {
+            return Ok(());
+        }
+        let ctx = || {
+            format!(
+                "cannot update the key-value generation of namespace {:?}",
+                self.inner.name
+            )
+        };
+        let file = self.kv_generation_file()?;
+        let now = read_generation(file);
+        let before = now.filter(|g| g % 2 == 0);
+        let odd = match now {
+            Some(g) if g % 2 == 0 => g.wrapping_add(1),
+            // A change that never finished (its writer died), or no valid generation at all.
+            Some(g) => g.wrapping_add(2),
+            None => random_suffix() | 1,
+        };
+        sys::write_all_at(file, &encode_generation(odd), 0).context(ctx)?;
+        *change = Some(Change { before, odd });
+        Ok(())
+    }
+
+    /// Ends a change (every file renamed or removed): the next even generation. The read cache
+    /// keeps what it read at the generation before, except the values of `keys` (all of it
+    /// when `keys` is `None`). A failure leaves the generation odd, which readers take as "read
+    /// from disk": only logged.
+    fn kv_end_change(&self, change: Change, keys: Option<&[String]>) {
+        let after = change.odd.wrapping_add(1);
+        let written = self.kv_generation_file().and_then(|file| {
+            sys::write_all_at(file, &encode_generation(after), 0).context(|| {
+                format!(
+                    "cannot update the key-value generation of namespace {:?}",
+                    self.inner.name
+                )
+            })
+        });
+        let mut c = self.inner.kv.cache.lock().unwrap_or_else(|p| p.into_inner());
+        match (&written, keys) {
+            (Ok(()), Some(keys)) if c.generation.is_some() && c.generation == change.before => {
+                // What was read at the generation before is still current but for `keys`.
+                c.generation = Some(after);
+                for k in keys {
+                    c.remove(k);
+                }
+            }
+            _ => c.clear(),
+        }
+        drop(c);
+        if let Err(e) = written {
+            tracing::warn!(namespace = %self.inner.name, error = %e.full_message(),
+                "cannot update the key-value generation (readers read from disk until the next change)");
+        }
     }
 
     /// Opens the record file at `rel` for reading: `None` when there is none. A symlink or
     /// anything but a regular file with one name is removed and answered as `None`.
-    pub(crate) fn kv_open(&self, rel: &str) -> Result<Option<(File, std::fs::Metadata)>> {
+    /// `txn`: the lock, when the caller holds it (a damaged record is then removed under it).
+    pub(crate) fn kv_open(&self, rel: &str, txn: Option<&mut KvTxn<'_>>) -> Result<Option<(File, std::fs::Metadata)>> {
         let Some(dir) = self.dir() else { return Ok(None) };
         let mut oo = OpenOptions::new();
         oo.read(true).follow(FollowSymlinks::No);
@@ -103,7 +369,7 @@ impl Namespace {
                 if let Ok(meta) = dir.symlink_metadata(rel)
                     && meta.file_type().is_symlink()
                 {
-                    self.kv_discard(rel, None, "a symlink, not a record");
+                    self.kv_discard(rel, None, "a symlink, not a record", txn);
                     return Ok(None);
                 }
                 return Err(Error::io(format!("cannot open key-value record {rel}"), e));
@@ -114,24 +380,58 @@ impl Namespace {
             .context(|| format!("cannot stat key-value record {rel}"))?;
         let links = sys::link_count(&file, &meta).context(|| format!("cannot stat key-value record {rel}"))?;
         if !meta.file_type().is_file() || links > 1 {
-            self.kv_discard(rel, Some((&file, &meta)), "not a regular file with one name");
+            self.kv_discard(rel, Some((&file, &meta)), "not a regular file with one name", txn);
             return Ok(None);
         }
         Ok(Some((file, meta)))
     }
 
-    /// Removes a damaged record if it is still the file that was checked, and logs it.
-    pub(crate) fn kv_discard(&self, rel: &str, checked: Option<(&File, &std::fs::Metadata)>, reason: &'static str) {
+    /// Removes a damaged record if it is still the file that was checked, and logs it. Under
+    /// the lock: `txn`'s when the caller holds it, else taken here (and the change of the
+    /// generation ended here too).
+    pub(crate) fn kv_discard(
+        &self,
+        rel: &str,
+        checked: Option<(&File, &std::fs::Metadata)>,
+        reason: &'static str,
+        txn: Option<&mut KvTxn<'_>>,
+    ) {
         tracing::warn!(namespace = %self.inner.name, record = rel, reason, "removing damaged key-value record");
-        let (Some(dir), Ok(mut lk)) = (self.dir(), self.lock()) else {
-            return;
-        };
+        let Some(dir) = self.dir() else { return };
+        match txn {
+            Some(txn) => {
+                txn.keys = None;
+                self.kv_discard_locked(dir, rel, checked, &mut txn.lk, &mut txn.change);
+            }
+            None => {
+                if self.kv_generation_file().is_err() {
+                    return;
+                }
+                let Ok(mut lk) = self.lock() else { return };
+                let mut change = None;
+                self.kv_discard_locked(dir, rel, checked, &mut lk, &mut change);
+                if let Some(change) = change {
+                    self.kv_end_change(change, None);
+                }
+            }
+        }
+    }
+
+    fn kv_discard_locked(
+        &self,
+        dir: &Dir,
+        rel: &str,
+        checked: Option<(&File, &std::fs::Metadata)>,
+        lk: &mut Locked<'_>,
+        change: &mut Option<Change>,
+    ) {
         let Ok(now) = dir.symlink_metadata(rel) else { return };
         let same = match checked {
             Some((file, meta)) => sys::is_same_file_at(dir, rel, file, meta),
             None => now.file_type().is_symlink(),
         };
         if same
+            && self.kv_begin_change(change).is_ok()
             && self.remove_entry_file(dir, rel).is_ok()
             && now.file_type().is_file()
             && let Some(used) = lk.used
@@ -230,13 +530,26 @@ impl Namespace {
         Ok((n, bytes))
     }
 
-    /// Removes every record (under the lock held by the caller). Returns how many.
-    pub(super) fn kv_clear(&self, dir: &Dir) -> Result<u64> {
+    /// Removes every record (under the lock held by the caller: `_lk`). Returns how many.
+    pub(super) fn kv_clear(&self, dir: &Dir, _lk: &Locked<'_>) -> Result<u64> {
         let mut rels = Vec::new();
         self.kv_for_each(|key, _| {
             rels.push(kv_rel(&key));
             Ok(())
         })?;
+        if rels.is_empty() {
+            return Ok(0);
+        }
+        let mut change = None;
+        self.kv_begin_change(&mut change)?;
+        let removed = self.kv_remove_all(dir, rels);
+        if let Some(change) = change {
+            self.kv_end_change(change, None);
+        }
+        removed
+    }
+
+    fn kv_remove_all(&self, dir: &Dir, rels: Vec<String>) -> Result<u64> {
         let mut removed = 0;
         for rel in rels {
             match self.remove_entry_file(dir, &rel) {
@@ -254,11 +567,21 @@ impl KvTxn<'_> {
     /// any record there. Cache entries of the namespace are evicted if that is what it takes to
     /// fit; records never are. Fails with [`Error::QuotaExceeded`] (and changes nothing) when it
     /// cannot fit even then.
-    pub(crate) fn publish(&mut self, mut tmp: KvTmp, rel: &str, len: u64) -> Result<()> {
-        self.publish_inner(&mut tmp, rel, len)
+    /// `key` is the record's key (its value leaves the read cache).
+    pub(crate) fn publish(&mut self, mut tmp: KvTmp, key: &str, rel: &str, len: u64) -> Result<()> {
+        self.publish_inner(&mut tmp, key, rel, len)
     }
 
-    fn publish_inner(&mut self, tmp: &mut KvTmp, rel: &str, len: u64) -> Result<()> {
+    /// Notes that the record of `key` is about to change, and makes sure the generation says so.
+    fn changing(&mut self, key: &str) -> Result<()> {
+        self.ns.kv_begin_change(&mut self.change)?;
+        if let Some(keys) = &mut self.keys {
+            keys.push(key.to_string());
+        }
+        Ok(())
+    }
+
+    fn publish_inner(&mut self, tmp: &mut KvTmp, key: &str, rel: &str, len: u64) -> Result<()> {
         let (ns, w, dir) = (self.ns, self.w, self.dir);
         let quota = ns.inner.options.quota;
         let used = match self.lk.used {
@@ -273,6 +596,7 @@ impl KvTxn<'_> {
             projected = ns.evict(w, &mut self.lk, None, rel, old, len)?;
         }
         let before = self.lk.used.unwrap_or(used);
+        self.changing(key)?;
         self.lk.store_used(projected)?;
         let renamed = self.rename_into_place(&tmp.name, rel);
         if let Err(e) = renamed {
@@ -311,13 +635,14 @@ impl KvTxn<'_> {
         }
     }
 
-    /// Removes the record at `rel`. Whether there was one.
-    pub(crate) fn remove(&mut self, rel: &str) -> Result<bool> {
+    /// Removes the record of `key` at `rel`. Whether there was one.
+    pub(crate) fn remove(&mut self, key: &str, rel: &str) -> Result<bool> {
         let meta = match self.dir.symlink_metadata(rel) {
             Ok(m) => m,
             Err(e) if is_not_found(&e) => return Ok(false),
             Err(e) => return Err(Error::io(format!("cannot stat key-value record {rel}"), e)),
         };
+        self.changing(key)?;
         match self.ns.remove_entry_file(self.dir, rel) {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => return Ok(false),

@@ -4,6 +4,7 @@
 //! <namespace>/
 //!   state          usage counter (bytes of content), and the lock that serialises publishing
 //!   counters       hits, misses and other events, for `filecache stats`
+//!   kv-generation  the key-value bucket generation, for the read cache (see `kv`)
 //!   tmp/           entries being written, each locked by its writer while it lives
 //!   00/ … ff/      entries, named by their key in hex
 //! ```
@@ -102,6 +103,8 @@ struct Inner {
     /// quota (a write past it answers `QuotaExceeded`), given back when a writer commits or is
     /// dropped.
     uncommitted: AtomicU64,
+    /// The key-value generation file and read cache (see [`kv`]).
+    kv: kv::KvShared,
 }
 
 /// The default granularity of recency ([`NamespaceOptions::recency`](crate::NamespaceOptions::recency)): a hit refreshes an entry's modification time only when it was set
@@ -350,6 +353,7 @@ impl Namespace {
                 reclaimed_at_open: AtomicU64::new(0),
                 uses: uses::Uses::default(),
                 uncommitted: AtomicU64::new(0),
+                kv: kv::KvShared::default(),
             }),
         };
         let reclaimed = ns.reclaim_temporary_files()?;
