@@ -565,8 +565,9 @@ impl Namespace {
 impl KvTxn<'_> {
     /// Publishes `tmp` (a whole record whose quota charge is `len` bytes) at `rel`, replacing
     /// any record there. Cache entries of the namespace are evicted if that is what it takes to
-    /// fit; records never are. Fails with [`Error::QuotaExceeded`] (and changes nothing) when it
-    /// cannot fit even then.
+    /// fit; records never are. Fails with [`Error::QuotaExceeded`] when it cannot fit even then:
+    /// no record changes, and the cache entries evicted on the way (by then, all of them) stay
+    /// evicted, as the model test expects.
     /// `key` is the record's key (its value leaves the read cache).
     pub(crate) fn publish(&mut self, mut tmp: KvTmp, key: &str, rel: &str, len: u64) -> Result<()> {
         self.publish_inner(&mut tmp, key, rel, len)
