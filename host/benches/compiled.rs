@@ -2,7 +2,7 @@
 //! wasmtime's built-in `Cache` hit, and this crate's compiled-cache hit. Also what incremental
 //! compilation buys on a component that differs from a cached one in one function.
 //!
-//! `cargo bench -p filecache-host --bench compiled`
+//! `cargo bench -p filecache-host --features incremental --bench compiled`
 
 use std::path::Path;
 use std::time::Duration;
