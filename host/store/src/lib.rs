@@ -34,8 +34,11 @@
 //!   is free at once, and the file goes when its reader closes it. Replacing an entry is one
 //!   atomic rename where Windows can rename over an open file (POSIX semantics: Windows 10 1809
 //!   and later, on NTFS); elsewhere (older Windows, Wine) an entry a reader holds open is moved
-//!   aside first, and a reader that looks in between misses. Everywhere, a reader keeps reading
-//!   the bytes it opened, and never sees a torn entry.
+//!   aside first, and a reader that looks in between misses. A key-value record is data, not
+//!   cache, so there a miss is not acceptable: a reader that finds a record missing while the
+//!   bucket's generation says a change is under way waits for it to end and reads again
+//!   (`kv::tests::readers_on_other_handles_follow_concurrent_increments`, under Wine). Everywhere,
+//!   a reader keeps reading the bytes it opened, and never sees a torn entry.
 //! - **Access times**: on Linux entries are opened with `O_NOATIME`, so a hit writes the inode
 //!   once (the modification time, which is recency). Elsewhere a hit may also update the access
 //!   time, as any read does there.

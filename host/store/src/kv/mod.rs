@@ -277,11 +277,48 @@ impl Bucket {
             return Ok(r);
         }
         let digest = Self::digest(key)?;
-        let value = self.read(&digest, &kv_rel(&digest), None)?.map(|(_, r)| r.value);
-        if let Some(g) = generation {
+        let rel = kv_rel(&digest);
+        let mut value = self.read(&digest, &rel, None)?.map(|(_, r)| r.value);
+        let mut settled = true;
+        if value.is_none() && crate::sys::REPLACE_MAY_HIDE {
+            (value, settled) = self.read_after_changes(&digest, &rel, generation)?;
+        }
+        if let (Some(g), true) = (generation, settled) {
             self.ns.kv_remember(key, g, value.as_deref());
         }
         Ok(miss(value))
+    }
+
+    /// Where replacing a file can leave its name briefly absent (Windows, when a reader holds
+    /// the old record open: it is moved aside before the new one takes its name), a record found
+    /// missing may be one being replaced. The bucket generation tells: unchanged since `before`
+    /// (read before the miss), the key has no value; odd, a change is under way, so wait (up to
+    /// a second: a writer that died leaves it odd) for it to end and read again. Returns the
+    /// value and whether it is the one at `before` (only then may it be cached).
+    fn read_after_changes(&self, digest: &Key, rel: &str, before: Option<u64>) -> Result<(Option<Vec<u8>>, bool)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut pause = std::time::Duration::from_micros(20);
+        let mut seen = before;
+        loop {
+            let now = self.ns.kv_generation_now();
+            match now {
+                // Nothing changed since the miss was read: the key has no value.
+                Some(g) if g % 2 == 0 && now == seen => return Ok((None, seen == before)),
+                // A change ended since: read again.
+                Some(g) if g % 2 == 0 => seen = now,
+                // A change under way: let it end.
+                Some(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(1));
+                    continue;
+                }
+                // No generation to tell by, or a change that never ends: the miss stands.
+                _ => return Ok((None, false)),
+            }
+            if let Some((_, r)) = self.read(digest, rel, None)? {
+                return Ok((Some(r.value), false));
+            }
+        }
     }
 
     /// The value of `key`, checked; `None` if it has none. A damaged record is removed and

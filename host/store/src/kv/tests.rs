@@ -664,7 +664,11 @@ fn a_torn_damaged_or_missing_generation_means_reads_from_disk() {
     assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"newest"[..]));
     // The file removed: a handle that already had it open keeps reading its (stale) copy, so
     // this is unsupported like removing `state`; a handle opened afterwards reads from disk
-    // until a change through the store writes a generation again.
+    // until a change through the store writes a generation again. (Not on Windows, where a file
+    // removed while open stays, delete-pending, until its last handle closes.)
+    if cfg!(windows) {
+        return;
+    }
     std::fs::remove_file(generation_path(d.path())).unwrap();
     let c = FileCache::open(d.path().join("cache")).unwrap();
     let ro = bucket_with(

@@ -229,6 +229,12 @@ impl Namespace {
         Ok(self.inner.kv.generation.get_or_init(|| file))
     }
 
+    /// The bucket generation as it is now, odd (a change under way) or even; `None` when it
+    /// cannot be read or is damaged. Repairs nothing.
+    pub(crate) fn kv_generation_now(&self) -> Option<u64> {
+        read_generation(self.kv_generation_file().ok()?)
+    }
+
     /// The bucket generation as a reader sees it: `Some` only when it is a valid even number
     /// (no change under way), the generation a cached value must have been read at.
     pub(crate) fn kv_generation(&self) -> Option<u64> {
