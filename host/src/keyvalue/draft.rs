@@ -25,32 +25,6 @@ mod async_gen {
     });
 }
 
-macro_rules! run_sync {
-    ($f:expr) => {
-        inline($f)
-    };
-    // Store work on the bucket behind resource `$b`: borrowed from the table, not cloned.
-    ($self:ident, $b:ident, |$bucket:ident| $body:expr) => {{
-        let $bucket = &$self.table.get(&$b)?.0;
-        inline(|| $body)
-    }};
-}
-
-macro_rules! run_async {
-    ($f:expr) => {
-        blocking($f).await
-    };
-    // Store work on the bucket behind resource `$b`: a clone, moved to the blocking thread.
-    ($self:ident, $b:ident, |$bucket:ident| $body:expr) => {{
-        let $bucket = $self.bucket(&$b)?;
-        blocking(move || {
-            let $bucket = &$bucket;
-            $body
-        })
-        .await
-    }};
-}
-
 /// The host traits of one set of generated bindings; `$kw` is `async` or nothing, `$run` runs
 /// store work (inline, or on a blocking thread).
 macro_rules! host_impl {

@@ -56,6 +56,34 @@ use std::collections::HashMap;
 use filecache_store::kv::{self, Bucket};
 use wasmtime::component::{HasData, Linker, ResourceTable, ResourceTableError};
 
+// How the bindings of both drafts run store work: inline (`run_sync`), or off the async
+// executor on a blocking thread (`run_async`). Defined before the modules that use them.
+macro_rules! run_sync {
+    ($f:expr) => {
+        inline($f)
+    };
+    // Store work on the bucket behind resource `$b`: borrowed from the table, not cloned.
+    ($self:ident, $b:ident, |$bucket:ident| $body:expr) => {{
+        let $bucket = &$self.table.get(&$b)?.0;
+        inline(|| $body)
+    }};
+}
+
+macro_rules! run_async {
+    ($f:expr) => {
+        blocking($f).await
+    };
+    // Store work on the bucket behind resource `$b`: a clone, moved to the blocking thread.
+    ($self:ident, $b:ident, |$bucket:ident| $body:expr) => {{
+        let $bucket = $self.bucket(&$b)?;
+        blocking(move || {
+            let $bucket = &$bucket;
+            $body
+        })
+        .await
+    }};
+}
+
 mod draft;
 mod draft2;
 

@@ -75,19 +75,7 @@ impl Namespace {
     /// The lock if no thread of this process holds it (waiting only for other processes, as
     /// [`lock`](Self::lock) does); `None` when one does, or on any failure.
     pub(super) fn lock_if_free(&self) -> Option<Locked<'_>> {
-        let w = self.writable().ok()?;
-        let file = match w.state.try_lock() {
-            Ok(f) => f,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        lock_within(&file, LOCK_WAIT).ok()?;
-        let mut b = [0u8; 16];
-        let used = match sys::read_at(&file, &mut b, 0) {
-            Ok(16) if b[..8] == STATE_MAGIC => Some(u64::from_le_bytes(b[8..].try_into().expect("8 bytes"))),
-            _ => None,
-        };
-        Some(Locked { file, used })
+        self.lock_hooked(false, false).ok().flatten()
     }
 
     /// The lock; `hooked` lets a fault plan fail taking it (the write path's plans), which
