@@ -816,46 +816,46 @@ impl Inner {
         let Ok(Some(record)) = disk.digests.get(&verified_key(identity, key)) else {
             return false;
         };
-        let expected = mac(
-            &disk.secret.digest,
-            &[VERIFIED_LABEL, identity.as_bytes(), key.as_bytes()],
-        );
-        <[u8; 32]>::try_from(record.as_slice()).is_ok_and(|tag| expected == blake3::Hash::from_bytes(tag))
+        <[u8; 32]>::try_from(record.as_slice())
+            .is_ok_and(|tag| verified_tag(disk, identity, key) == blake3::Hash::from_bytes(tag))
     }
 
     /// Remembers that the artifact file of identity `identity` was verified in full as the
     /// artifact for `key`, unless it changed too recently for its timestamps to tell a later
     /// change apart.
     fn remember_verified(&self, identity: &Key, changed: SystemTime, key: &Key) {
-        let Some(disk) = self.disk.as_ref().filter(|d| d.writable) else {
-            return;
-        };
-        if SystemTime::now().duration_since(changed).unwrap_or_default() < RACY {
-            return;
-        }
-        let tag = mac(
-            &disk.secret.digest,
-            &[VERIFIED_LABEL, identity.as_bytes(), key.as_bytes()],
-        );
-        if let Err(e) = disk.digests.add(&verified_key(identity, key), tag.as_bytes()) {
-            tracing::debug!("cannot remember a verified artifact: {}", e.full_message());
-        }
+        self.remember(changed, "a verified artifact", |disk| {
+            (
+                verified_key(identity, key),
+                verified_tag(disk, identity, key).as_bytes().to_vec(),
+            )
+        });
     }
 
     /// Remembers a file's digest by its identity, unless the file changed too recently for its
     /// timestamps to tell a later change apart.
     fn remember_digest(&self, identity: &Key, changed: SystemTime, digest: &[u8; 32]) {
+        self.remember(changed, "a component's digest", |disk| {
+            let tag = mac(&disk.secret.digest, &[identity.as_bytes(), digest]);
+            let mut record = digest.to_vec();
+            record.extend_from_slice(tag.as_bytes());
+            (*identity, record)
+        });
+    }
+
+    /// Stores the memo `record` (key and bytes) in the digests namespace, unless the file it is
+    /// about changed (at `changed`) too recently for its timestamps to tell a later change apart
+    /// (git's "racy" rule), or the cache cannot be written. Best effort: a failure is logged.
+    fn remember(&self, changed: SystemTime, what: &str, record: impl FnOnce(&Disk) -> (Key, Vec<u8>)) {
         let Some(disk) = self.disk.as_ref().filter(|d| d.writable) else {
             return;
         };
         if SystemTime::now().duration_since(changed).unwrap_or_default() < RACY {
             return;
         }
-        let tag = mac(&disk.secret.digest, &[identity.as_bytes(), digest]);
-        let mut record = digest.to_vec();
-        record.extend_from_slice(tag.as_bytes());
-        if let Err(e) = disk.digests.add(identity, &record) {
-            tracing::debug!("cannot remember a component's digest: {}", e.full_message());
+        let (key, bytes) = record(disk);
+        if let Err(e) = disk.digests.add(&key, &bytes) {
+            tracing::debug!("cannot remember {what}: {}", e.full_message());
         }
     }
 }
@@ -876,6 +876,15 @@ fn file_identity(meta: &std::fs::Metadata) -> Option<(Key, SystemTime)> {
 /// What the MAC of a remembered verification starts with (apart from remembered digests, which
 /// share the secret).
 const VERIFIED_LABEL: &[u8] = b"filecache verified artifact v1\0";
+
+/// The MAC a memo of a verified artifact file carries: of its identity and its key, under the
+/// secret of remembered digests.
+fn verified_tag(disk: &Disk, identity: &Key, key: &Key) -> blake3::Hash {
+    mac(
+        &disk.secret.digest,
+        &[VERIFIED_LABEL, identity.as_bytes(), key.as_bytes()],
+    )
+}
 
 /// Where the memo of a verified artifact file lives in the digests namespace.
 fn verified_key(identity: &Key, key: &Key) -> Key {

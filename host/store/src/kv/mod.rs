@@ -195,13 +195,19 @@ impl Bucket {
         &self.ns
     }
 
-    fn digest(key: &str) -> Result<Key> {
+    /// Refuses a key over [`MAX_KEY_LEN`].
+    fn check_key_len(key: &str) -> Result<()> {
         if key.len() > MAX_KEY_LEN {
             return Err(Error::KeyTooLong {
                 len: key.len(),
                 limit: MAX_KEY_LEN,
             });
         }
+        Ok(())
+    }
+
+    fn digest(key: &str) -> Result<Key> {
+        Self::check_key_len(key)?;
         Ok(Key::digest(key.as_bytes()))
     }
 
@@ -264,12 +270,8 @@ impl Bucket {
         hit: impl FnOnce(Option<&[u8]>) -> R,
         miss: impl FnOnce(Option<Vec<u8>>) -> R,
     ) -> Result<R> {
-        if key.len() > MAX_KEY_LEN {
-            return Err(Error::KeyTooLong {
-                len: key.len(),
-                limit: MAX_KEY_LEN,
-            });
-        }
+        // Before the cache, which holds only keys that were hashed (a hit hashes nothing).
+        Self::check_key_len(key)?;
         let generation = self.ns.kv_generation();
         if let Some(g) = generation
             && let Some(r) = self.ns.kv_cached(key, g, hit)

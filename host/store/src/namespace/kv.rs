@@ -257,7 +257,7 @@ impl Namespace {
                     Some(odd) => odd.wrapping_add(1),
                     None => random_suffix() & !1,
                 };
-                sys::write_all_at(file, &encode_generation(fixed), 0).ok()?;
+                self.kv_write_generation(file, fixed).ok()?;
                 Some(fixed)
             }
         }
@@ -302,18 +302,22 @@ impl Namespace {
         self.inner.kv.cache.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
+    /// Writes generation `g` into the generation file `file`.
+    fn kv_write_generation(&self, file: &File, g: u64) -> Result<()> {
+        sys::write_all_at(file, &encode_generation(g), 0).context(|| {
+            format!(
+                "cannot update the key-value generation of namespace {:?}",
+                self.inner.name
+            )
+        })
+    }
+
     /// Marks a change of records as under way (an odd generation), before the first file is
     /// renamed or removed; `change` holds what was written, so that this happens once per lock.
     fn kv_begin_change(&self, change: &mut Option<Change>) -> Result<()> {
         if change.is_some() {
             return Ok(());
         }
-        let ctx = || {
-            format!(
-                "cannot update the key-value generation of namespace {:?}",
-                self.inner.name
-            )
-        };
         let file = self.kv_generation_file()?;
         let now = read_generation(file);
         let before = now.filter(|g| g % 2 == 0);
@@ -323,7 +327,7 @@ impl Namespace {
             Some(g) => g.wrapping_add(2),
             None => random_suffix() | 1,
         };
-        sys::write_all_at(file, &encode_generation(odd), 0).context(ctx)?;
+        self.kv_write_generation(file, odd)?;
         *change = Some(Change { before, odd });
         Ok(())
     }
@@ -334,14 +338,9 @@ impl Namespace {
     /// from disk": only logged.
     fn kv_end_change(&self, change: Change, keys: Option<&[String]>) {
         let after = change.odd.wrapping_add(1);
-        let written = self.kv_generation_file().and_then(|file| {
-            sys::write_all_at(file, &encode_generation(after), 0).context(|| {
-                format!(
-                    "cannot update the key-value generation of namespace {:?}",
-                    self.inner.name
-                )
-            })
-        });
+        let written = self
+            .kv_generation_file()
+            .and_then(|file| self.kv_write_generation(file, after));
         let mut c = self.inner.kv.cache.lock().unwrap_or_else(|p| p.into_inner());
         match (&written, keys) {
             (Ok(()), Some(keys)) if c.generation.is_some() && c.generation == change.before => {
@@ -403,46 +402,14 @@ impl Namespace {
         txn: Option<&mut KvTxn<'_>>,
     ) {
         tracing::warn!(namespace = %self.inner.name, record = rel, reason, "removing damaged key-value record");
-        let Some(dir) = self.dir() else { return };
         match txn {
-            Some(txn) => {
-                txn.keys = None;
-                self.kv_discard_locked(dir, rel, checked, &mut txn.lk, &mut txn.change);
-            }
+            Some(txn) => txn.discard(rel, checked),
             None => {
-                if self.kv_generation_file().is_err() {
-                    return;
-                }
-                let Ok(mut lk) = self.lock() else { return };
-                let mut change = None;
-                self.kv_discard_locked(dir, rel, checked, &mut lk, &mut change);
-                if let Some(change) = change {
-                    self.kv_end_change(change, None);
-                }
+                let _ = self.kv_transaction(|txn| {
+                    txn.discard(rel, checked);
+                    Ok::<(), Error>(())
+                });
             }
-        }
-    }
-
-    fn kv_discard_locked(
-        &self,
-        dir: &Dir,
-        rel: &str,
-        checked: Option<(&File, &std::fs::Metadata)>,
-        lk: &mut Locked<'_>,
-        change: &mut Option<Change>,
-    ) {
-        let Ok(now) = dir.symlink_metadata(rel) else { return };
-        let same = match checked {
-            Some((file, meta)) => sys::is_same_file_at(dir, rel, file, meta),
-            None => now.file_type().is_symlink(),
-        };
-        if same
-            && self.kv_begin_change(change).is_ok()
-            && self.remove_entry_file(dir, rel).is_ok()
-            && now.file_type().is_file()
-            && let Some(used) = lk.used
-        {
-            let _ = lk.store_used(used.saturating_sub(charged(&now)));
         }
     }
 
@@ -577,6 +544,27 @@ impl KvTxn<'_> {
     /// `key` is the record's key (its value leaves the read cache).
     pub(crate) fn publish(&mut self, mut tmp: KvTmp, key: &str, rel: &str, len: u64) -> Result<()> {
         self.publish_inner(&mut tmp, key, rel, len)
+    }
+
+    /// Removes a damaged record if it is still the file that was checked (`checked`: that file,
+    /// open, and its metadata; `None` for a symlink). Its key is not known, so the whole read
+    /// cache goes when the change ends.
+    fn discard(&mut self, rel: &str, checked: Option<(&File, &std::fs::Metadata)>) {
+        self.keys = None;
+        let (ns, dir) = (self.ns, self.dir);
+        let Ok(now) = dir.symlink_metadata(rel) else { return };
+        let same = match checked {
+            Some((file, meta)) => sys::is_same_file_at(dir, rel, file, meta),
+            None => now.file_type().is_symlink(),
+        };
+        if same
+            && ns.kv_begin_change(&mut self.change).is_ok()
+            && ns.remove_entry_file(dir, rel).is_ok()
+            && now.file_type().is_file()
+            && let Some(used) = self.lk.used
+        {
+            let _ = self.lk.store_used(used.saturating_sub(charged(&now)));
+        }
     }
 
     /// Notes that the record of `key` is about to change, and makes sure the generation says so.

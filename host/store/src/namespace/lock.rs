@@ -68,30 +68,34 @@ impl Drop for Locked<'_> {
 
 impl Namespace {
     pub(super) fn lock(&self) -> Result<Locked<'_>> {
-        self.lock_hooked(true, true)?
-            .ok_or_else(|| Error::io("cannot lock the namespace", io::Error::from(io::ErrorKind::WouldBlock)))
+        self.locked(self.mutex()?, true)
     }
 
     /// The lock if no thread of this process holds it (waiting only for other processes, as
     /// [`lock`](Self::lock) does); `None` when one does, or on any failure.
     pub(super) fn lock_if_free(&self) -> Option<Locked<'_>> {
-        self.lock_hooked(false, false).ok().flatten()
+        self.locked(self.mutex_if_free().ok()??, false).ok()
     }
 
-    /// The lock; `hooked` lets a fault plan fail taking it (the write path's plans), which
-    /// updates of statistics are outside of. Without `wait`, `None` when a thread of this process
-    /// holds it (perhaps this very one: the in-process mutex is not reentrant).
-    fn lock_hooked(&self, hooked: bool, wait: bool) -> Result<Option<Locked<'_>>> {
-        let w = self.writable()?;
-        let file = if wait {
-            w.state.lock().unwrap_or_else(|p| p.into_inner())
-        } else {
-            match w.state.try_lock() {
-                Ok(file) => file,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
-            }
-        };
+    /// The in-process half of the lock, waiting for it.
+    fn mutex(&self) -> Result<MutexGuard<'_, File>> {
+        Ok(self.writable()?.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The in-process half of the lock; `None` when a thread of this process holds it (perhaps
+    /// this very one: the mutex is not reentrant).
+    fn mutex_if_free(&self) -> Result<Option<MutexGuard<'_, File>>> {
+        match self.writable()?.state.try_lock() {
+            Ok(file) => Ok(Some(file)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(Some(p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => Ok(None),
+        }
+    }
+
+    /// The lock, given its in-process half: takes the `flock` (waiting at most [`LOCK_WAIT`] for
+    /// another process) and reads the usage counter. `hooked` lets a fault plan fail taking it
+    /// (the write path's plans), which updates of statistics are outside of.
+    fn locked<'a>(&'a self, file: MutexGuard<'a, File>, hooked: bool) -> Result<Locked<'a>> {
         let hook = if hooked {
             fault::check(Point::LockNamespace)
         } else {
@@ -104,7 +108,7 @@ impl Namespace {
             Ok(16) if b[..8] == STATE_MAGIC => Some(u64::from_le_bytes(b[8..].try_into().expect("8 bytes"))),
             _ => None,
         };
-        Ok(Some(Locked { file, used }))
+        Ok(Locked { file, used })
     }
 
     /// Adds to this namespace's event counters on disk (see [`Counter`]), under the namespace
@@ -119,9 +123,15 @@ impl Namespace {
         let (Some(dir), Some(_)) = (self.dir(), &self.inner.writable) else {
             return Ok(true);
         };
-        let Some(_lk) = self.lock_hooked(false, wait)? else {
-            return Ok(false);
+        let file = if wait {
+            self.mutex()?
+        } else {
+            match self.mutex_if_free()? {
+                Some(file) => file,
+                None => return Ok(false),
+            }
         };
+        let _lk = self.locked(file, false)?;
         let ctx = || format!("cannot update the counters of namespace {:?}", self.inner.name);
         let file = dir
             .open_with(COUNTERS_FILE, &private_rw_options())
