@@ -17,7 +17,9 @@
 //! number. A missing or damaged file is replaced by a random odd number at the next change, so
 //! a generation never comes back to a value it once had (in practice: 2^63 even values).
 //!
-//! A reader reads the generation (one `pread`) before anything else. When it is even (`g`), a
+//! A reader reads the generation before anything else: on Linux through a shared mapping of
+//! the file's page (two atomic loads, no system call; see `sys::mapped` for what a truncation of
+//! the file does then), elsewhere with one `pread`. When it is even (`g`), a
 //! value found in the handle's cache for generation `g` is served; otherwise the record is read
 //! and checked from disk, and, if the generation was even, remembered for `g`. A value
 //! remembered for `g` was read after the generation was `g`, so it was current at some moment
@@ -45,6 +47,11 @@ const KV_CACHE_OVERHEAD: usize = 64;
 #[derive(Default)]
 pub(super) struct KvShared {
     generation: std::sync::OnceLock<File>,
+    /// The generation file's page, mapped once it holds a generation (Linux), so that a read of
+    /// the generation costs no system call; `None` elsewhere, or when it could not be mapped.
+    mapped: std::sync::OnceLock<sys::mapped::MappedWords>,
+    /// Whether mapping the generation file was tried (once per handle).
+    map_tried: std::sync::atomic::AtomicBool,
     /// Whether this handle already tried to write a first generation into a fresh (or damaged)
     /// file (once per handle, so that a file that cannot be fixed costs no lock per read).
     initialised: std::sync::atomic::AtomicBool,
@@ -229,17 +236,36 @@ impl Namespace {
         Ok(self.inner.kv.generation.get_or_init(|| file))
     }
 
+    /// The generation in the generation file `file` (this handle's), read through its mapping
+    /// when there is one, else from the file (mapping it, once, after a first good read); `None`
+    /// when it cannot be read or is torn, damaged or missing.
+    fn kv_read_generation(&self, file: &File) -> Option<u64> {
+        let kv = &self.inner.kv;
+        if let Some((g, check)) = kv.mapped.get().and_then(sys::mapped::MappedWords::read) {
+            return (check == !g).then_some(g);
+        }
+        let g = read_generation(file);
+        if g.is_some()
+            && kv.mapped.get().is_none()
+            && !kv.map_tried.swap(true, Ordering::Relaxed)
+            && let Some(m) = sys::mapped::MappedWords::map(file)
+        {
+            let _ = kv.mapped.set(m);
+        }
+        g
+    }
+
     /// The bucket generation as it is now, odd (a change under way) or even; `None` when it
     /// cannot be read or is damaged. Repairs nothing.
     pub(crate) fn kv_generation_now(&self) -> Option<u64> {
-        read_generation(self.kv_generation_file().ok()?)
+        self.kv_read_generation(self.kv_generation_file().ok()?)
     }
 
     /// The bucket generation as a reader sees it: `Some` only when it is a valid even number
     /// (no change under way), the generation a cached value must have been read at.
     pub(crate) fn kv_generation(&self) -> Option<u64> {
         let file = self.kv_generation_file().ok()?;
-        match read_generation(file) {
+        match self.kv_read_generation(file) {
             Some(g) if g % 2 == 0 => Some(g),
             _ => {
                 // A fresh file, a damaged one, or a change left unfinished by a writer that
@@ -251,7 +277,7 @@ impl Namespace {
                     return None;
                 }
                 let _lk = self.lock_if_free()?;
-                let fixed = match read_generation(file) {
+                let fixed = match self.kv_read_generation(file) {
                     Some(g) if g % 2 == 0 => return Some(g),
                     // Every file a dead writer renamed or removed is visible by now.
                     Some(odd) => odd.wrapping_add(1),
@@ -319,7 +345,7 @@ impl Namespace {
             return Ok(());
         }
         let file = self.kv_generation_file()?;
-        let now = read_generation(file);
+        let now = self.kv_read_generation(file);
         let before = now.filter(|g| g % 2 == 0);
         let odd = match now {
             Some(g) if g % 2 == 0 => g.wrapping_add(1),
