@@ -14,8 +14,9 @@
 //! later runs reuse (about 4.5 GiB on ext4 with 4 KiB blocks; delete it when done). The first
 //! `add` of each run recounts the namespace's usage, outside the timed region.
 //!
-//! `cargo bench -p filecache-host --bench scale` (about 3 minutes once the namespaces exist;
-//! writing the million entries the first time took 20 minutes on the busy 2-core machine).
+//! `cargo bench -p filecache-store --bench scale` (about 3 minutes once the namespaces exist;
+//! writing the million entries takes 22 s on the idle 2-core machine, and took 20 minutes once
+//! on a busy one).
 //! `FILECACHE_BENCH_SCALE=1000,100000` measures only those sizes (the maintenance benchmarks run
 //! when 100000 is among them).
 

@@ -324,7 +324,9 @@ impl Bucket {
     }
 
     /// The value of `key`, checked; `None` if it has none. A damaged record is removed and
-    /// reported as an error (never served). Served from the handle's read cache while no
+    /// reported as an error (never served); read from within [`update`](Self::update) on a
+    /// handle sharing this one's lock, it is reported at once and removed by the next read made
+    /// outside (waiting for the lock the calling thread holds would never end). Served from the handle's read cache while no
     /// process has changed the bucket since it was read (see [the module docs](self#the-read-cache)).
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.read_cached(key, |v| v.map(<[u8]>::to_vec), |v| v)

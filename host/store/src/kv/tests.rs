@@ -716,6 +716,36 @@ fn a_writable_handle_fixes_a_generation_left_odd_by_a_dead_writer_once() {
     assert_eq!(seen.as_deref(), Some(&b"v"[..]));
 }
 
+/// A damaged record read from within `update` on the same handle (whose lock this thread then
+/// holds) is reported at once, not removed by waiting for that lock (which never comes: the
+/// mutex is not reentrant); the next read outside removes it.
+#[test]
+fn a_damaged_record_read_within_update_is_reported_without_waiting_for_the_lock_held() {
+    let (d, cache) = cache();
+    let b = bucket(&cache);
+    b.set("damaged", b"value").unwrap();
+    let path = record_path(d.path(), "damaged");
+    let mut bytes = std::fs::read(&path).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b2 = b.clone();
+    std::thread::spawn(move || {
+        let seen = b2.update("n", |_| Ok((b"1".to_vec(), b2.get("damaged"))));
+        tx.send(seen.map(|r| r.map_err(|e| e.to_string()))).unwrap();
+    });
+    let seen = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("a read within update never waits for the lock its own thread holds");
+    let inner = seen.expect("the update itself succeeds");
+    assert!(inner.unwrap_err().contains("corrupt"), "reported as damaged");
+    assert_eq!(b.get("n").unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(path.exists(), "left in place while the lock was held");
+    assert!(b.get("damaged").is_err(), "still reported, never served");
+    assert!(!path.exists(), "removed by the next read outside the lock");
+    assert_eq!(b.get("damaged").unwrap(), None);
+}
+
 #[test]
 fn the_read_cache_stays_within_its_bound() {
     use crate::namespace::kv::{KV_CACHE_BYTES, KV_CACHE_MAX_VALUE};

@@ -191,11 +191,30 @@ impl Namespace {
         &self,
         f: impl FnOnce(&mut KvTxn<'_>) -> std::result::Result<R, E>,
     ) -> std::result::Result<R, E> {
+        self.kv_transaction_with(true, f)
+            .map(|done| done.expect("a waiting lock is always taken"))
+    }
+
+    /// [`kv_transaction`](Self::kv_transaction); without `wait`, runs nothing and answers
+    /// `None` when a thread of this process holds this handle's lock (perhaps the calling one,
+    /// which waiting would deadlock).
+    fn kv_transaction_with<R, E: From<Error>>(
+        &self,
+        wait: bool,
+        f: impl FnOnce(&mut KvTxn<'_>) -> std::result::Result<R, E>,
+    ) -> std::result::Result<Option<R>, E> {
         let w = self.writable()?;
         let dir = self.dir().ok_or(Error::ReadOnly)?;
         // Opened before anything changes: a change must be able to bump the generation.
         self.kv_generation_file()?;
-        let lk = self.lock()?;
+        let lk = if wait {
+            self.lock()?
+        } else {
+            match self.lock_if_free() {
+                Some(lk) => lk,
+                None => return Ok(None),
+            }
+        };
         let mut txn = KvTxn {
             ns: self,
             w,
@@ -208,7 +227,7 @@ impl Namespace {
         if let Some(change) = txn.change {
             self.kv_end_change(change, txn.keys.as_deref());
         }
-        out
+        out.map(Some)
     }
 
     /// The generation file, opened once per handle (created owner-only by a writable one).
@@ -431,10 +450,16 @@ impl Namespace {
         match txn {
             Some(txn) => txn.discard(rel, checked),
             None => {
-                let _ = self.kv_transaction(|txn| {
+                // Never waiting for this handle's lock: the caller may be reading from within
+                // `Bucket::update` on this very thread. When it is held, the record stays (it is
+                // reported, never served) and the next read that finds the lock free removes it.
+                let done = self.kv_transaction_with(false, |txn| {
                     txn.discard(rel, checked);
                     Ok::<(), Error>(())
                 });
+                if !matches!(done, Ok(Some(()))) {
+                    tracing::debug!(namespace = %self.inner.name, record = rel, "damaged record left for a later read: the lock is held");
+                }
             }
         }
     }
