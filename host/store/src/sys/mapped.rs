@@ -75,10 +75,10 @@ mod linux {
     static INSTALL: Once = Once::new();
     static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-    /// The `SIGBUS` disposition before ours: written once, by the `sigaction` that installs
-    /// ours, before any fault we pass on can need it.
+    /// The `SIGBUS` disposition before ours: read (and stored here) before ours is installed,
+    /// so that a fault we pass on never finds it unwritten.
     struct Previous(UnsafeCell<libc::sigaction>);
-    // SAFETY: written only inside `INSTALL.call_once`, read only afterwards (by the handler).
+    // SAFETY: written only inside `INSTALL.call_once`, before the handler that reads it exists.
     unsafe impl Sync for Previous {}
     static PREVIOUS: Previous = Previous(UnsafeCell::new(unsafe { std::mem::zeroed() }));
 
@@ -92,7 +92,9 @@ mod linux {
                 action.sa_sigaction = on_sigbus as *const () as usize;
                 action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
                 libc::sigemptyset(&mut action.sa_mask);
-                if libc::sigaction(libc::SIGBUS, &action, PREVIOUS.0.get()) == 0 {
+                if libc::sigaction(libc::SIGBUS, std::ptr::null(), PREVIOUS.0.get()) == 0
+                    && libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) == 0
+                {
                     INSTALLED.store(true, Ordering::Release);
                 }
             }
