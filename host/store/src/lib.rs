@@ -47,6 +47,13 @@
 //! - **[`Durability::Sync`]**: the entry is flushed before it is published everywhere; its
 //!   directory is fsynced after the rename on Unix only (Windows cannot flush a directory handle;
 //!   NTFS journals the rename).
+//! - **The key-value generation** (read before every cached key-value `get`): on Linux through a
+//!   shared mapping of its file, with no system call. The first such mapping installs a
+//!   process-wide `SIGBUS` handler, chained to the one before it (std's, wasmtime's), so that a
+//!   truncation of the mapped file makes that handle read the file again instead of killing the
+//!   process; an embedder that later installs its own `SIGBUS` handler without chaining to the
+//!   one it replaces takes that protection away (as it would wasmtime's). Elsewhere one `pread`
+//!   or `ReadFile` per `get`.
 //! - **Planted FIFOs** are opened with `O_NONBLOCK` on Unix (they cannot be planted in a Windows
 //!   directory).
 //!
