@@ -848,6 +848,62 @@ fn readers_on_other_handles_follow_concurrent_increments() {
     }
 }
 
+/// The generation file truncated to nothing, again and again, under readers that read it
+/// through a shared mapping (Linux) and writers that rewrite it: no reader dies of `SIGBUS`, no
+/// reader ever sees the counter go back, and every reader sees the last value. (Each truncation
+/// leaves zeros once the file is extended again: a damaged generation, which writers replace
+/// with a fresh one and readers do not cache by.)
+#[cfg(target_os = "linux")]
+#[test]
+fn readers_follow_increments_while_the_generation_file_is_truncated_under_them() {
+    let (d, _cache) = cache();
+    let root = d.path().join("cache");
+    // The namespace and its generation file exist before anyone maps it.
+    bucket(&FileCache::open(&root).unwrap()).set("counter", b"0").unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let chaos = {
+        let (path, done) = (generation_path(d.path()), done.clone());
+        std::thread::spawn(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut truncations = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                file.set_len(0).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(300));
+                file.set_len(16).unwrap();
+                truncations += 1;
+                std::thread::sleep(std::time::Duration::from_micros(700));
+            }
+            truncations
+        })
+    };
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let cache = FileCache::open(root).unwrap();
+                let b = bucket(&cache);
+                for _ in 0..200 {
+                    b.increment_u64("counter", 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let root = root.clone();
+            std::thread::spawn(move || watch_counter(&root, "counter", 400))
+        })
+        .collect();
+    for t in writers {
+        t.join().unwrap();
+    }
+    for t in readers {
+        t.join().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(chaos.join().unwrap() > 0);
+}
+
 /// The child side of the cross-process test below: does nothing unless run by it.
 #[test]
 fn cross_process_child() {
