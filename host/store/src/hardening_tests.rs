@@ -132,6 +132,45 @@ fn stats_count_plugin_hits_and_misses_exactly() {
     );
 }
 
+/// The end of a streamed read (or of a writer) does not write the counters file: the store's
+/// own short-lived handles leave the flush to the user's handle (it cost a lock and five system
+/// calls at the end of every `open`), and the uses still reach the file when that handle goes,
+/// even when a reader outlives it.
+#[test]
+fn readers_and_writers_leave_the_counters_to_the_users_handle() {
+    let (_dir, cache) = cache();
+    let on_disk = || {
+        let stats = cache.stats().unwrap();
+        let s = stats.iter().find(|s| s.name == "plugin").unwrap();
+        (s.counts.hits, s.counts.misses)
+    };
+    let key = Key::digest(b"present");
+    let ns = cache.namespace("plugin", NamespaceOptions::default()).unwrap();
+    ns.add(&key, b"content").unwrap();
+    for _ in 0..3 {
+        let mut r = ns.open(&key).unwrap().unwrap();
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut content).unwrap();
+        assert_eq!(content, b"content");
+        drop(r);
+        let mut w = ns.create(&Key::digest(b"other")).unwrap();
+        w.write(b"x").unwrap();
+        w.commit().unwrap();
+    }
+    assert_eq!(
+        on_disk(),
+        (0, 0),
+        "nothing written by the readers and writers that went"
+    );
+    assert_eq!((ns.counts().hits, ns.counts().misses), (3, 0));
+    // A reader that outlives the user's handle: the user's handle flushes as it goes.
+    let r = ns.open(&key).unwrap().unwrap();
+    drop(ns);
+    assert_eq!(on_disk(), (4, 0), "flushed when the user's handle went");
+    drop(r);
+    assert_eq!(on_disk(), (4, 0));
+}
+
 /// Finding 5: a fan-out directory that cannot be opened (EACCES, EMFILE) fails the scan — and so
 /// `stats`, `verify`, `clear` and the recount behind the quota — instead of being skipped with a
 /// short total written to the usage counter. (Root opens any directory and the descriptor limit is

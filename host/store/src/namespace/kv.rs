@@ -179,7 +179,7 @@ impl Namespace {
             return Err(e);
         }
         Ok(KvTmp {
-            ns: self.clone(),
+            ns: self.for_operation(),
             name,
             _file: file,
         })

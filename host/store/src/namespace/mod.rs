@@ -62,16 +62,23 @@ const SMALL_ENTRY: usize = 16 << 10;
 #[derive(Clone)]
 pub struct Namespace {
     inner: Arc<Inner>,
+    /// Whether dropping this handle flushes the uses counted in memory: true for the handles
+    /// users hold (and their clones), false for the store's own short-lived ones (a reader, a
+    /// writer, a key-value temporary file), which would otherwise write the counters file at
+    /// the end of every streamed read.
+    flushes: bool,
 }
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        // Every handle flushes what it can see, so the uses of a process that ends normally
-        // reach the counters file whichever handle goes last. Only the last may wait for the
-        // lock: another handle may be dropped by the thread holding it (no handle is left to
-        // hold it when the last goes, and none can be made).
-        if self.inner.uses.peek() != (0, 0) {
-            self.flush_uses(Arc::strong_count(&self.inner) == 1);
+        // Every user's handle flushes what it can see, so the uses of a process that ends
+        // normally (or of a plugin instance whose handle goes) reach the counters file whichever
+        // handle goes last. Only the last may wait for the lock: another handle may be dropped
+        // by the thread holding it (no handle is left to hold it when the last goes, and none
+        // can be made).
+        let last = Arc::strong_count(&self.inner) == 1;
+        if (self.flushes || last) && self.inner.uses.peek() != (0, 0) {
+            self.flush_uses(last);
         }
     }
 }
@@ -345,6 +352,7 @@ impl Namespace {
             _ => None,
         };
         let ns = Namespace {
+            flushes: true,
             inner: Arc::new(Inner {
                 name,
                 dir,
@@ -359,6 +367,15 @@ impl Namespace {
         let reclaimed = ns.reclaim_temporary_files()?;
         ns.inner.reclaimed_at_open.store(reclaimed, Ordering::Relaxed);
         Ok(ns)
+    }
+
+    /// A handle for one of the store's own short-lived objects (a reader, a writer): dropping
+    /// it flushes no uses unless it is the last handle.
+    pub(super) fn for_operation(&self) -> Namespace {
+        Namespace {
+            inner: self.inner.clone(),
+            flushes: false,
+        }
     }
 
     /// How many temporary files of dead writers were reclaimed when this handle was opened.

@@ -308,7 +308,7 @@ impl Namespace {
             self.touch(&file, &meta);
         }
         Ok(Lookup::Found(FileReader {
-            ns: self.clone(),
+            ns: self.for_operation(),
             key: *key,
             file,
             meta,

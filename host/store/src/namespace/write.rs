@@ -72,7 +72,7 @@ impl Namespace {
             return Err(Error::io("cannot write a temporary file", e));
         }
         Ok(FileWriter {
-            ns: self.clone(),
+            ns: self.for_operation(),
             key: *key,
             tmp_name: Some(name),
             out: Some(out),
