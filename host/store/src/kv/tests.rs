@@ -746,6 +746,38 @@ fn a_damaged_record_read_within_update_is_reported_without_waiting_for_the_lock_
     assert_eq!(b.get("damaged").unwrap(), None);
 }
 
+/// The same through another handle of this process: its in-process lock is free, but the
+/// `flock` is held by the first handle, on this very thread. The removal waits a moment
+/// (`LOCK_TRY_WAIT`), not the long `LOCK_WAIT` meant for another process's work, and the
+/// damage is reported; a read after the update removes the record.
+#[test]
+fn a_damaged_record_read_through_another_handle_within_update_is_reported_promptly() {
+    let (d, cache) = cache();
+    let a = bucket(&cache);
+    let other = FileCache::open(d.path().join("cache")).unwrap();
+    let b = bucket(&other);
+    b.set("damaged", b"value").unwrap();
+    let path = record_path(d.path(), "damaged");
+    let mut bytes = std::fs::read(&path).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let started = std::time::Instant::now();
+    let seen = a
+        .update("n", |_| {
+            Ok((b"1".to_vec(), b.get("damaged").map_err(|e| e.to_string())))
+        })
+        .unwrap();
+    let took = started.elapsed();
+    assert!(seen.unwrap_err().contains("corrupt"), "reported as damaged");
+    assert!(
+        took < crate::namespace::LOCK_WAIT / 2,
+        "took {took:?}: waited for a lock held by this very thread"
+    );
+    assert!(b.get("damaged").is_err(), "still reported, never served");
+    assert!(!path.exists(), "removed by the next read outside the lock");
+    assert_eq!(b.get("damaged").unwrap(), None);
+}
+
 #[test]
 fn the_read_cache_stays_within_its_bound() {
     use crate::namespace::kv::{KV_CACHE_BYTES, KV_CACHE_MAX_VALUE};

@@ -30,6 +30,13 @@ pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 #[cfg(test)]
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(3);
 
+/// The longest a best-effort locker waits for the `flock` (the removal of a damaged record found
+/// by a read, the first fix of a damaged key-value generation, a flush of use counts by a handle
+/// that is not the last): such work is left for later rather than stall the operation that
+/// found it. The holder may be another handle of this very thread (a read made within
+/// `Bucket::update` on another handle), which no wait would outlast.
+pub(crate) const LOCK_TRY_WAIT: Duration = Duration::from_millis(100);
+
 /// Takes `file`'s exclusive lock, waiting at most `wait` for another holder to let it go.
 fn lock_within(file: &File, wait: Duration) -> io::Result<()> {
     let deadline = std::time::Instant::now() + wait;
@@ -68,13 +75,13 @@ impl Drop for Locked<'_> {
 
 impl Namespace {
     pub(super) fn lock(&self) -> Result<Locked<'_>> {
-        self.locked(self.mutex()?, true)
+        self.locked(self.mutex()?, true, LOCK_WAIT)
     }
 
-    /// The lock if no thread of this process holds it (waiting only for other processes, as
-    /// [`lock`](Self::lock) does); `None` when one does, or on any failure.
+    /// The lock if no thread of this process holds this handle's half of it, and no other
+    /// holds the `flock` for longer than [`LOCK_TRY_WAIT`]; `None` otherwise, or on any failure.
     pub(super) fn lock_if_free(&self) -> Option<Locked<'_>> {
-        self.locked(self.mutex_if_free().ok()??, false).ok()
+        self.locked(self.mutex_if_free().ok()??, false, LOCK_TRY_WAIT).ok()
     }
 
     /// The in-process half of the lock, waiting for it.
@@ -92,16 +99,16 @@ impl Namespace {
         }
     }
 
-    /// The lock, given its in-process half: takes the `flock` (waiting at most [`LOCK_WAIT`] for
-    /// another process) and reads the usage counter. `hooked` lets a fault plan fail taking it
+    /// The lock, given its in-process half: takes the `flock` (waiting at most `wait` for
+    /// another holder) and reads the usage counter. `hooked` lets a fault plan fail taking it
     /// (the write path's plans), which updates of statistics are outside of.
-    fn locked<'a>(&'a self, file: MutexGuard<'a, File>, hooked: bool) -> Result<Locked<'a>> {
+    fn locked<'a>(&'a self, file: MutexGuard<'a, File>, hooked: bool, wait: Duration) -> Result<Locked<'a>> {
         let hook = if hooked {
             fault::check(Point::LockNamespace)
         } else {
             Ok(())
         };
-        hook.and_then(|()| lock_within(&file, LOCK_WAIT))
+        hook.and_then(|()| lock_within(&file, wait))
             .context(|| format!("cannot lock namespace {:?}", self.inner.name))?;
         let mut b = [0u8; 16];
         let used = match sys::read_at(&file, &mut b, 0) {
@@ -117,21 +124,20 @@ impl Namespace {
         self.count_with(deltas, true).map(|_| ())
     }
 
-    /// [`count`](Self::count); without `wait`, counts nothing and answers `false` when a thread
-    /// of this process holds the namespace lock.
+    /// [`count`](Self::count); without `wait`, counts nothing and answers `false` when the lock
+    /// is not free (see [`lock_if_free`](Self::lock_if_free)).
     fn count_with(&self, deltas: &[(Counter, u64)], wait: bool) -> Result<bool> {
         let (Some(dir), Some(_)) = (self.dir(), &self.inner.writable) else {
             return Ok(true);
         };
-        let file = if wait {
-            self.mutex()?
+        let _lk = if wait {
+            self.locked(self.mutex()?, false, LOCK_WAIT)?
         } else {
-            match self.mutex_if_free()? {
-                Some(file) => file,
+            match self.lock_if_free() {
+                Some(lk) => lk,
                 None => return Ok(false),
             }
         };
-        let _lk = self.locked(file, false)?;
         let ctx = || format!("cannot update the counters of namespace {:?}", self.inner.name);
         let file = dir
             .open_with(COUNTERS_FILE, &private_rw_options())
