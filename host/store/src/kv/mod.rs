@@ -327,8 +327,9 @@ impl Bucket {
     /// reported as an error (never served). Its removal takes the namespace lock without
     /// waiting long (a read made within [`update`](Self::update), on this handle or another,
     /// runs while the calling thread holds the lock, which no wait would outlast): when the lock
-    /// is not free, the damage is reported at once and a later read removes the record. Served from the handle's read cache while no
-    /// process has changed the bucket since it was read (see [the module docs](self#the-read-cache)).
+    /// is not free, the damage is reported at once and a later read removes the record. Served
+    /// from the handle's read cache while no process has changed the bucket since it was read
+    /// (see [the module docs](self#the-read-cache)).
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.read_cached(key, |v| v.map(<[u8]>::to_vec), |v| v)
     }

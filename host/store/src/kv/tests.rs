@@ -850,13 +850,12 @@ fn watch_counter(root: &Path, key: &str, target: u64) -> u64 {
     }
 }
 
-#[test]
-fn readers_on_other_handles_follow_concurrent_increments() {
-    let (d, _cache) = cache();
-    let root = d.path().join("cache");
+/// Two threads, each with its own handle on the cache at `root`, increment "counter" 200 times
+/// while two more watch it (see [`watch_counter`]) until it reaches 400.
+fn increment_and_watch(root: &Path) {
     let writers: Vec<_> = (0..2)
         .map(|_| {
-            let root = root.clone();
+            let root = root.to_path_buf();
             std::thread::spawn(move || {
                 let cache = FileCache::open(root).unwrap();
                 let b = bucket(&cache);
@@ -868,7 +867,7 @@ fn readers_on_other_handles_follow_concurrent_increments() {
         .collect();
     let readers: Vec<_> = (0..2)
         .map(|_| {
-            let root = root.clone();
+            let root = root.to_path_buf();
             std::thread::spawn(move || watch_counter(&root, "counter", 400))
         })
         .collect();
@@ -878,6 +877,13 @@ fn readers_on_other_handles_follow_concurrent_increments() {
     for t in readers {
         t.join().unwrap();
     }
+}
+
+#[test]
+fn readers_on_other_handles_follow_concurrent_increments() {
+    let (d, _cache) = cache();
+    let root = d.path().join("cache");
+    increment_and_watch(&root);
 }
 
 /// The generation file truncated to nothing, again and again, under readers that read it
@@ -908,30 +914,7 @@ fn readers_follow_increments_while_the_generation_file_is_truncated_under_them()
             truncations
         })
     };
-    let writers: Vec<_> = (0..2)
-        .map(|_| {
-            let root = root.clone();
-            std::thread::spawn(move || {
-                let cache = FileCache::open(root).unwrap();
-                let b = bucket(&cache);
-                for _ in 0..200 {
-                    b.increment_u64("counter", 1).unwrap();
-                }
-            })
-        })
-        .collect();
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
-            let root = root.clone();
-            std::thread::spawn(move || watch_counter(&root, "counter", 400))
-        })
-        .collect();
-    for t in writers {
-        t.join().unwrap();
-    }
-    for t in readers {
-        t.join().unwrap();
-    }
+    increment_and_watch(&root);
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(chaos.join().unwrap() > 0);
 }

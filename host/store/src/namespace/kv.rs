@@ -48,10 +48,9 @@ const KV_CACHE_OVERHEAD: usize = 64;
 pub(super) struct KvShared {
     generation: std::sync::OnceLock<File>,
     /// The generation file's page, mapped once it holds a generation (Linux), so that a read of
-    /// the generation costs no system call; `None` elsewhere, or when it could not be mapped.
-    mapped: std::sync::OnceLock<sys::mapped::MappedWords>,
-    /// Whether mapping the generation file was tried (once per handle).
-    map_tried: std::sync::atomic::AtomicBool,
+    /// the generation costs no system call. Set once per handle, when the mapping is tried:
+    /// `None` elsewhere, or when it could not be made.
+    mapped: std::sync::OnceLock<Option<sys::mapped::MappedWords>>,
     /// Whether this handle already tried to write a first generation into a fresh (or damaged)
     /// file (once per handle, so that a file that cannot be fixed costs no lock per read).
     initialised: std::sync::atomic::AtomicBool,
@@ -259,17 +258,17 @@ impl Namespace {
     /// when there is one, else from the file (mapping it, once, after a first good read); `None`
     /// when it cannot be read or is torn, damaged or missing.
     fn kv_read_generation(&self, file: &File) -> Option<u64> {
-        let kv = &self.inner.kv;
-        if let Some((g, check)) = kv.mapped.get().and_then(sys::mapped::MappedWords::read) {
+        let mapped = &self.inner.kv.mapped;
+        if let Some((g, check)) = mapped
+            .get()
+            .and_then(Option::as_ref)
+            .and_then(sys::mapped::MappedWords::read)
+        {
             return (check == !g).then_some(g);
         }
         let g = read_generation(file);
-        if g.is_some()
-            && kv.mapped.get().is_none()
-            && !kv.map_tried.swap(true, Ordering::Relaxed)
-            && let Some(m) = sys::mapped::MappedWords::map(file)
-        {
-            let _ = kv.mapped.set(m);
+        if g.is_some() && mapped.get().is_none() {
+            mapped.get_or_init(|| sys::mapped::MappedWords::map(file));
         }
         g
     }

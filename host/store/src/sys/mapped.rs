@@ -230,11 +230,17 @@ mod tests {
         [a.to_le_bytes(), b.to_le_bytes()].concat()
     }
 
-    #[test]
-    fn a_mapping_sees_writes_made_through_other_handles_at_once() {
+    /// A file holding `bytes` in a fresh temporary directory (kept alive by the first half).
+    fn file_holding(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("g");
-        std::fs::write(&path, words(1, 2)).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        (d, path)
+    }
+
+    #[test]
+    fn a_mapping_sees_writes_made_through_other_handles_at_once() {
+        let (_d, path) = file_holding(&words(1, 2));
         let m = MappedWords::map(&File::open(&path).unwrap()).expect("a mapping");
         assert_eq!(m.read(), Some((1, 2)));
         let other = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -245,17 +251,13 @@ mod tests {
 
     #[test]
     fn a_file_too_short_is_not_mapped() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("g");
-        std::fs::write(&path, [1u8; 15]).unwrap();
+        let (_d, path) = file_holding(&[1u8; 15]);
         assert!(MappedWords::map(&File::open(&path).unwrap()).is_none());
     }
 
     #[test]
     fn a_truncated_file_loses_its_mapping_instead_of_killing_the_process() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("g");
-        std::fs::write(&path, words(3, 4)).unwrap();
+        let (_d, path) = file_holding(&words(3, 4));
         let m = MappedWords::map(&File::open(&path).unwrap()).expect("a mapping");
         let other = MappedWords::map(&File::open(&path).unwrap()).expect("a second mapping");
         assert_eq!(m.read(), Some((3, 4)));
@@ -300,9 +302,7 @@ mod tests {
             }
             std::process::exit(0);
         }
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("g");
-        std::fs::write(&path, words(1, 2)).unwrap();
+        let (_d, path) = file_holding(&words(1, 2));
         let status = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
