@@ -4,13 +4,19 @@
 //! offset size  field
 //!      0    8  magic "FCACHE\r\n"
 //!      8    4  format version (1), little-endian
-//!     12    4  flags (0; any other value is refused)
+//!     12    4  flags: 0, or 1 for a trailing header (below); any other value is refused
 //!     16    8  content length in bytes, little-endian
 //!     24    4  CRC32C of the content, little-endian
 //!     28    4  CRC32C of the header (bytes 0..28 and 32..64), little-endian
 //!     32   32  the entry's key
 //!     64    …  content
 //! ```
+//!
+//! An entry whose content must start at offset 0 of its file (a compiled artifact, which
+//! wasmtime maps from the file itself) has the same header after the content instead, with flag
+//! 1 set ([`Layout::Trailing`]). Such content never starts with the magic (its writer refuses
+//! it), so a reader tells the layouts apart by the file's first eight bytes: the magic means a
+//! leading header; anything else, a trailing one (or damage, which its header then reports).
 //!
 //! CRC32C (Castagnoli) is computed with the SSE4.2/ARMv8 instructions where the CPU has them,
 //! chosen by measurement (see BENCHMARKS.md): faster than XXH3 in a portable build, and as a CRC
@@ -26,6 +32,48 @@ pub const HEADER_LEN: usize = 64;
 pub const MAGIC: [u8; 8] = *b"FCACHE\r\n";
 /// The only format version this build reads and writes.
 pub const VERSION: u32 = 1;
+
+/// Flag bit of a header that follows the content.
+const FLAG_TRAILING: u32 = 1;
+
+/// Where an entry file keeps its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Header first, content from offset [`HEADER_LEN`]: every entry but compiled artifacts.
+    #[default]
+    Leading,
+    /// Content from offset 0, header after it (flag 1): for content that a consumer maps from
+    /// the file itself and that must start the file.
+    Trailing,
+}
+
+impl Layout {
+    /// The offset of the content in the entry file.
+    pub fn content_start(self) -> u64 {
+        match self {
+            Layout::Leading => HEADER_LEN as u64,
+            Layout::Trailing => 0,
+        }
+    }
+
+    /// The offset of the header in an entry file of `file_len` bytes (at least [`HEADER_LEN`]).
+    pub fn header_start(self, file_len: u64) -> u64 {
+        match self {
+            Layout::Leading => 0,
+            Layout::Trailing => file_len.saturating_sub(HEADER_LEN as u64),
+        }
+    }
+
+    /// The layout of an entry file that starts with `first` (its first bytes): a leading header
+    /// starts with the magic; trailing-header content never does.
+    pub fn of_file_starting_with(first: &[u8]) -> Layout {
+        if first.starts_with(&MAGIC) {
+            Layout::Leading
+        } else {
+            Layout::Trailing
+        }
+    }
+}
 
 /// A decoded entry header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,12 +128,21 @@ pub(crate) fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
 }
 
 impl Header {
-    /// Encodes the header.
+    /// Encodes the header, for the start of an entry file.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
+        self.encode_as(Layout::Leading)
+    }
+
+    /// Encodes the header for its place in an entry file of layout `layout`.
+    pub fn encode_as(&self, layout: Layout) -> [u8; HEADER_LEN] {
+        let flags = match layout {
+            Layout::Leading => 0,
+            Layout::Trailing => FLAG_TRAILING,
+        };
         let mut b = [0u8; HEADER_LEN];
         b[..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        b[12..16].copy_from_slice(&0u32.to_le_bytes());
+        b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.len.to_le_bytes());
         b[24..28].copy_from_slice(&self.crc.to_le_bytes());
         b[32..64].copy_from_slice(self.key.as_bytes());
@@ -94,9 +151,19 @@ impl Header {
         b
     }
 
-    /// Decodes and checks a header. The caller still has to check `len` against the file's size
-    /// and `key` against the key it asked for.
+    /// Decodes and checks a header from the start of an entry file. The caller still has to
+    /// check `len` against the file's size and `key` against the key it asked for.
     pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
+        Header::decode_as(b, Layout::Leading)
+    }
+
+    /// Decodes and checks a header read from its place in an entry file of layout `layout`: a
+    /// header whose flag says the other layout is refused.
+    pub fn decode_as(b: &[u8; HEADER_LEN], layout: Layout) -> Result<Header, HeaderError> {
+        let expected_flags = match layout {
+            Layout::Leading => 0,
+            Layout::Trailing => FLAG_TRAILING,
+        };
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         if b[..8] != MAGIC {
             return Err(HeaderError::BadMagic);
@@ -109,7 +176,7 @@ impl Header {
             v => return Err(HeaderError::UnknownVersion(v)),
         }
         match u32_at(12) {
-            0 => {}
+            f if f == expected_flags => {}
             f => return Err(HeaderError::UnknownFlags(f)),
         }
         Ok(Header {

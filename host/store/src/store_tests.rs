@@ -767,3 +767,173 @@ fn gc_counts_the_temporary_files_it_reclaims() {
     assert_eq!(report.temporary_files, 3);
     assert_eq!(tmp_files(d.path(), "test"), 0);
 }
+
+/// Writes `data` as an entry with a trailing header, in uneven pieces.
+fn add_trailing(ns: &Namespace, key: &Key, data: &[u8]) {
+    let mut w = ns.create_trailing(key).unwrap();
+    for piece in data.chunks(7919) {
+        w.write(piece).unwrap();
+    }
+    w.commit().unwrap();
+}
+
+#[test]
+fn entries_with_a_trailing_header_start_with_their_content_and_read_back_through_every_path() {
+    use crate::entry::{Header, Layout};
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let sizes = [
+        0usize,
+        1,
+        7,
+        8,
+        63,
+        64,
+        65,
+        4095,
+        (16 << 10) - 1,
+        16 << 10,
+        (16 << 10) + 1,
+        100 << 10,
+        (1 << 20) + 7,
+    ];
+    for (i, len) in sizes.into_iter().enumerate() {
+        let key = Key::digest(len.to_le_bytes());
+        let data = content(i as u8 + 1, len);
+        add_trailing(&ns, &key, &data);
+        let file = std::fs::read(entry_path(d.path(), "test", &key)).unwrap();
+        assert_eq!(file.len(), len + HEADER_LEN, "len {len}");
+        let layout = if len == 0 { Layout::Leading } else { Layout::Trailing };
+        let (content_at, header_at) = match layout {
+            Layout::Leading => (HEADER_LEN, 0),
+            Layout::Trailing => (0, len),
+        };
+        assert_eq!(
+            file[content_at..content_at + len],
+            data[..],
+            "len {len}: the content's place"
+        );
+        let header = Header::decode_as(file[header_at..header_at + HEADER_LEN].try_into().unwrap(), layout).unwrap();
+        assert_eq!((header.len, header.key), (len as u64, key));
+
+        assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&data[..]), "len {len}");
+        let mut back = Vec::new();
+        ns.open(&key).unwrap().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data, "len {len}: streamed");
+        assert!(ns.contains(&key).unwrap());
+        let raw = ns.open_raw(&key).unwrap().unwrap();
+        assert_eq!(
+            (raw.layout(), raw.content_start(), raw.content_len()),
+            (layout, content_at as u64, len as u64)
+        );
+    }
+    let report = cache.verify(&mut |_| {}).unwrap();
+    assert_eq!((report.checked, report.ok), (sizes.len() as u64, sizes.len() as u64));
+    let total: usize = sizes.iter().sum();
+    assert_eq!(
+        cache.stats().unwrap()[0].bytes,
+        total as u64,
+        "charged by content, as leading entries"
+    );
+
+    // Replacing an entry of one layout by the other, both ways.
+    let key = Key::digest(b"both");
+    ns.add(&key, b"leading").unwrap();
+    add_trailing(&ns, &key, b"trailing");
+    assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&b"trailing"[..]));
+    ns.add(&key, b"leading again").unwrap();
+    assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&b"leading again"[..]));
+}
+
+#[test]
+fn every_byte_flip_and_truncation_of_an_entry_with_a_trailing_header_is_a_miss_and_removed() {
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    for len in [200usize, 20 << 10] {
+        let key = Key::digest(len.to_le_bytes());
+        let data = content(5, len);
+        add_trailing(&ns, &key, &data);
+        let path = entry_path(d.path(), "test", &key);
+        let good = std::fs::read(&path).unwrap();
+        // Every byte of a small entry; of the larger one (read in two calls), the header and
+        // bytes all through the content.
+        let flips: Vec<usize> = if len < 1000 {
+            (0..good.len()).collect()
+        } else {
+            (0..8).chain((0..len).step_by(331)).chain(len..good.len()).collect()
+        };
+        for &i in &flips {
+            let mut bad = good.clone();
+            bad[i] ^= 0x41;
+            std::fs::write(&path, &bad).unwrap();
+            assert_eq!(ns.get(&key).unwrap(), None, "len {len}: flip at {i} served");
+            assert!(!path.exists(), "len {len}: flip at {i} not removed");
+        }
+        for cut in (0..good.len()).step_by(if len < 1000 { 1 } else { 97 }) {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            assert_eq!(ns.get(&key).unwrap(), None, "len {len}: truncation to {cut} served");
+            assert!(
+                ns.open(&key).unwrap().is_none(),
+                "len {len}: truncation to {cut} opened"
+            );
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        assert_eq!(ns.get(&key).unwrap(), None, "len {len}: a byte after the header served");
+        // Content flips caught by a reader at the end; what it served before is the file's bytes.
+        for i in (0..len).step_by(61) {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            std::fs::write(&path, &bad).unwrap();
+            let mut r = ns.open(&key).unwrap().expect("the header is intact");
+            let mut got = Vec::new();
+            let err = loop {
+                match r.read_chunk(4096) {
+                    Ok(c) if c.is_empty() => panic!("len {len}: damaged content read to the end at {i}"),
+                    Ok(c) => got.extend(c),
+                    Err(e) => break e,
+                }
+            };
+            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+            assert!(
+                got[..] == bad[..got.len()],
+                "len {len}: flip at {i}: wrong bytes served"
+            );
+            assert!(!path.exists());
+        }
+        // `verify` finds damage in one too.
+        let mut bad = good.clone();
+        bad[len / 2] ^= 0x80;
+        std::fs::write(&path, &bad).unwrap();
+        let report = cache.verify(&mut |_| {}).unwrap();
+        assert_eq!((report.checked, report.removed), (1, 1), "len {len}");
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&data[..]), "len {len}");
+        ns.delete(&key).unwrap();
+    }
+}
+
+#[test]
+fn content_that_starts_with_the_header_magic_cannot_take_a_trailing_header() {
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let key = Key::digest(b"magic");
+    let mut data = crate::entry::MAGIC.to_vec();
+    data.extend_from_slice(&[0; 100]);
+    let mut w = ns.create_trailing(&key).unwrap();
+    w.write(&data[..3]).unwrap();
+    w.write(&data[3..]).unwrap();
+    let err = w.commit().unwrap_err();
+    assert!(err.full_message().contains("magic"), "{}", err.full_message());
+    assert!(!ns.contains(&key).unwrap(), "nothing stored");
+    assert_eq!(tmp_files(d.path(), "test"), 0, "its temporary file removed");
+    // Any other start is stored, even one that begins like the magic.
+    add_trailing(&ns, &key, &data[1..]);
+    add_trailing(&ns, &Key::digest(b"short"), &data[..7]);
+    assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&data[1..]));
+    assert_eq!(ns.get(&Key::digest(b"short")).unwrap().as_deref(), Some(&data[..7]));
+    // And with a leading header, as always.
+    ns.add(&key, &data).unwrap();
+    assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&data[..]));
+}

@@ -35,7 +35,7 @@ use cap_std::fs::OpenOptionsExt;
 
 use super::counters::{self, COUNTERS_FILE, Counter, Counts};
 use super::{Durability, EntryReader, EntryWriter, NamespaceOptions, Store};
-use crate::entry::{Checksum, HEADER_LEN, Header};
+use crate::entry::{Checksum, HEADER_LEN, Header, Layout};
 use crate::error::IoContext;
 use crate::fault::{self, Point};
 use crate::key::HexKey;
@@ -156,13 +156,15 @@ pub struct EntryInfo {
 }
 
 /// An entry's open file, its header checked (see [`Namespace::open_raw`]). The content starts at
-/// [`HEADER_LEN`] and is [`content_len`](Self::content_len) bytes long. Entries are never
-/// rewritten in place (only replaced by rename), so the file's bytes do not change under a reader.
+/// [`content_start`](Self::content_start) and is [`content_len`](Self::content_len) bytes long.
+/// Entries are never rewritten in place (only replaced by rename), so the file's bytes do not
+/// change under a reader.
 #[derive(Debug)]
 pub struct RawEntry {
     file: File,
     meta: std::fs::Metadata,
     header: Header,
+    layout: Layout,
 }
 
 impl RawEntry {
@@ -171,9 +173,19 @@ impl RawEntry {
         &self.file
     }
 
-    /// The length of the content, after the header.
+    /// The length of the content.
     pub fn content_len(&self) -> u64 {
         self.header.len
+    }
+
+    /// Where the entry file keeps its header (see [`Layout`]).
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The offset of the content in the file: after the header, or 0 for a trailing header.
+    pub fn content_start(&self) -> u64 {
+        self.layout.content_start()
     }
 
     /// The file's metadata, as checked when it was opened.
@@ -268,9 +280,15 @@ fn is_not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
-/// Checks the header bytes of an entry file of `file_len` bytes against the key it is read for.
-fn check_header_bytes(key: &Key, b: &[u8; HEADER_LEN], file_len: u64) -> std::result::Result<Header, &'static str> {
-    let header = Header::decode(b).map_err(|e| e.describe())?;
+/// Checks the header bytes of an entry file of `file_len` bytes and layout `layout` against the
+/// key it is read for.
+fn check_header_bytes(
+    key: &Key,
+    b: &[u8; HEADER_LEN],
+    layout: Layout,
+    file_len: u64,
+) -> std::result::Result<Header, &'static str> {
+    let header = Header::decode_as(b, layout).map_err(|e| e.describe())?;
     if header.key != *key {
         return Err("written under another key");
     }

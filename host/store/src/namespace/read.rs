@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// An entry file opened with its header checked: its name, the open file, its metadata, the
+/// header, and where the file keeps it.
+pub(super) type CheckedEntry = (HexKey, File, std::fs::Metadata, (Header, Layout));
+
 impl Namespace {
     /// Opens the entry file for `key`: `None` when there is none (or it was not an acceptable
     /// file and has been removed).
@@ -55,31 +59,36 @@ impl Namespace {
         Ok(Lookup::Found((file, meta)))
     }
 
-    /// Reads and checks the header of an open entry file against its key and size.
+    /// Reads and checks the header of an open entry file against its key and size: the header,
+    /// and where the file keeps it.
     pub(super) fn check_header(
         &self,
         key: &Key,
         file: &File,
         meta: &std::fs::Metadata,
-    ) -> std::result::Result<Header, &'static str> {
-        if meta.len() < HEADER_LEN as u64 {
+    ) -> std::result::Result<(Header, Layout), &'static str> {
+        let file_len = meta.len();
+        if file_len < HEADER_LEN as u64 {
             return Err("shorter than a header");
         }
         let mut b = [0u8; HEADER_LEN];
-        match sys::read_exact_at(file, &mut b, 0) {
-            Ok(()) => {}
-            Err(_) => return Err("unreadable header"),
+        if sys::read_exact_at(file, &mut b, 0).is_err() {
+            return Err("unreadable header");
         }
-        check_header_bytes(key, &b, meta.len())
+        let layout = Layout::of_file_starting_with(&b);
+        if layout == Layout::Trailing && sys::read_exact_at(file, &mut b, layout.header_start(file_len)).is_err() {
+            return Err("unreadable header");
+        }
+        Ok((check_header_bytes(key, &b, layout, file_len)?, layout))
     }
 
     /// Opens the entry for `key` and checks its header: `None` on a miss, or when the entry was
     /// damaged (it is then removed).
-    pub(super) fn open_checked(&self, key: &Key) -> Result<Option<(HexKey, File, std::fs::Metadata, Header)>> {
+    pub(super) fn open_checked(&self, key: &Key) -> Result<Option<CheckedEntry>> {
         Ok(self.lookup_checked(key)?.found())
     }
 
-    fn lookup_checked(&self, key: &Key) -> Result<Lookup<(HexKey, File, std::fs::Metadata, Header)>> {
+    fn lookup_checked(&self, key: &Key) -> Result<Lookup<CheckedEntry>> {
         let hk = key.hex();
         let (file, meta) = match self.lookup_entry_file(&hk)? {
             Lookup::Found(found) => found,
@@ -87,7 +96,7 @@ impl Namespace {
             Lookup::Discarded(reason) => return Ok(Lookup::Discarded(reason)),
         };
         match self.check_header(key, &file, &meta) {
-            Ok(header) => Ok(Lookup::Found((hk, file, meta, header))),
+            Ok(found) => Ok(Lookup::Found((hk, file, meta, found))),
             Err(reason) => Ok(self.discard_path(&hk, Some((&file, &meta)), reason)),
         }
     }
@@ -96,11 +105,16 @@ impl Namespace {
     /// header checked but not its content: the caller checks the content its own way (the
     /// compiled-component cache authenticates it). Counts as a use for LRU. `None` on a miss.
     pub fn open_raw(&self, key: &Key) -> Result<Option<RawEntry>> {
-        let Some((_, file, meta, header)) = self.open_checked(key)? else {
+        let Some((_, file, meta, (header, layout))) = self.open_checked(key)? else {
             return Ok(None);
         };
         self.touch(&file, &meta);
-        Ok(Some(RawEntry { file, meta, header }))
+        Ok(Some(RawEntry {
+            file,
+            meta,
+            header,
+            layout,
+        }))
     }
 
     /// Removes an entry opened with [`open_raw`](Self::open_raw) that its user found unusable,
@@ -238,24 +252,31 @@ impl Namespace {
             // system call at this size.
             let mut buf = Vec::with_capacity(HEADER_LEN + len);
             read_all(&mut buf, HEADER_LEN + len, 0)?;
-            let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
-                return Ok(Err("unreadable header"));
+            if buf.len() < HEADER_LEN + len {
+                // Shorter than its size said: a damaged header says so first.
+                return Ok(Err(self.check_header(key, file, meta).err().unwrap_or("truncated")));
+            }
+            let layout = Layout::of_file_starting_with(&buf);
+            let (head, content) = match layout {
+                Layout::Leading => (0..HEADER_LEN, HEADER_LEN..HEADER_LEN + len),
+                Layout::Trailing => (len..len + HEADER_LEN, 0..len),
             };
-            let header = match check_header_bytes(key, head, meta.len()) {
+            let head = buf[head].try_into().expect("HEADER_LEN bytes");
+            let header = match check_header_bytes(key, head, layout, meta.len()) {
                 Ok(h) => h,
                 Err(reason) => return Ok(Err(reason)),
             };
-            if buf.len() < HEADER_LEN + len {
-                return Ok(Err("truncated"));
-            }
-            if Checksum::of(&buf[HEADER_LEN..]) != header.crc {
+            if Checksum::of(&buf[content.clone()]) != header.crc {
                 return Ok(Err("content checksum mismatch"));
             }
-            buf.drain(..HEADER_LEN);
+            match layout {
+                Layout::Leading => drop(buf.drain(..HEADER_LEN)),
+                Layout::Trailing => buf.truncate(len),
+            }
             return Ok(Ok(buf));
         }
-        let header = match self.check_header(key, file, meta) {
-            Ok(h) => h,
+        let (header, layout) = match self.check_header(key, file, meta) {
+            Ok(found) => found,
             Err(reason) => return Ok(Err(reason)),
         };
         // Checked as it is read, a chunk at a time while the chunk is still in the CPU's cache
@@ -264,7 +285,7 @@ impl Namespace {
         let mut crc = Checksum::default();
         while content.len() < len {
             let start = content.len();
-            let n = sys::read_spare_upto(file, &mut content, (HEADER_LEN + start) as u64, CHECKED_CHUNK)
+            let n = sys::read_spare_upto(file, &mut content, layout.content_start() + start as u64, CHECKED_CHUNK)
                 .map_err(|e| Error::io(format!("cannot read entry {}", hk.as_str()), e))?;
             if n == 0 {
                 break;
@@ -296,7 +317,7 @@ impl Namespace {
 
     /// Like [`open_reader`](Self::open_reader), telling a miss from an entry removed as damaged.
     pub(super) fn lookup_reader(&self, key: &Key, is_use: bool) -> Result<Lookup<FileReader>> {
-        let (hk, file, meta, header) = match self.lookup_checked(key)? {
+        let (hk, file, meta, (header, layout)) = match self.lookup_checked(key)? {
             Lookup::Found(found) => found,
             Lookup::Missing => return Ok(Lookup::Missing),
             Lookup::Discarded(reason) => return Ok(Lookup::Discarded(reason)),
@@ -312,6 +333,7 @@ impl Namespace {
             key: *key,
             file,
             meta,
+            start: layout.content_start(),
             len: header.len,
             pos: 0,
             crc: Checksum::default(),
@@ -340,6 +362,8 @@ pub struct FileReader {
     key: Key,
     file: File,
     meta: std::fs::Metadata,
+    /// Where the content starts in the file.
+    start: u64,
     len: u64,
     pos: u64,
     crc: Checksum,
@@ -372,12 +396,8 @@ impl FileReader {
         }
         let mut got = 0;
         while got < want {
-            let n = sys::read_at(
-                &self.file,
-                &mut buf[got..want],
-                HEADER_LEN as u64 + self.pos + got as u64,
-            )
-            .context(|| format!("cannot read entry {}", self.key))?;
+            let n = sys::read_at(&self.file, &mut buf[got..want], self.start + self.pos + got as u64)
+                .context(|| format!("cannot read entry {}", self.key))?;
             if n == 0 {
                 return Err(self.fail("truncated"));
             }

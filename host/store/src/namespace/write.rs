@@ -63,10 +63,25 @@ impl Namespace {
 
     /// Starts streaming a new entry for `key`.
     pub fn create(&self, key: &Key) -> Result<FileWriter> {
+        self.create_as(key, Layout::Leading)
+    }
+
+    /// Starts streaming a new entry for `key` whose content starts at offset 0 of its file, the
+    /// header following it ([`Layout::Trailing`]): for content that a consumer maps from the
+    /// entry file itself (wasmtime's `deserialize_file`), which must start the file. Read back
+    /// like any entry. Content that starts with the header's magic cannot be stored this way
+    /// (its commit fails): a reader could not tell where its header is. Empty content is
+    /// stored with a leading header (there is nothing to place).
+    pub fn create_trailing(&self, key: &Key) -> Result<FileWriter> {
+        self.create_as(key, Layout::Trailing)
+    }
+
+    fn create_as(&self, key: &Key, layout: Layout) -> Result<FileWriter> {
         let w = self.writable()?;
         let (name, file) = self.create_locked_temp(w, key.hex().as_str())?;
         let mut out = BufWriter::with_capacity(WRITE_BUFFER, TmpFile(file));
-        if let Err(e) = out.write_all(&[0u8; HEADER_LEN]) {
+        let start = [0u8; HEADER_LEN];
+        if let Err(e) = out.write_all(&start[..layout.content_start() as usize]) {
             drop(out);
             let _ = w.tmp.remove_file(&name);
             return Err(Error::io("cannot write a temporary file", e));
@@ -74,6 +89,8 @@ impl Namespace {
         Ok(FileWriter {
             ns: self.for_operation(),
             key: *key,
+            layout,
+            first: [0; 8],
             tmp_name: Some(name),
             out: Some(out),
             len: 0,
@@ -194,6 +211,10 @@ impl Namespace {
 pub struct FileWriter {
     ns: Namespace,
     key: Key,
+    /// Where the header goes.
+    layout: Layout,
+    /// The content's first bytes (as many as there are, up to 8), which tell the layouts apart.
+    first: [u8; 8],
     tmp_name: Option<String>,
     out: Option<BufWriter<TmpFile>>,
     len: u64,
@@ -282,6 +303,10 @@ impl FileWriter {
             return Err(self.spend(Error::io("cannot write a new entry", e)));
         }
         self.crc.update(bytes);
+        if let Some(free) = self.first.get_mut(self.len as usize..) {
+            let n = free.len().min(bytes.len());
+            free[..n].copy_from_slice(&bytes[..n]);
+        }
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -308,8 +333,32 @@ impl FileWriter {
             crc: self.crc.value(),
             key: self.key,
         };
+        let layout = match self.layout {
+            // Nothing to place: an empty file takes a leading header.
+            Layout::Trailing if self.len == 0 => Layout::Leading,
+            Layout::Trailing => {
+                let n = self.first.len().min(self.len as usize);
+                if Layout::of_file_starting_with(&self.first[..n]) != Layout::Trailing {
+                    return Err(Error::io(
+                        "cannot write a new entry",
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "content that starts with the entry header's magic cannot have a trailing header",
+                        ),
+                    ));
+                }
+                Layout::Trailing
+            }
+            Layout::Leading => Layout::Leading,
+        };
         fault::check(Point::WriteHeader)
-            .and_then(|()| sys::write_all_at(&file, &header.encode(), 0))
+            .and_then(|()| {
+                sys::write_all_at(
+                    &file,
+                    &header.encode_as(layout),
+                    layout.header_start(HEADER_LEN as u64 + self.len),
+                )
+            })
             .context(|| "cannot write a new entry".into())?;
         let name = self
             .tmp_name
