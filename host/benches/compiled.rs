@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use filecache_host::FileCache;
-use filecache_host::compiled::{CompiledOptions, ComponentCache, IncrementalCache, configure};
+use filecache_host::compiled::{CompiledOptions, ComponentCache, IncrementalCache};
 use wasmtime::component::Component;
 use wasmtime::{Cache, CacheConfig, Config, Engine};
 
 fn engine(builtin_cache: Option<&Path>) -> Engine {
     let mut config = Config::new();
-    configure(&mut config);
     if let Some(dir) = builtin_cache {
         let mut cc = CacheConfig::new();
         cc.with_directory(dir);
@@ -95,7 +94,6 @@ fn incremental(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
     let cache = FileCache::open(tmp.path()).unwrap();
     let mut config = Config::new();
-    configure(&mut config);
     config
         .enable_incremental_compilation(IncrementalCache::open(&cache, 1 << 30).unwrap())
         .unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use filecache_host::FileCache;
-use filecache_host::compiled::{self, IncrementalCache};
+use filecache_host::compiled::IncrementalCache;
 use filecache_host::store::Progress;
 use wasmtime::{Config, Engine};
 
@@ -106,7 +106,6 @@ pub fn config(wasm: &WasmArgs) -> Config {
 
 /// The engine `run` and `compile` use with the compiled cache.
 pub fn engine(mut config: Config, cache: Option<&FileCache>, incremental: bool) -> Result<Engine> {
-    compiled::configure(&mut config);
     if incremental {
         let cache = cache.expect("incremental compilation needs the cache");
         let store = IncrementalCache::open(cache, INCREMENTAL_QUOTA)

@@ -10,16 +10,16 @@
 //!   .incremental/         Cranelift's incremental-compilation cache (--incremental)
 //! ```
 //!
-//! Each artifact entry's content is a 96-byte header (magic, kind, where the artifact starts and
-//! its length, the key, and a keyed BLAKE3 MAC over every other byte of the content) padded so that
-//! the artifact starts on a page boundary of the file, then the artifact exactly as
-//! `Component::serialize` wrote it. A hit maps the file, checks the MAC, and hands the mapped
-//! artifact to `Component::deserialize_raw`: no copy, no compile. An entry that fails the MAC or
-//! does not deserialize on this engine is deleted and recompiled.
+//! Each artifact entry's content is the artifact exactly as `Component::serialize` wrote it, then
+//! a 96-byte header (magic, kind, where the artifact starts and its length, the key, and a keyed
+//! BLAKE3 MAC over every other byte of the content); the store's own header follows the content
+//! (a trailing header), so the artifact starts the file. A hit checks the header and the MAC and
+//! hands the open file to wasmtime, which maps it (see `mapped`): no copy, no compile. An entry
+//! that fails the MAC or does not deserialize on this engine is deleted and recompiled.
 
-mod code_memory;
 #[cfg(feature = "incremental")]
 mod incremental;
+mod mapped;
 mod secret;
 mod sys;
 #[cfg(test)]
@@ -38,19 +38,28 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
-pub use code_memory::{FileCodeMemory, ZERO_COPY_SUPPORTED, configure, kept_bytes};
+pub use mapped::ZERO_COPY_SUPPORTED;
+
+/// Does nothing: the cache no longer needs anything of the engine's configuration to load
+/// artifacts without copying (wasmtime maps each artifact file itself; see
+/// [`ZERO_COPY_SUPPORTED`]). It used to install a `CustomCodeMemory` for mapped artifacts.
+#[deprecated(
+    since = "0.1.0",
+    note = "no longer needed: any engine loads cached artifacts without copying"
+)]
+pub fn configure(config: &mut wasmtime::Config) -> &mut wasmtime::Config {
+    config
+}
 #[cfg(feature = "incremental")]
 pub use incremental::{INCREMENTAL_NAMESPACE, IncrementalCache};
 pub use secret::SECRET_FILE;
 
-use crate::entry::HEADER_LEN;
+use crate::entry::Layout;
 #[cfg(feature = "remote")]
 use crate::remote::RemoteTier;
 use crate::store::{Counter, Counts};
 use crate::{Durability, FileCache, Key, Namespace, NamespaceOptions};
-use code_memory::MappedFile;
 use secret::{Secret, mac};
-use sys::page_size;
 
 /// The reserved namespace of compiled artifacts.
 pub const COMPILED_NAMESPACE: &str = ".compiled";
@@ -130,11 +139,11 @@ impl Default for CompiledOptions {
 /// A cache of compiled components and modules for one [`Engine`], over a [`FileCache`].
 ///
 /// Cheap to clone; clones share everything. Loads of the same code in one process share one
-/// compile (others wait for it) and one `Component`, which the cache keeps for the life of the
-/// process (see [`code_memory`](self) on why mappings are never unmapped).
+/// compile (others wait for it) and one `Component`, which the cache keeps for as long as it
+/// (or a clone) lives.
 ///
-/// For loads without copying, the engine's `Config` needs [`configure`]; other engines still
-/// load from the cache, copying each artifact into wasmtime's memory.
+/// Any engine loads from the cache without copying where [`ZERO_COPY_SUPPORTED`] (Linux); no
+/// configuration is needed.
 #[derive(Clone)]
 pub struct ComponentCache {
     inner: Arc<Inner>,
@@ -240,7 +249,8 @@ impl ComponentCache {
 
     fn with_disk(engine: &Engine, disk: Option<Disk>) -> ComponentCache {
         let mut prefix = Sha256::new();
-        prefix.update(b"filecache compiled artifact key v1\0");
+        // v2: the artifact starts its entry file (trailing headers), for wasmtime to map.
+        prefix.update(b"filecache compiled artifact key v2\0");
         prefix.update(env!("CARGO_PKG_VERSION").as_bytes());
         prefix.update(b"\0");
         // Target, Cranelift flags, tunables, wasm features and wasmtime's version.
@@ -435,7 +445,7 @@ impl Disk {
     }
 }
 
-/// The fields of an artifact entry's header.
+/// The fields of an artifact entry's header (which follows the artifact: `offset` is 0).
 struct ArtifactHeader {
     kind: u32,
     offset: u64,
@@ -465,17 +475,6 @@ impl ArtifactHeader {
             key: b[32..64].try_into().ok()?,
         })
     }
-}
-
-/// Where an artifact starts in an entry's content: at least past the artifact header, and on
-/// a page boundary of the file (the entry file has the store's header first).
-fn artifact_offset() -> usize {
-    let page = page_size();
-    let mut file_offset = page;
-    while file_offset - HEADER_LEN < ARTIFACT_HEADER {
-        file_offset += page;
-    }
-    file_offset - HEADER_LEN
 }
 
 impl Inner {
@@ -592,69 +591,95 @@ impl Inner {
             self.count(Counter::Rejected);
             None
         };
+        // The artifact starts the file; the store's header follows the content.
+        if raw.layout() != Layout::Trailing {
+            return reject("not an artifact entry (its header is not after the content)");
+        }
         let Ok(content_len) = usize::try_from(raw.content_len()) else {
             return reject("too large");
         };
-        if content_len < ARTIFACT_HEADER {
+        let Some(artifact_len) = content_len.checked_sub(ARTIFACT_HEADER) else {
             return reject("shorter than an artifact header");
-        }
-        let total = HEADER_LEN + content_len;
+        };
         // This very file (by identity) was verified in full before, since when nothing has
         // written to it: its MAC need not be computed again (see `remembered_verified`).
         let identity = file_identity(raw.metadata());
         let verified_before = identity
             .as_ref()
             .is_some_and(|(id, _)| self.remembered_verified(id, key));
-        // The artifact's place in the entry file, once its header and MAC are checked.
-        let check = |bytes: &[u8]| -> std::result::Result<std::ops::Range<usize>, &'static str> {
-            let content = bytes
-                .get(HEADER_LEN..)
-                .filter(|c| c.len() == content_len)
-                .ok_or("truncated")?;
-            let h = ArtifactHeader::decode(content).ok_or("not an artifact header")?;
+        // The artifact header's fields (the first 64 of its bytes).
+        let check_fields = |fields: &[u8]| -> std::result::Result<(), &'static str> {
+            let h = ArtifactHeader::decode(fields).ok_or("not an artifact header")?;
             if h.kind != kind as u32 || h.key != *key.as_bytes() {
                 return Err("made for another key");
             }
-            let range = match usize::try_from(h.offset).ok().zip(usize::try_from(h.len).ok()) {
-                Some((off, len)) if off >= ARTIFACT_HEADER && off.checked_add(len) == Some(content_len) => {
-                    off..off + len
-                }
-                _ => return Err("artifact bounds do not match the entry"),
-            };
+            if h.offset != 0 || h.len != artifact_len as u64 {
+                return Err("artifact bounds do not match the entry");
+            }
+            Ok(())
+        };
+        // The whole content (the file's first `content_len` bytes): the header, then the MAC
+        // over every byte of the content but the MAC itself, unless verified before.
+        let check = |bytes: &[u8], verified_before: bool| -> std::result::Result<(), &'static str> {
+            let content = bytes.get(..content_len).ok_or("truncated")?;
+            let (artifact, header) = content.split_at(artifact_len);
+            check_fields(&header[..64])?;
             if !verified_before {
-                // The MAC covers every byte of the content but itself: fields, padding and
-                // artifact.
                 #[cfg(test)]
                 tests::MACS_CHECKED.with(|n| n.set(n.get() + 1));
-                let expected = mac(&disk.secret.artifact, &[&content[..64], &content[ARTIFACT_HEADER..]]);
+                let expected = mac(&disk.secret.artifact, &[&header[..64], artifact]);
                 // `blake3::Hash` compares in constant time.
-                if expected != blake3::Hash::from_bytes(content[64..96].try_into().expect("32 bytes")) {
+                if expected != blake3::Hash::from_bytes(header[64..96].try_into().expect("32 bytes")) {
                     return Err("not authenticated by this cache's secret");
                 }
                 if let Some((id, changed)) = &identity {
                     self.remember_verified(id, *changed, key);
                 }
             }
-            Ok(HEADER_LEN + range.start..HEADER_LEN + range.end)
+            Ok(())
         };
         let not_loaded = |e: wasmtime::Error| {
             tracing::debug!("compiled artifact does not deserialize: {e:#}");
             reject("does not load on this engine")
         };
-        // Mapped only where the mapping stays what was checked (see `code_memory`): on a
-        // platform with zero-copy loading, for an engine that runs mapped code, from a local
-        // filesystem, and a file no other user can write. Anything else is read into memory.
-        let mut mapped = None;
-        if self.zero_copy.load(Ordering::Relaxed) && code_memory::can_map(raw.file()) {
+        // Handed to wasmtime to map only where the mapping stays what was checked (see
+        // `mapped`): on Linux, from a local filesystem, a file no other user can write.
+        if self.zero_copy.load(Ordering::Relaxed) && mapped::can_map(raw.file()) {
             if let Err(reason) = sys::check_private(raw.metadata(), 0o022) {
                 return reject(reason);
             }
-            match MappedFile::map(raw.file(), raw.metadata(), total) {
-                Ok(m) => mapped = Some(m),
-                Err(e) => tracing::debug!("cannot map compiled code from the cache, reading it instead: {e}"),
+            let checked = if verified_before {
+                let mut fields = [0u8; 64];
+                match mapped::read_exact_at(raw.file(), &mut fields, artifact_len as u64) {
+                    Ok(()) => check_fields(&fields),
+                    Err(_) => Err("truncated"),
+                }
+            } else {
+                match mapped::Mapping::map(raw.file(), content_len) {
+                    // Unmapped at the end of this statement: wasmtime maps the file itself.
+                    Ok(m) => check(m.bytes(), false),
+                    Err(e) => {
+                        tracing::warn!("cannot map compiled code from the cache: {e}");
+                        return None;
+                    }
+                }
+            };
+            if let Err(reason) = checked {
+                return reject(reason);
             }
-        }
-        let Some(mut map) = mapped else {
+            // SAFETY: the file's first `artifact_len` bytes were authenticated (now, or when this
+            // very file was verified before) as an artifact this cache serialized for an engine
+            // with this configuration. It is a regular file on a local filesystem (no SIGBUS from
+            // a page the server no longer has) that no other user can write and that the cache
+            // never writes in place (it replaces entries by rename), so the bytes wasmtime maps
+            // are the bytes that were checked. What follows the artifact (its header, the
+            // store's header) is not part of the ELF image wasmtime reads.
+            match unsafe { mapped::deserialize_open(&self.engine, kind, raw.file()) } {
+                Ok(a) => return Some(a),
+                // Either the file could not be opened again (no `/proc`), or the artifact does
+                // not fit this engine; loading a copy tells which.
+                Err(e) => tracing::debug!("cannot load compiled code from its file, copying it: {e:#}"),
+            }
             let bytes = match sys::read_all(raw.file()) {
                 Ok(b) => b,
                 Err(e) => {
@@ -662,54 +687,34 @@ impl Inner {
                     return None;
                 }
             };
-            let file_range = match check(&bytes) {
-                Ok(r) => r,
-                Err(reason) => return reject(reason),
-            };
-            // SAFETY: the bytes were authenticated (after they were read into memory, where
-            // nothing else can change them) as an artifact this cache serialized for an engine
-            // with this configuration; `deserialize` copies them into wasmtime's memory.
-            return unsafe { deserialize(&self.engine, kind, &bytes[file_range]) }.map_or_else(not_loaded, Some);
-        };
-        // A rejected artifact is unmapped when `map` drops (unless it was kept by an earlier load).
-        let file_range = match check(map.bytes()) {
-            Ok(r) => r,
-            Err(reason) => return reject(reason),
-        };
-        if file_range.start % page_size() != 0 {
-            // SAFETY: authenticated as above; the mapping is private and read-only, of a file
-            // no other user can write and that is never written in place; copied by wasmtime.
-            return unsafe { deserialize(&self.engine, kind, &map.bytes()[file_range]) }.map_or_else(not_loaded, Some);
-        }
-        // Registered before wasmtime sees it, so that `FileCodeMemory` knows it for a mapping.
-        let memory = map.keep(file_range.clone());
-        // SAFETY: the bytes were authenticated as an artifact this cache serialized for an engine
-        // with this configuration. The mapping is private and read-only, of a regular file on a
-        // local filesystem (no SIGBUS from a page the server no longer has) that no other user
-        // can write and that the cache never writes in place (it replaces entries by rename), so
-        // the checked bytes are the bytes wasmtime runs; once wasmtime accepts it, it is never
-        // unmapped (see `code_memory` on why it cannot be).
-        match unsafe { deserialize_raw(&self.engine, kind, memory) } {
-            Ok(a) => {
-                map.loaded();
-                Some(a)
+            if let Err(reason) = check(&bytes, verified_before) {
+                return reject(reason);
             }
-            Err(e) => {
-                // Either the engine cannot run mapped code (no `configure`), or the artifact
-                // does not fit this engine; copying tells which.
-                // SAFETY: as above; `map` stays mapped until it drops, after wasmtime copied.
-                match unsafe { deserialize(&self.engine, kind, &map.bytes()[file_range]) } {
-                    Ok(a) => {
-                        self.zero_copy.store(false, Ordering::Relaxed);
-                        tracing::info!("loading compiled code by copying: {e:#}");
-                        Some(a)
-                    }
-                    Err(e) => not_loaded(e),
+            // SAFETY: authenticated after it was read into memory, where nothing else can
+            // change it; `deserialize` copies it into wasmtime's memory.
+            return match unsafe { deserialize(&self.engine, kind, &bytes[..artifact_len]) } {
+                Ok(a) => {
+                    self.zero_copy.store(false, Ordering::Relaxed);
+                    tracing::info!("loading compiled code by copying: it cannot be loaded from its file here");
+                    Some(a)
                 }
-                // `map` drops here: a fresh mapping wasmtime did not accept is unmapped (its
-                // failed deserialization left nothing that refers to it).
-            }
+                Err(e) => not_loaded(e),
+            };
         }
+        let bytes = match sys::read_all(raw.file()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("cannot read compiled code from the cache: {e}");
+                return None;
+            }
+        };
+        if let Err(reason) = check(&bytes, verified_before) {
+            return reject(reason);
+        }
+        // SAFETY: the bytes were authenticated (after they were read into memory, where nothing
+        // else can change them) as an artifact this cache serialized for an engine with this
+        // configuration; `deserialize` copies them into wasmtime's memory.
+        unsafe { deserialize(&self.engine, kind, &bytes[..artifact_len]) }.map_or_else(not_loaded, Some)
     }
 
     /// Stores a freshly compiled artifact, and publishes it to the remote tier. Best effort: a
@@ -763,27 +768,25 @@ impl Inner {
         }
     }
 
-    /// Writes an artifact entry: header, MAC, padding, artifact.
+    /// Writes an artifact entry: the artifact, then its header and MAC; the store's header
+    /// after them, so that the artifact starts the file.
     fn store_bytes(&self, kind: Kind, key: &Key, artifact: &[u8]) {
         let Some(disk) = self.disk.as_ref().filter(|d| d.writable) else {
             return;
         };
         let result = (|| -> wasmtime::Result<()> {
-            let offset = artifact_offset();
             let header = ArtifactHeader {
                 kind: kind as u32,
-                offset: offset as u64,
+                offset: 0,
                 len: artifact.len() as u64,
                 key: *key.as_bytes(),
             }
             .encode();
-            let mut head = vec![0u8; offset];
-            head[..64].copy_from_slice(&header);
-            let tag = mac(&disk.secret.artifact, &[&header, &head[ARTIFACT_HEADER..], artifact]);
-            head[64..96].copy_from_slice(tag.as_bytes());
-            let mut w = disk.artifacts.create(key)?;
-            w.write(&head)?;
+            let tag = mac(&disk.secret.artifact, &[&header, artifact]);
+            let mut w = disk.artifacts.create_trailing(key)?;
             w.write(artifact)?;
+            w.write(&header)?;
+            w.write(tag.as_bytes())?;
             w.commit()?;
             Ok(())
         })();
@@ -901,18 +904,6 @@ fn read_all(mut file: &File) -> std::io::Result<Vec<u8>> {
     let mut wasm = Vec::new();
     file.read_to_end(&mut wasm)?;
     Ok(wasm)
-}
-
-/// # Safety
-/// As for `Component::deserialize_raw`.
-unsafe fn deserialize_raw(engine: &Engine, kind: Kind, memory: std::ptr::NonNull<[u8]>) -> wasmtime::Result<Artifact> {
-    // SAFETY: forwarded to the caller.
-    unsafe {
-        Ok(match kind {
-            Kind::Component => Artifact::Component(Component::deserialize_raw(engine, memory)?),
-            Kind::Module => Artifact::Module(Module::deserialize_raw(engine, memory)?),
-        })
-    }
 }
 
 /// # Safety

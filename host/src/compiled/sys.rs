@@ -1,22 +1,10 @@
-//! What the compiled cache needs from the platform, apart from mapping code (`code_memory`).
+//! What the compiled cache needs from the platform, apart from mapping artifacts (`mapped`).
 
 use std::fs::File;
 use std::io;
 use std::time::SystemTime;
 
 use cap_std::fs::Dir;
-
-/// The page size artifacts are aligned to in their entry files (so that they can be mapped).
-#[cfg(unix)]
-pub(crate) fn page_size() -> usize {
-    rustix::param::page_size()
-}
-
-/// The page size artifacts are aligned to: no artifact is mapped here, 4 KiB keeps the format.
-#[cfg(not(unix))]
-pub(crate) fn page_size() -> usize {
-    4096
-}
 
 /// A file's identity for the digest memo (device, inode, size, modification and change times),
 /// and when it last changed. `None` where the platform gives no change time that a user cannot
