@@ -35,9 +35,9 @@ use super::{Artifact, Kind};
 /// Elsewhere they are read and copied into wasmtime's memory, still without compiling.
 pub const ZERO_COPY_SUPPORTED: bool = cfg!(target_os = "linux");
 
-#[cfg(all(test, target_os = "linux"))]
-pub(crate) use imp::pretending_not_local;
 pub(crate) use imp::{Mapping, can_map, deserialize_open, read_exact_at};
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) use imp::{pretending_no_proc, pretending_not_local};
 
 #[cfg(target_os = "linux")]
 mod imp {
@@ -79,6 +79,21 @@ mod imp {
         PRETEND_NOT_LOCAL.with(|p| p.set(true));
         let r = f();
         PRETEND_NOT_LOCAL.with(|p| p.set(false));
+        r
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        static PRETEND_NO_PROC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Runs `f` as if `/proc` were not mounted (this thread only): wasmtime cannot open an
+    /// artifact file again.
+    #[cfg(test)]
+    pub(crate) fn pretending_no_proc<T>(f: impl FnOnce() -> T) -> T {
+        PRETEND_NO_PROC.with(|p| p.set(true));
+        let r = f();
+        PRETEND_NO_PROC.with(|p| p.set(false));
         r
     }
 
@@ -149,6 +164,15 @@ mod imp {
     /// changed while wasmtime maps it (cache entries are replaced by rename, never written in
     /// place, and the caller checked that no other user can write it).
     pub(crate) unsafe fn deserialize_open(engine: &Engine, kind: Kind, file: &File) -> wasmtime::Result<Artifact> {
+        #[allow(unused_mut)]
+        let mut proc = "/proc";
+        #[cfg(test)]
+        if PRETEND_NO_PROC.with(|p| p.get()) {
+            proc = "/nonexistent-proc";
+            if kind == Kind::Module {
+                return Err(wasmtime::Error::msg("pretending there is no /proc"));
+            }
+        }
         // SAFETY: forwarded to the caller.
         unsafe {
             Ok(match kind {
@@ -156,7 +180,7 @@ mod imp {
                 // since: wasmtime opens (and maps) exactly what was checked.
                 Kind::Component => Artifact::Component(Component::deserialize_file(
                     engine,
-                    format!("/proc/self/fd/{}", file.as_raw_fd()),
+                    format!("{proc}/self/fd/{}", file.as_raw_fd()),
                 )?),
                 Kind::Module => Artifact::Module(Module::deserialize_open_file(engine, file.try_clone()?)?),
             })

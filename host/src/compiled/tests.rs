@@ -542,3 +542,57 @@ fn mapped_compiled_code_only_from_local_filesystems() {
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 33));
     assert!(mapped_lines(ino) > 0, "mapped from a local one");
 }
+
+#[test]
+#[cfg(target_os = "linux")]
+fn without_proc_a_mapped_load_falls_back_to_copying_and_rejects_nothing() {
+    // wasmtime opens the checked file again as `/proc/self/fd/N`; where `/proc` is not mounted,
+    // the artifact is read, checked again, and copied instead, and later loads copy at once.
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::new();
+    let engine = engine();
+    let wasm = component_wat(41);
+    f.compiled(&engine).load_component(&wasm).unwrap();
+    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let ino = std::fs::metadata(f.artifact_path(&key)).unwrap().ino();
+    let cc = f.compiled(&engine);
+    let ((c, s), log) = logged(|| mapped::pretending_no_proc(|| cc.load_component(&wasm).unwrap()));
+    assert_eq!((s, answer(&engine, &c)), (Source::Disk, 41));
+    assert!(log.contains("loading compiled code by copying"), "{log}");
+    assert_eq!(mapped_lines(ino), 0, "copied, not mapped");
+    assert!(!cc.inner.zero_copy.load(Ordering::Relaxed), "later loads copy at once");
+    let (c, s) = cc.load_component(&component_wat(42)).unwrap();
+    assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 42));
+    let (c, s) = f.compiled(&engine).load_component(&component_wat(42)).unwrap();
+    assert_eq!((s, answer(&engine, &c)), (Source::Disk, 42));
+    assert_eq!(cc.counts().rejected, 0);
+}
+
+#[test]
+fn an_entry_with_its_header_first_is_not_an_artifact() {
+    // Artifact entries keep the store's header after the content; the same bytes stored as an
+    // ordinary entry (header first: the artifact no longer starts the file) are refused before
+    // anything else is read, and compiled afresh.
+    let f = Fixture::new();
+    let engine = engine();
+    let wasm = component_wat(43);
+    f.compiled(&engine).load_component(&wasm).unwrap();
+    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let path = f.artifact_path(&key);
+    let file = std::fs::read(&path).unwrap();
+    let content = &file[..file.len() - crate::entry::HEADER_LEN];
+    let ns = f
+        .cache
+        .reserved_namespace(COMPILED_NAMESPACE, NamespaceOptions::default())
+        .unwrap();
+    ns.add(&key, content).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap()[..8],
+        *b"FCACHE\r\n",
+        "stored with a leading header"
+    );
+    let ((c, s), log) = logged(|| f.compiled(&engine).load_component(&wasm).unwrap());
+    assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 43));
+    assert!(log.contains("not an artifact entry"), "{log}");
+    assert_eq!(std::fs::read(&path).unwrap(), file, "stored again as an artifact entry");
+}
