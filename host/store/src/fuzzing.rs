@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use crate::entry::{Checksum, HEADER_LEN, Header};
+use crate::entry::{Checksum, HEADER_LEN, Header, Layout};
 use crate::fault;
 use crate::{Durability, FileCache, Namespace, NamespaceOptions};
 use crate::{Error, Key};
@@ -31,17 +31,24 @@ fn entry_key() -> Key {
 }
 
 /// The format, checked independently of the store's code: the content if `file` is a valid entry
-/// for `key`.
+/// for `key`. A file that starts with the magic has its header first (flags 0); any other has it
+/// last (flags 1).
 fn valid_content<'a>(file: &'a [u8], key: &Key) -> Option<&'a [u8]> {
     if file.len() < HEADER_LEN {
         return None;
     }
-    let (h, content) = file.split_at(HEADER_LEN);
+    let (h, content, flags) = if file.starts_with(b"FCACHE\r\n") {
+        let (h, content) = file.split_at(HEADER_LEN);
+        (h, content, 0)
+    } else {
+        let (content, h) = file.split_at(file.len() - HEADER_LEN);
+        (h, content, 1)
+    };
     let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap());
     let header_crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), &h[32..]);
     let ok = h[..8] == *b"FCACHE\r\n"
         && u32_at(8) == 1
-        && u32_at(12) == 0
+        && u32_at(12) == flags
         && u64::from_le_bytes(h[16..24].try_into().unwrap()) == content.len() as u64
         && u32_at(24) == crc32c::crc32c(content)
         && u32_at(28) == header_crc
@@ -70,13 +77,20 @@ impl Bytes<'_> {
     }
 }
 
-/// An entry file as the store writes it: the header for `content` under `key`, then `content`.
-fn entry_file(key: Key, content: &[u8]) -> Vec<u8> {
+/// An entry file as the store writes it: the header for `content` under `key`, then `content`;
+/// or, with `trailing` (and content that neither is empty nor starts with the magic, as the
+/// store's writer requires), `content` then the header.
+fn entry_file(key: Key, content: &[u8], trailing: bool) -> Vec<u8> {
     let header = Header {
         len: content.len() as u64,
         crc: Checksum::of(content),
         key,
     };
+    if trailing && !content.is_empty() && !content.starts_with(&crate::entry::MAGIC) {
+        let mut file = content.to_vec();
+        file.extend_from_slice(&header.encode_as(Layout::Trailing));
+        return file;
+    }
     let mut file = header.encode().to_vec();
     file.extend_from_slice(content);
     file
@@ -84,7 +98,8 @@ fn entry_file(key: Key, content: &[u8]) -> Vec<u8> {
 
 /// Builds the entry file a fuzz input describes. First byte: bit 0 set = a valid entry of the
 /// rest's content, then damaged by up to 3 edits (byte changes, a truncation, appended bytes);
-/// bit 1 set = written under another key. Otherwise the rest is the file, raw.
+/// bit 1 set = written under another key; bit 2 set = with a trailing header. Otherwise the rest
+/// is the file, raw.
 fn planted_file(data: &[u8]) -> Vec<u8> {
     let mut input = Bytes(data);
     let mode = input.u8();
@@ -100,7 +115,7 @@ fn planted_file(data: &[u8]) -> Vec<u8> {
     } else {
         Key::digest(b"another key")
     };
-    let mut file = entry_file(key, content);
+    let mut file = entry_file(key, content, mode & 4 != 0);
     for (kind, pos, value) in edits {
         let at = pos as usize % (file.len() + 1);
         match kind % 3 {
@@ -129,6 +144,13 @@ pub fn entry(data: &[u8]) {
         let bytes: [u8; HEADER_LEN] = bytes.try_into().unwrap();
         if let Ok(h) = Header::decode(&bytes) {
             assert_eq!(h.encode(), bytes, "a header decoded from bytes it does not encode to");
+        }
+        if let Ok(h) = Header::decode_as(&bytes, Layout::Trailing) {
+            let again = h.encode_as(Layout::Trailing);
+            assert_eq!(
+                again, bytes,
+                "a trailing header decoded from bytes it does not encode to"
+            );
         }
     }
     let file = planted_file(data);
@@ -191,8 +213,15 @@ pub fn entry(data: &[u8]) {
 /// `contains` reads only the header: it also accepts an entry whose header is valid but whose
 /// content is damaged.
 fn header_fools_contains(file: &[u8], key: &Key) -> bool {
-    let Some(h) = file.get(..HEADER_LEN) else { return false };
-    matches!(Header::decode(h.try_into().unwrap()),
+    if file.len() < HEADER_LEN {
+        return false;
+    }
+    let (h, layout) = if file.starts_with(b"FCACHE\r\n") {
+        (&file[..HEADER_LEN], Layout::Leading)
+    } else {
+        (&file[file.len() - HEADER_LEN..], Layout::Trailing)
+    };
+    matches!(Header::decode_as(h.try_into().unwrap(), layout),
         Ok(h) if h.key == *key && h.len == (file.len() - HEADER_LEN) as u64)
 }
 
@@ -215,7 +244,8 @@ pub enum Op {
     Get(u8),
     /// `open`, read to the end in chunks of the given size.
     Open(u8, u16),
-    /// `create`, writes of the given chunk size, `commit`.
+    /// `create` (`create_trailing` for an odd chunk size), writes of the given chunk size,
+    /// `commit`.
     Stream(u8, u16, u16),
     /// `create`, a write, then dropped without `commit`.
     AbandonedStream(u8, u16),
@@ -421,7 +451,12 @@ fn write(ns: &Namespace, k: u8, v: &[u8], stream: Option<u16>) -> crate::Result<
     match stream {
         None => ns.add(&key(k), v),
         Some(chunk) => {
-            let mut w = ns.create(&key(k))?;
+            // An odd chunk size writes the entry with a trailing header.
+            let mut w = if chunk % 2 == 1 {
+                ns.create_trailing(&key(k))?
+            } else {
+                ns.create(&key(k))?
+            };
             for c in v.chunks(chunk.max(1) as usize) {
                 w.write(c)?;
             }
@@ -619,14 +654,57 @@ mod tests {
         }
     }
 
+    /// The entry target on generated inputs of every mode (valid, damaged, another key, either
+    /// header layout), beyond the committed corpus: whatever the file, the store's answer is the
+    /// independent check's.
+    #[test]
+    fn entry_target_on_generated_inputs() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for case in 0..400u64 {
+            let len = (next() % 300) as usize;
+            let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(mode) = data.first_mut() {
+                // Mostly valid entries (bit 0), half with a trailing header (bit 2), few edits.
+                *mode = (case as u8 & 0b110) | u8::from(case % 5 != 0);
+            }
+            if let Some(edits) = data.get_mut(1) {
+                *edits = (case % 3) as u8;
+            }
+            entry(&data);
+        }
+    }
+
     #[test]
     fn the_independent_format_check_agrees_with_the_encoder() {
         let key = entry_key();
         let content = b"some content";
-        let mut file = entry_file(key, content);
+        let mut file = entry_file(key, content, false);
         assert_eq!(valid_content(&file, &key), Some(&content[..]));
         assert_eq!(valid_content(&file, &Key::digest(b"other")), None);
         file[70] ^= 1;
+        assert_eq!(valid_content(&file, &key), None);
+        // With a trailing header, as `create_trailing` writes it.
+        let ns_dir = tempfile::tempdir().unwrap();
+        let ns = FileCache::open(ns_dir.path())
+            .unwrap()
+            .namespace("t", NamespaceOptions::default())
+            .unwrap();
+        let mut w = ns.create_trailing(&key).unwrap();
+        w.write(content).unwrap();
+        w.commit().unwrap();
+        let hex = key.to_string();
+        let written = std::fs::read(ns_dir.path().join("t").join(&hex[..2]).join(&hex)).unwrap();
+        let mut file = entry_file(key, content, true);
+        assert_eq!(file, written, "the model writes what the store writes");
+        assert_eq!(valid_content(&file, &key), Some(&content[..]));
+        assert!(header_fools_contains(&file, &key));
+        file[3] ^= 1;
         assert_eq!(valid_content(&file, &key), None);
     }
 }
