@@ -644,6 +644,7 @@ impl Inner {
         };
         // Handed to wasmtime to map only where the mapping stays what was checked (see
         // `mapped`): on Linux, from a local filesystem, a file no other user can write.
+        let mut fell_back = false;
         if self.zero_copy.load(Ordering::Relaxed) && mapped::can_map(raw.file()) {
             if let Err(reason) = sys::check_private(raw.metadata(), 0o022) {
                 return reject(reason);
@@ -677,29 +678,12 @@ impl Inner {
             match unsafe { mapped::deserialize_open(&self.engine, kind, raw.file()) } {
                 Ok(a) => return Some(a),
                 // Either the file could not be opened again (no `/proc`), or the artifact does
-                // not fit this engine; loading a copy tells which.
-                Err(e) => tracing::debug!("cannot load compiled code from its file, copying it: {e:#}"),
-            }
-            let bytes = match sys::read_all(raw.file()) {
-                Ok(b) => b,
+                // not fit this engine; loading a copy (below) tells which.
                 Err(e) => {
-                    tracing::warn!("cannot read compiled code from the cache: {e}");
-                    return None;
+                    tracing::debug!("cannot load compiled code from its file, copying it: {e:#}");
+                    fell_back = true;
                 }
-            };
-            if let Err(reason) = check(&bytes, verified_before) {
-                return reject(reason);
             }
-            // SAFETY: authenticated after it was read into memory, where nothing else can
-            // change it; `deserialize` copies it into wasmtime's memory.
-            return match unsafe { deserialize(&self.engine, kind, &bytes[..artifact_len]) } {
-                Ok(a) => {
-                    self.zero_copy.store(false, Ordering::Relaxed);
-                    tracing::info!("loading compiled code by copying: it cannot be loaded from its file here");
-                    Some(a)
-                }
-                Err(e) => not_loaded(e),
-            };
         }
         let bytes = match sys::read_all(raw.file()) {
             Ok(b) => b,
@@ -714,7 +698,16 @@ impl Inner {
         // SAFETY: the bytes were authenticated (after they were read into memory, where nothing
         // else can change them) as an artifact this cache serialized for an engine with this
         // configuration; `deserialize` copies them into wasmtime's memory.
-        unsafe { deserialize(&self.engine, kind, &bytes[..artifact_len]) }.map_or_else(not_loaded, Some)
+        match unsafe { deserialize(&self.engine, kind, &bytes[..artifact_len]) } {
+            Ok(a) => {
+                if fell_back {
+                    self.zero_copy.store(false, Ordering::Relaxed);
+                    tracing::info!("loading compiled code by copying: it cannot be loaded from its file here");
+                }
+                Some(a)
+            }
+            Err(e) => not_loaded(e),
+        }
     }
 
     /// Stores a freshly compiled artifact, and publishes it to the remote tier. Best effort: a
