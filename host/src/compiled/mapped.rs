@@ -71,30 +71,29 @@ mod imp {
     #[cfg(test)]
     thread_local! {
         static PRETEND_NOT_LOCAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        static PRETEND_NO_PROC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Runs `f` with the pretence `flag` on (this thread only).
+    #[cfg(test)]
+    fn pretending<T>(flag: &'static std::thread::LocalKey<std::cell::Cell<bool>>, f: impl FnOnce() -> T) -> T {
+        flag.with(|p| p.set(true));
+        let r = f();
+        flag.with(|p| p.set(false));
+        r
     }
 
     /// Runs `f` as if every file were on a filesystem that is not local (this thread only).
     #[cfg(test)]
     pub(crate) fn pretending_not_local<T>(f: impl FnOnce() -> T) -> T {
-        PRETEND_NOT_LOCAL.with(|p| p.set(true));
-        let r = f();
-        PRETEND_NOT_LOCAL.with(|p| p.set(false));
-        r
-    }
-
-    #[cfg(test)]
-    thread_local! {
-        static PRETEND_NO_PROC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        pretending(&PRETEND_NOT_LOCAL, f)
     }
 
     /// Runs `f` as if `/proc` were not mounted (this thread only): wasmtime cannot open an
     /// artifact file again.
     #[cfg(test)]
     pub(crate) fn pretending_no_proc<T>(f: impl FnOnce() -> T) -> T {
-        PRETEND_NO_PROC.with(|p| p.set(true));
-        let r = f();
-        PRETEND_NO_PROC.with(|p| p.set(false));
-        r
+        pretending(&PRETEND_NO_PROC, f)
     }
 
     /// Whether `file` is on a filesystem known to be local (see the module docs).

@@ -27,7 +27,6 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -505,14 +504,14 @@ impl Inner {
             return self.load(kind, key, || {
                 // The code must be compiled after all: read it, and check that it is still the
                 // file whose digest was remembered (else the key is wrong; load it afresh).
-                let wasm = read_all(file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
+                let wasm = sys::read_all(file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
                 if sha256(&wasm) != digest {
                     return Err(wasmtime::Error::msg(format!("{path} changed while it was loaded")));
                 }
                 Ok(std::borrow::Cow::Owned(wasm))
             });
         }
-        let wasm = read_all(file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
+        let wasm = sys::read_all(file).map_err(|e| wasmtime::Error::new(e).context(ctx("read")))?;
         let digest = sha256(&wasm);
         if let Some((id, changed)) = &identity {
             self.remember_digest(id, *changed, &digest);
@@ -889,14 +888,6 @@ fn verified_key(identity: &Key, key: &Key) -> Key {
     h.update(identity.as_bytes());
     h.update(key.as_bytes());
     Key::new(h.finalize().into())
-}
-
-fn read_all(mut file: &File) -> std::io::Result<Vec<u8>> {
-    use std::io::Seek;
-    file.rewind()?;
-    let mut wasm = Vec::new();
-    file.read_to_end(&mut wasm)?;
-    Ok(wasm)
 }
 
 /// # Safety

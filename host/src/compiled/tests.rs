@@ -55,6 +55,12 @@ impl Fixture {
     fn compiled(&self, engine: &Engine) -> ComponentCache {
         ComponentCache::new(&self.cache, engine, CompiledOptions::default())
     }
+    /// Compiles `wasm` into the cache, as a first run does, and returns its artifact's key.
+    fn stored(&self, engine: &Engine, wasm: &[u8]) -> Key {
+        let cc = self.compiled(engine);
+        cc.load_component(wasm).unwrap();
+        cc.key(Kind::Component, wasm)
+    }
     fn artifact_path(&self, key: &Key) -> std::path::PathBuf {
         let hex = key.to_string();
         self.dir
@@ -79,11 +85,10 @@ fn compiles_once_then_maps_the_stored_artifact() {
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 7));
     let key = cc.key(Kind::Component, &wasm);
     #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let ino = std::fs::metadata(f.artifact_path(&key)).unwrap().ino();
-        assert!(mapped_lines(ino) > 0, "a hit maps the artifact's file");
-    }
+    assert!(
+        mapped_lines(inode(f.artifact_path(&key))) > 0,
+        "a hit maps the artifact's file"
+    );
     // The same cache again: the component in memory.
     assert_eq!(cc.load_component(&wasm).unwrap().1, Source::Memory);
     let counts = cc.counts();
@@ -142,8 +147,7 @@ fn damaged_artifacts_are_rejected_and_recompiled() {
     let f = Fixture::new();
     let engine = engine();
     let wasm = component_wat(11);
-    f.compiled(&engine).load_component(&wasm).unwrap();
-    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let key = f.stored(&engine, &wasm);
     let path = f.artifact_path(&key);
     let good = std::fs::read(&path).unwrap();
     // Both headers follow the artifact: every byte of them, and of the ELF header.
@@ -284,8 +288,7 @@ fn verified_artifacts_are_remembered_by_identity_and_any_change_is_still_caught(
     let f = Fixture::new();
     let engine = engine();
     let wasm = component_wat(31);
-    f.compiled(&engine).load_component(&wasm).unwrap();
-    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let key = f.stored(&engine, &wasm);
     let path = f.artifact_path(&key);
     let load = || {
         let before = macs_checked();
@@ -400,6 +403,13 @@ fn incremental_entries_are_authenticated() {
     assert!(!ns.contains(&k).unwrap(), "removed");
 }
 
+/// The inode number of the file at `path`.
+#[cfg(target_os = "linux")]
+fn inode(path: impl AsRef<std::path::Path>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
 /// Lines of `/proc/self/maps` that map the file with inode `ino` (a mapping split by `mprotect`
 /// shows as several lines).
 #[cfg(target_os = "linux")]
@@ -416,13 +426,11 @@ fn mapped_compiled_code_is_unmapped_once_nothing_made_from_it_lives() {
     // Issue 11 finding 7: a process that makes a `ComponentCache` per request must not
     // accumulate mappings of the artifact. wasmtime owns each mapping now and unmaps it with the
     // last component made from it.
-    use std::os::unix::fs::MetadataExt;
     let f = Fixture::new();
     let engine = engine();
     let wasm = component_wat(31);
-    f.compiled(&engine).load_component(&wasm).unwrap();
-    let key = f.compiled(&engine).key(Kind::Component, &wasm);
-    let ino = std::fs::metadata(f.artifact_path(&key)).unwrap().ino();
+    let key = f.stored(&engine, &wasm);
+    let ino = inode(f.artifact_path(&key));
     for _ in 0..20 {
         let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
         assert_eq!((s, answer(&engine, &c)), (Source::Disk, 31));
@@ -462,14 +470,12 @@ fn the_initial_memory_of_a_loaded_component_is_mapped_from_the_artifact_file() {
     // The point of the layout: wasmtime maps a module's initial linear memory from the artifact
     // file copy-on-write, instead of copying it into a fresh memfd on every load (11.9 MB for
     // a componentize-py plugin).
-    use std::os::unix::fs::MetadataExt;
     let f = Fixture::new();
     let engine = engine();
     let len = 1 << 20;
     let wasm = component_with_data(len);
-    f.compiled(&engine).load_component(&wasm).unwrap();
-    let key = f.compiled(&engine).key(Kind::Component, &wasm);
-    let ino = std::fs::metadata(f.artifact_path(&key)).unwrap().ino();
+    let key = f.stored(&engine, &wasm);
+    let ino = inode(f.artifact_path(&key));
     let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
     assert_eq!(s, Source::Disk);
     let loaded = mapped_lines(ino);
@@ -490,19 +496,17 @@ fn the_initial_memory_of_a_loaded_component_is_mapped_from_the_artifact_file() {
 #[cfg(target_os = "linux")]
 fn mapped_compiled_code_an_artifact_rejected_before_or_by_deserializing_is_not_left_mapped() {
     // Issue 11 finding 7.
-    use std::os::unix::fs::MetadataExt;
     let f = Fixture::new();
     let engine = engine();
     let wasm = component_wat(32);
-    f.compiled(&engine).load_component(&wasm).unwrap();
-    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let key = f.stored(&engine, &wasm);
     let path = f.artifact_path(&key);
 
     // Damaged: fails its MAC after it was mapped for checking.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[100] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
-    let ino = std::fs::metadata(&path).unwrap().ino();
+    let ino = inode(&path);
     let (_, s) = f.compiled(&engine).load_component(&wasm).unwrap();
     assert_eq!(s, Source::Compiled, "the damaged artifact was rejected");
     assert_eq!(mapped_lines(ino), 0, "a rejected artifact stays mapped");
@@ -510,7 +514,7 @@ fn mapped_compiled_code_an_artifact_rejected_before_or_by_deserializing_is_not_l
     // Authenticated but not an artifact wasmtime accepts: refused by `deserialize_file`.
     let cc = f.compiled(&engine);
     cc.inner.store_bytes(Kind::Component, &key, &vec![0x5a; 3 * 4096]);
-    let ino = std::fs::metadata(&path).unwrap().ino();
+    let ino = inode(&path);
     let ((_, s), log) = logged(|| cc.load_component(&wasm).unwrap());
     assert_eq!(s, Source::Compiled, "the garbage artifact was rejected");
     assert!(log.contains("does not load on this engine"), "{log}");
@@ -522,7 +526,6 @@ fn mapped_compiled_code_an_artifact_rejected_before_or_by_deserializing_is_not_l
 fn mapped_compiled_code_only_from_local_filesystems() {
     // Issue 11 finding 7: on NFS, SMB, FUSE, 9p or overlayfs a mapped page may be impossible
     // to read back later (SIGBUS long after the MAC check), so artifacts there are read instead.
-    use std::os::unix::fs::MetadataExt;
     let local = tempfile::tempfile().unwrap();
     assert!(mapped::can_map(&local), "a temporary file on ext4/tmpfs is local");
     let proc = std::fs::File::open("/proc/self/stat").unwrap();
@@ -532,9 +535,8 @@ fn mapped_compiled_code_only_from_local_filesystems() {
     let f = Fixture::new();
     let engine = engine();
     let wasm = component_wat(33);
-    f.compiled(&engine).load_component(&wasm).unwrap();
-    let key = f.compiled(&engine).key(Kind::Component, &wasm);
-    let ino = std::fs::metadata(f.artifact_path(&key)).unwrap().ino();
+    let key = f.stored(&engine, &wasm);
+    let ino = inode(f.artifact_path(&key));
     let (c, s) = mapped::pretending_not_local(|| f.compiled(&engine).load_component(&wasm).unwrap());
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 33));
     assert_eq!(mapped_lines(ino), 0, "mapped from a filesystem that is not local");
@@ -548,13 +550,11 @@ fn mapped_compiled_code_only_from_local_filesystems() {
 fn without_proc_a_mapped_load_falls_back_to_copying_and_rejects_nothing() {
     // wasmtime opens the checked file again as `/proc/self/fd/N`; where `/proc` is not mounted,
     // the artifact is read, checked again, and copied instead, and later loads copy at once.
-    use std::os::unix::fs::MetadataExt;
     let f = Fixture::new();
     let engine = engine();
     let wasm = component_wat(41);
-    f.compiled(&engine).load_component(&wasm).unwrap();
-    let key = f.compiled(&engine).key(Kind::Component, &wasm);
-    let ino = std::fs::metadata(f.artifact_path(&key)).unwrap().ino();
+    let key = f.stored(&engine, &wasm);
+    let ino = inode(f.artifact_path(&key));
     let cc = f.compiled(&engine);
     let ((c, s), log) = logged(|| mapped::pretending_no_proc(|| cc.load_component(&wasm).unwrap()));
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 41));
@@ -576,8 +576,7 @@ fn an_entry_with_its_header_first_is_not_an_artifact() {
     let f = Fixture::new();
     let engine = engine();
     let wasm = component_wat(43);
-    f.compiled(&engine).load_component(&wasm).unwrap();
-    let key = f.compiled(&engine).key(Kind::Component, &wasm);
+    let key = f.stored(&engine, &wasm);
     let path = f.artifact_path(&key);
     let file = std::fs::read(&path).unwrap();
     let content = &file[..file.len() - crate::entry::HEADER_LEN];

@@ -357,6 +357,23 @@ fn bad_namespace_names_create_nothing() {
     assert!(!d.path().join("escape").exists());
 }
 
+/// Opens the entry under `key` (its header intact, its content damaged) and reads it in chunks
+/// of `chunk` bytes until the read that reaches the damage fails: that failure is `corrupt`, and
+/// what was served before it is returned. (`what` names the case in messages.)
+fn read_to_damage(ns: &Namespace, key: &Key, chunk: usize, what: &str) -> Vec<u8> {
+    let mut r = ns.open(key).unwrap().expect("the header is intact");
+    let mut got = Vec::new();
+    let err = loop {
+        match r.read_chunk(chunk) {
+            Ok(c) if c.is_empty() => panic!("{what}: damaged content read to the end"),
+            Ok(c) => got.extend(c),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::Corrupt { .. }), "{what}: {err}");
+    got
+}
+
 #[test]
 fn every_byte_flip_and_truncation_is_a_miss_and_removed() {
     let (d, cache) = cache();
@@ -383,16 +400,7 @@ fn every_byte_flip_and_truncation_is_a_miss_and_removed() {
         let mut bad = good.clone();
         bad[i] ^= 0x01;
         std::fs::write(&path, &bad).unwrap();
-        let mut r = ns.open(&key).unwrap().expect("the header is intact");
-        let mut got = Vec::new();
-        let err = loop {
-            match r.read_chunk(64) {
-                Ok(c) if c.is_empty() => panic!("damaged content read to the end at {i}"),
-                Ok(c) => got.extend(c),
-                Err(e) => break e,
-            }
-        };
-        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        let got = read_to_damage(&ns, &key, 64, &format!("flip at {i}"));
         assert!(got.len() < data.len());
         // What was served before the end is the file's bytes, in order (never other bytes).
         assert!(
@@ -886,16 +894,7 @@ fn every_byte_flip_and_truncation_of_an_entry_with_a_trailing_header_is_a_miss_a
             let mut bad = good.clone();
             bad[i] ^= 0x01;
             std::fs::write(&path, &bad).unwrap();
-            let mut r = ns.open(&key).unwrap().expect("the header is intact");
-            let mut got = Vec::new();
-            let err = loop {
-                match r.read_chunk(4096) {
-                    Ok(c) if c.is_empty() => panic!("len {len}: damaged content read to the end at {i}"),
-                    Ok(c) => got.extend(c),
-                    Err(e) => break e,
-                }
-            };
-            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+            let got = read_to_damage(&ns, &key, 4096, &format!("len {len}: flip at {i}"));
             assert!(
                 got[..] == bad[..got.len()],
                 "len {len}: flip at {i}: wrong bytes served"

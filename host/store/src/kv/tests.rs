@@ -716,6 +716,23 @@ fn a_writable_handle_fixes_a_generation_left_odd_by_a_dead_writer_once() {
     assert_eq!(seen.as_deref(), Some(&b"v"[..]));
 }
 
+/// Flips the last byte of the record for `key` (its value's) and returns the record's path.
+fn damage_record(root: &Path, key: &str) -> PathBuf {
+    let path = record_path(root, key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    path
+}
+
+/// After an update that saw the damaged record at `path` (key "damaged") without removing it:
+/// the next read still reports it, never serves it, and removes it; the one after is a miss.
+fn reported_then_removed_by_the_next_read(b: &Bucket, path: &Path) {
+    assert!(b.get("damaged").is_err(), "still reported, never served");
+    assert!(!path.exists(), "removed by the next read outside the lock");
+    assert_eq!(b.get("damaged").unwrap(), None);
+}
+
 /// A damaged record read from within `update` on the same handle (whose lock this thread then
 /// holds) is reported at once, not removed by waiting for that lock (which never comes: the
 /// mutex is not reentrant); the next read outside removes it.
@@ -724,10 +741,7 @@ fn a_damaged_record_read_within_update_is_reported_without_waiting_for_the_lock_
     let (d, cache) = cache();
     let b = bucket(&cache);
     b.set("damaged", b"value").unwrap();
-    let path = record_path(d.path(), "damaged");
-    let mut bytes = std::fs::read(&path).unwrap();
-    *bytes.last_mut().unwrap() ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
+    let path = damage_record(d.path(), "damaged");
     let (tx, rx) = std::sync::mpsc::channel();
     let b2 = b.clone();
     std::thread::spawn(move || {
@@ -741,9 +755,7 @@ fn a_damaged_record_read_within_update_is_reported_without_waiting_for_the_lock_
     assert!(inner.unwrap_err().contains("corrupt"), "reported as damaged");
     assert_eq!(b.get("n").unwrap().as_deref(), Some(&b"1"[..]));
     assert!(path.exists(), "left in place while the lock was held");
-    assert!(b.get("damaged").is_err(), "still reported, never served");
-    assert!(!path.exists(), "removed by the next read outside the lock");
-    assert_eq!(b.get("damaged").unwrap(), None);
+    reported_then_removed_by_the_next_read(&b, &path);
 }
 
 /// The same through another handle of this process: its in-process lock is free, but the
@@ -757,10 +769,7 @@ fn a_damaged_record_read_through_another_handle_within_update_is_reported_prompt
     let other = FileCache::open(d.path().join("cache")).unwrap();
     let b = bucket(&other);
     b.set("damaged", b"value").unwrap();
-    let path = record_path(d.path(), "damaged");
-    let mut bytes = std::fs::read(&path).unwrap();
-    *bytes.last_mut().unwrap() ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
+    let path = damage_record(d.path(), "damaged");
     let started = std::time::Instant::now();
     let seen = a
         .update("n", |_| {
@@ -773,9 +782,7 @@ fn a_damaged_record_read_through_another_handle_within_update_is_reported_prompt
         took < crate::namespace::LOCK_WAIT / 2,
         "took {took:?}: waited for a lock held by this very thread"
     );
-    assert!(b.get("damaged").is_err(), "still reported, never served");
-    assert!(!path.exists(), "removed by the next read outside the lock");
-    assert_eq!(b.get("damaged").unwrap(), None);
+    reported_then_removed_by_the_next_read(&b, &path);
 }
 
 #[test]
