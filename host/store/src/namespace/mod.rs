@@ -35,7 +35,7 @@ use cap_std::fs::OpenOptionsExt;
 
 use super::counters::{self, COUNTERS_FILE, Counter, Counts};
 use super::{Durability, EntryReader, EntryWriter, NamespaceOptions, Store};
-use crate::entry::{Checksum, HEADER_LEN, Header, Layout};
+use crate::entry::{BLOCK_SHIFT, BlockTable, Checksum, FileHeader, HEADER_LEN, Header, Layout};
 use crate::error::IoContext;
 use crate::fault::{self, Point};
 use crate::key::HexKey;
@@ -233,16 +233,45 @@ fn mtime_of(meta: &cap_std::fs::Metadata) -> Option<SystemTime> {
     meta.modified().ok().map(|t| t.into_std())
 }
 
-/// What an entry file counts against the quota: its content (the header is not counted, so an
-/// entry of exactly the quota fits, as a plugin would expect).
+/// What a key-value record file counts against the quota: its key and value (the header is not
+/// counted).
 fn charged(meta: &cap_std::fs::Metadata) -> u64 {
     meta.len().saturating_sub(HEADER_LEN as u64)
 }
 
-/// What the entry file at `rel` counts against the quota; 0 when there is none.
+/// What the key-value record file at `rel` counts against the quota; 0 when there is none.
 fn charged_at(dir: &Dir, rel: &str) -> u64 {
     match dir.symlink_metadata(rel) {
         Ok(m) if m.file_type().is_file() => charged(&m),
+        _ => 0,
+    }
+}
+
+/// What an entry of `content_len` bytes of content counts against the quota.
+pub(crate) fn entry_charge(content_len: u64) -> u64 {
+    content_len
+}
+
+/// What an entry file of `file_len` bytes counts against the quota: [`entry_charge`] of the
+/// content it holds (the header and block table, in blocks of this build's size, are not
+/// counted, so an entry of exactly the quota fits, as a plugin would expect).
+fn entry_file_charge(file_len: u64) -> u64 {
+    // file_len = HEADER_LEN + len + CRC_LEN * ceil(len / block): every block but the last is
+    // full, so the number of blocks is ceil((file_len - HEADER_LEN) / (block + CRC_LEN)).
+    let body = file_len.saturating_sub(HEADER_LEN as u64);
+    let blocks = body.div_ceil((1u64 << BLOCK_SHIFT) + crate::entry::CRC_LEN as u64);
+    entry_charge(body.saturating_sub(blocks * crate::entry::CRC_LEN as u64))
+}
+
+/// What an entry file counts against the quota.
+fn entry_charged(meta: &cap_std::fs::Metadata) -> u64 {
+    entry_file_charge(meta.len())
+}
+
+/// What the entry file at `rel` counts against the quota; 0 when there is none.
+fn entry_charged_at(dir: &Dir, rel: &str) -> u64 {
+    match dir.symlink_metadata(rel) {
+        Ok(m) if m.file_type().is_file() => entry_charged(&m),
         _ => 0,
     }
 }
@@ -252,7 +281,7 @@ impl EntryInfo {
     /// not used, replaced or removed since.
     fn is_unchanged(&self, dir: &Dir, rel: &str) -> bool {
         matches!(dir.symlink_metadata(rel),
-            Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(self.mtime) && charged(&m) == self.size)
+            Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(self.mtime) && entry_charged(&m) == self.size)
     }
 }
 
@@ -287,15 +316,15 @@ fn check_header_bytes(
     b: &[u8; HEADER_LEN],
     layout: Layout,
     file_len: u64,
-) -> std::result::Result<Header, &'static str> {
-    let header = Header::decode_as(b, layout).map_err(|e| e.describe())?;
-    if header.key != *key {
+) -> std::result::Result<FileHeader, &'static str> {
+    let fh = Header::decode_as(b, layout).map_err(|e| e.describe())?;
+    if fh.header.key != *key {
         return Err("written under another key");
     }
-    if Some(header.len) != file_len.checked_sub(HEADER_LEN as u64) {
+    if fh.file_len() != Some(file_len) {
         return Err("length does not match the file's size");
     }
-    Ok(header)
+    Ok(fh)
 }
 
 fn random_suffix() -> u64 {

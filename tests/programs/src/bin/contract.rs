@@ -11,7 +11,8 @@ use std::collections::VecDeque;
 
 const USAGE: &str = "contract SCENARIO [ARGS...]; scenarios: basics | handles | all | \
     put SEED SIZE | put-stream SEED SIZE | check SEED SIZE | absent SEED | too-large LIMIT | \
-    quota QUOTA | read-only | read-only-check SEED SIZE | corrupt-check SEED | corrupt-stream SEED | \
+    quota QUOTA | read-only | read-only-check SEED SIZE | corrupt-check SEED | corrupt-stream SEED [SIZE] | \
+    stream-damaged SEED SIZE COUNT CHUNK... | \
     io-error SEED | disk-full SEED SIZE | exit CODE | race SEED OPS | gets SEED HITS MISSES";
 
 fn main() {
@@ -64,8 +65,21 @@ fn main() {
         ),
         "corrupt-stream" => corrupt_stream(
             Ctx::new("contract", "corrupt-stream"),
-            arg(rest, 0, "corrupt-stream SEED"),
+            arg(rest, 0, "corrupt-stream SEED [SIZE]"),
+            rest.get(1).map(|s| parse_size(s)),
         ),
+        "stream-damaged" => {
+            const U: &str = "stream-damaged SEED SIZE COUNT CHUNK...";
+            let chunks: Vec<u64> = rest.get(3..).unwrap_or(&[]).iter().map(|s| parse_size(s)).collect();
+            assert!(!chunks.is_empty(), "usage: {U}");
+            stream_damaged(
+                Ctx::new("contract", "stream-damaged"),
+                arg(rest, 0, U),
+                parse_size(arg(rest, 1, U)),
+                parse_size(arg(rest, 2, U)),
+                &chunks,
+            )
+        }
         "race" => race(
             Ctx::new("contract", "race"),
             arg(rest, 0, "race SEED OPS"),
@@ -971,8 +985,13 @@ fn corrupt_check(cx: Ctx, seed: &str) {
     cx.assert_absent("damaged entry removed", &key);
 }
 
-fn corrupt_stream(cx: Ctx, seed: &str) {
+/// Reads the damaged entry for `seed` through `open`, in reads of 64 KiB: the read that reaches
+/// the damage answers `corrupt`, and the entry is removed. With `size` (the entry was `put SEED
+/// SIZE`), every byte served before must be the original's: a reader never returns a byte that
+/// was not written.
+fn corrupt_stream(cx: Ctx, seed: &str, size: Option<u64>) {
     let key = key_for(seed);
+    let original = size.map(|size| content(seed, size));
     match cx.ok("open damaged entry", open(&key)) {
         None => eprintln!("note: corrupt-stream: damage detected at open"),
         Some(r) => {
@@ -988,6 +1007,9 @@ fn corrupt_stream(cx: Ctx, seed: &str) {
                         ),
                     ),
                     Ok(b) => {
+                        if let Some(original) = &original {
+                            served_as_written(cx, "read", original, total as usize, &b);
+                        }
                         total += b.len() as u64;
                         cx.check(
                             format_args!("read at offset {total}"),
@@ -1005,6 +1027,58 @@ fn corrupt_stream(cx: Ctx, seed: &str) {
         }
     }
     cx.assert_absent("damaged entry removed", &key);
+}
+
+/// Fails unless `bytes`, served at offset `at`, are the bytes of `original` there.
+fn served_as_written(cx: Ctx, step: &str, original: &[u8], at: usize, bytes: &[u8]) {
+    let expected = original.get(at..).unwrap_or(&[]);
+    if let Some(first) = (0..bytes.len()).find(|&i| expected.get(i) != Some(&bytes[i])) {
+        cx.fail(
+            format_args!("{step} at offset {at}"),
+            format_args!("served a byte that was not written, at offset {}", at + first),
+        );
+    }
+}
+
+/// Reads, through `open`, each damaged copy `SEED-<i>-<chunk>` (`i` below `count`, `chunk` each
+/// of `chunks`) that the host planted of the entry `put SEED SIZE`, in reads of `chunk` bytes:
+/// every byte served must be the original's; each read must end with `corrupt` (or the copy be a
+/// miss at open: damage in its header or checksums), and each copy be removed. Prints how many
+/// ended each way.
+fn stream_damaged(cx: Ctx, seed: &str, size: u64, count: u64, chunks: &[u64]) {
+    let original = content(seed, size);
+    let (mut corrupt, mut at_open) = (0u64, 0u64);
+    for i in 0..count {
+        for &chunk in chunks {
+            let copy = format!("{seed}-{i}-{chunk}");
+            let key = key_for(&copy);
+            match cx.ok(format_args!("{copy}: open"), open(&key)) {
+                None => at_open += 1,
+                Some(r) => {
+                    let mut served = 0;
+                    loop {
+                        match r.read(chunk) {
+                            Ok(b) if b.is_empty() => cx.fail(
+                                &copy,
+                                format_args!("read to the end ({served} bytes) of a damaged entry without `corrupt`"),
+                            ),
+                            Ok(b) => {
+                                served_as_written(cx, &copy, &original, served, &b);
+                                served += b.len();
+                            }
+                            Err(Error::Corrupt) => {
+                                corrupt += 1;
+                                break;
+                            }
+                            Err(e) => cx.fail(&copy, format_args!("expected Err(Corrupt), got Err({e:?})")),
+                        }
+                    }
+                }
+            }
+            cx.assert_absent(format_args!("{copy}: removed"), &key);
+        }
+    }
+    println!("stream-damaged: {corrupt} corrupt, {at_open} at open");
 }
 
 // ---------------------------------------------------------------------------------------------
