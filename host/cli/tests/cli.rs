@@ -33,7 +33,7 @@ fn max_entry_size_is_enforced() {
 #[test]
 fn quota_evicts_least_recently_used() {
     let cache = TestCache::new();
-    cache.contract(&["--quota", "10KiB"], &["quota", "10240"]);
+    cache.contract(&["--quota", "64KiB"], &["quota", "65536"]);
     let stats = cache.cli("stats", &["--json"]);
     assert_success(&stats, "stats");
     let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
@@ -43,7 +43,46 @@ fn quota_evicts_least_recently_used() {
         .iter()
         .find(|n| n["name"] == "default")
         .unwrap();
-    assert!(default["bytes"].as_u64().unwrap() <= 10240, "{json}");
+    assert!(default["bytes"].as_u64().unwrap() <= 65536, "{json}");
+}
+
+/// Issue 22, finding 1: an empty entry is charged what its file costs on disk (its header,
+/// rounded up to a 4 KiB filesystem block), so a guest adding thousands of them under a small
+/// quota leaves at most quota / 4 KiB files (before, each was charged nothing, and every one
+/// stayed: one file per add).
+#[test]
+fn empty_entries_are_charged_so_the_quota_bounds_the_files() {
+    let cache = TestCache::new();
+    cache.contract(&["--quota", "64KiB"], &["empty-entries", "2000"]);
+    let entries: Vec<_> = files_under(&cache.dir().join("default"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.len() == 64))
+        .collect();
+    assert!(
+        !entries.is_empty() && entries.len() <= 16,
+        "{} entry files under a 64 KiB quota",
+        entries.len()
+    );
+    let disk: u64 = entries
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len().div_ceil(4096) * 4096)
+        .sum();
+    assert!(disk <= 64 << 10, "{disk} bytes on disk under a 64 KiB quota");
+    let stats = cache.cli("stats", &["--json"]);
+    assert_success(&stats, "stats");
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let default = json["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "default")
+        .unwrap();
+    assert_eq!(default["entries"].as_u64(), Some(entries.len() as u64), "{json}");
+    assert_eq!(
+        default["bytes"].as_u64(),
+        Some(disk),
+        "stats shows what is charged: {json}"
+    );
 }
 
 #[test]
@@ -199,8 +238,10 @@ fn maintenance_commands() {
     );
     assert!(!path.exists());
 
-    // gc down to two entries' worth keeps the two newest.
-    let out = cache.cli("gc", &["--max-size", &(2 * 10000).to_string()]);
+    // gc down to two entries' worth keeps the two newest (an entry of 10,000 bytes is charged
+    // its file, rounded up to 4 KiB: 12 KiB).
+    let per = filecache_host::entry::charge(10000);
+    let out = cache.cli("gc", &["--max-size", &(2 * per).to_string()]);
     assert_success(&out, "gc");
     assert!(stdout(&out).contains("removed 3 entries"), "{}", stdout(&out));
     cache.contract(&["--namespace", "two"], &["check", "t", "10000"]);

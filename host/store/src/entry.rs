@@ -86,6 +86,25 @@ pub fn file_len(content_len: u64, shift: u8) -> Option<u64> {
         .checked_add(table_len(content_len, shift))
 }
 
+/// The filesystem block an entry file's size is rounded up to when it is charged against its
+/// namespace's quota: 4 KiB, the default block size of ext4, XFS, APFS and NTFS.
+pub const CHARGE_UNIT: u64 = 4096;
+
+/// What an entry file of `file_len` bytes is charged against its namespace's quota: what it takes
+/// on disk, its size (header, content, block table) rounded up to a whole [`CHARGE_UNIT`]. An empty
+/// entry costs 4 KiB, so a quota bounds the number of files as well as the bytes. The one
+/// definition of an entry's cost: the usage counter, quota checks, eviction and `stats` all use
+/// it.
+pub fn charge_for_file(file_len: u64) -> u64 {
+    file_len.div_ceil(CHARGE_UNIT).saturating_mul(CHARGE_UNIT)
+}
+
+/// What an entry of `content_len` bytes of content, as this build writes it (blocks of
+/// [`BLOCK_SHIFT`]), is charged: [`charge_for_file`] of its file.
+pub fn charge(content_len: u64) -> u64 {
+    file_len(content_len, BLOCK_SHIFT).map_or(u64::MAX, charge_for_file)
+}
+
 /// Where an entry file keeps its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {

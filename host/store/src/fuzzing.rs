@@ -260,12 +260,13 @@ fn header_fools_contains(file: &[u8], key: &Key) -> bool {
 // ---------------------------------------------------------------------------------------------
 // store_ops
 
-/// The quota of the namespace the operations run in.
-pub const QUOTA: u64 = 4000;
+/// The quota of the namespace the operations run in: six 4 KiB blocks (an entry is charged its
+/// file, rounded up to 4 KiB: one to three blocks here).
+pub const QUOTA: u64 = 6 * 4096;
 /// How many distinct keys the operations use.
 pub const KEYS: u8 = 6;
 /// The longest content an operation writes.
-pub const MAX_LEN: u16 = 1800;
+pub const MAX_LEN: u16 = 9000;
 
 /// One operation on the store. Keys are `0..KEYS`, lengths `0..MAX_LEN`.
 #[derive(Debug, Clone)]
@@ -317,6 +318,8 @@ pub fn decode_ops(data: &[u8]) -> Vec<Op> {
         let kind = b.u8();
         let key = b.u8() % KEYS;
         ops.push(match kind % 10 {
+            // Empty entries are charged a filesystem block too: a quarter of the adds.
+            0 | 1 if kind & 0x40 != 0 => Op::Add(key, 0),
             0 | 1 => Op::Add(key, b.u16() % MAX_LEN),
             2 => Op::Get(key),
             3 => Op::Open(key, b.u16() % 700 + 1),
@@ -350,7 +353,8 @@ pub fn store_ops(data: &[u8]) {
 }
 
 /// What the store promises, in memory: content per key, and use order (oldest first), and
-/// key-value records (never evicted, counted as key and value), under [`QUOTA`].
+/// key-value records (never evicted, counted as key and value), under [`QUOTA`]. An entry is
+/// charged its file on disk, rounded up to 4 KiB ([`crate::entry::charge`]): an empty one too.
 #[derive(Default, Debug)]
 pub struct Model {
     entries: HashMap<u8, Vec<u8>>,
@@ -359,14 +363,21 @@ pub struct Model {
 }
 
 /// The key-value key of record `k`.
+/// What an entry of `len` bytes of content is charged: its file (64-byte header, content, a
+/// 4-byte CRC per 64 KiB block), rounded up to 4 KiB. Computed here independently of the store.
+fn cost(len: u64) -> u64 {
+    (64 + len + 4 * len.div_ceil(64 << 10)).div_ceil(4096) * 4096
+}
+
 fn kv_key(k: u8) -> String {
     format!("key{k}")
 }
 
 impl Model {
-    /// Bytes of content held: cache entries, and records' keys and values.
+    /// What is charged: cache entries (their files, rounded up to 4 KiB), and records' keys and
+    /// values.
     pub fn used(&self) -> u64 {
-        self.entries.values().map(|v| v.len() as u64).sum::<u64>() + self.records_used()
+        self.entries.values().map(|v| cost(v.len() as u64)).sum::<u64>() + self.records_used()
     }
     fn records_used(&self) -> u64 {
         self.records
@@ -399,17 +410,18 @@ impl Model {
     /// own. When even evicting every other entry leaves no room (records take the rest), that is
     /// every other entry, and the add fails after evicting them (see [`Model::add`]).
     fn victims(&self, k: u8, len: u64) -> Option<Vec<u8>> {
-        if len > QUOTA {
+        let charge = cost(len);
+        if charge > QUOTA {
             return None;
         }
-        let old = self.entries.get(&k).map_or(0, |o| o.len() as u64);
-        let mut used = self.used() - old + len;
+        let old = self.entries.get(&k).map_or(0, |o| cost(o.len() as u64));
+        let mut used = self.used() - old + charge;
         let mut victims = Vec::new();
         for &x in self.order.iter().filter(|&&x| x != k) {
             if used <= QUOTA {
                 break;
             }
-            used -= self.entries[&x].len() as u64;
+            used -= cost(self.entries[&x].len() as u64);
             victims.push(x);
         }
         Some(victims)
@@ -421,8 +433,8 @@ impl Model {
         for x in victims {
             self.delete(x);
         }
-        let old = self.entries.get(&k).map_or(0, |o| o.len() as u64);
-        if self.used() - old + v.len() as u64 > QUOTA {
+        let old = self.entries.get(&k).map_or(0, |o| cost(o.len() as u64));
+        if self.used() - old + cost(v.len() as u64) > QUOTA {
             return false;
         }
         self.entries.insert(k, v);

@@ -249,7 +249,9 @@ fn recency_granularity_is_per_namespace() {
 #[test]
 fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
     let (_d, cache) = cache();
-    let per = 1000;
+    // An entry of 1000 bytes is charged its file rounded up to 4 KiB.
+    let per = crate::entry::charge(1000);
+    assert_eq!(per, 4096);
     let ns = cache
         .namespace(
             "q",
@@ -282,15 +284,18 @@ fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
     let stats = cache.stats().unwrap();
     assert_eq!(stats[0].bytes, per * 4);
 
+    // The largest content whose file (64-byte header, content, one 4-byte CRC) is the quota.
+    let whole = (per * 4 - 64 - 4) as usize;
+    assert_eq!(crate::entry::charge(whole as u64), per * 4);
     let huge = Key::digest(b"huge");
     assert!(matches!(
-        ns.add(&huge, &vec![0; (per * 4 + 1) as usize]),
+        ns.add(&huge, &vec![0; whole + 1]),
         Err(Error::QuotaExceeded { .. })
     ));
     assert!(!ns.contains(&huge).unwrap());
     assert_eq!(cache.stats().unwrap()[0].entries, 4, "a refused entry evicts nothing");
-    // An entry of exactly the quota fits, evicting everything else.
-    ns.add(&huge, &vec![0; (per * 4) as usize]).unwrap();
+    // An entry costing exactly the quota fits, evicting everything else.
+    ns.add(&huge, &vec![0; whole]).unwrap();
     assert_eq!(cache.stats().unwrap()[0].entries, 1);
 }
 
@@ -299,7 +304,7 @@ fn quota_holds_across_two_handles_on_one_namespace() {
     // Two opens of the namespace stand for two processes: they share the usage counter on disk.
     let (_d, cache) = cache();
     let opts = NamespaceOptions {
-        quota: 10 * 1064,
+        quota: 10 * 4096,
         ..Default::default()
     };
     let a = cache.namespace("shared", opts).unwrap();
@@ -308,7 +313,7 @@ fn quota_holds_across_two_handles_on_one_namespace() {
         let ns = if i % 2 == 0 { &a } else { &b };
         ns.add(&Key::digest(i.to_le_bytes()), &[1; 1000]).unwrap();
         let s = &cache.stats().unwrap()[0];
-        assert!(s.bytes <= 10 * 1064, "over quota after {i}: {}", s.bytes);
+        assert!(s.bytes <= 10 * 4096, "over quota after {i}: {}", s.bytes);
     }
     assert_eq!(cache.stats().unwrap()[0].entries, 10);
 }
@@ -832,7 +837,7 @@ fn concurrent_writers_of_one_key_never_tear() {
         }
     });
     let s = &cache.stats().unwrap()[0];
-    assert_eq!((s.entries, s.bytes), (1, 50_000));
+    assert_eq!((s.entries, s.bytes), (1, crate::entry::charge(50_000)));
 }
 
 #[test]
@@ -862,7 +867,7 @@ fn stats_gc_verify_clear() {
     assert_eq!(cache.verify(&mut |_| {}).unwrap().removed, 0);
 
     // gc to 10 entries' worth removes the 8 oldest, across both namespaces.
-    let per = 1000;
+    let per = crate::entry::charge(1000);
     let report = cache.gc(per * 10, &mut |_| {}).unwrap();
     assert_eq!(report.removed_entries, 8);
     assert_eq!(report.remaining_bytes, per * 10);
@@ -880,7 +885,7 @@ fn stats_gc_verify_clear() {
 #[test]
 fn verify_and_stats_do_not_count_as_use() {
     let (_d, cache) = cache();
-    let per = 100;
+    let per = crate::entry::charge(100);
     let ns = cache
         .namespace(
             "lru",
@@ -1016,11 +1021,11 @@ fn entries_with_a_trailing_header_start_with_their_content_and_read_back_through
     }
     let report = cache.verify(&mut |_| {}).unwrap();
     assert_eq!((report.checked, report.ok), (sizes.len() as u64, sizes.len() as u64));
-    let total: usize = sizes.iter().sum();
+    let total: u64 = sizes.iter().map(|&len| crate::entry::charge(len as u64)).sum();
     assert_eq!(
         cache.stats().unwrap()[0].bytes,
-        total as u64,
-        "charged by content, as leading entries"
+        total,
+        "charged their files, as leading entries"
     );
 
     // Replacing an entry of one layout by the other, both ways.

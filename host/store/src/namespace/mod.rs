@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <namespace>/
-//!   state          usage counter (bytes of content), and the lock that serialises publishing
+//!   state          usage counter (bytes charged), and the lock that serialises publishing
 //!   counters       hits, misses and other events, for `filecache stats`
 //!   kv-generation  the key-value bucket generation, for the read cache (see `kv`)
 //!   tmp/           entries being written, each locked by its writer while it lives
@@ -106,7 +106,8 @@ struct Inner {
     /// no memory shared with other threads on the hit path), flushed once a thread's shard holds
     /// [`USES_PER_FLUSH`] uses, and when a handle is dropped.
     uses: uses::Uses,
-    /// Bytes in the temporary files of this handle's uncommitted writers: together at most the
+    /// What the temporary files of this handle's uncommitted writers are charged (each as its
+    /// entry would be): together at most the
     /// quota (a write past it answers `QuotaExceeded`), given back when a writer commits or is
     /// dropped.
     uncommitted: AtomicU64,
@@ -149,7 +150,8 @@ struct Candidates {
 pub struct EntryInfo {
     /// The entry's key.
     pub key: Key,
-    /// Bytes of content (what the entry counts against the quota).
+    /// What the entry counts against the quota: its file's size rounded up to 4 KiB (see
+    /// [`crate::entry::charge_for_file`]).
     pub size: u64,
     /// Last use (add or hit).
     pub mtime: SystemTime,
@@ -198,7 +200,8 @@ impl RawEntry {
 #[doc(hidden)]
 #[non_exhaustive]
 pub struct Scan {
-    /// Bytes of every entry and key-value record seen (what the usage counter holds).
+    /// What every entry (its file, rounded up to 4 KiB) and key-value record (its key and value)
+    /// seen counts against the quota: what the usage counter holds.
     pub used: u64,
     /// Key-value records seen (not in `entries`).
     pub kv_records: u64,
@@ -247,25 +250,15 @@ fn charged_at(dir: &Dir, rel: &str) -> u64 {
     }
 }
 
-/// What an entry of `content_len` bytes of content counts against the quota.
+/// What an entry of `content_len` bytes of content counts against the quota (see
+/// [`crate::entry::charge`]).
 pub(crate) fn entry_charge(content_len: u64) -> u64 {
-    content_len
-}
-
-/// What an entry file of `file_len` bytes counts against the quota: [`entry_charge`] of the
-/// content it holds (the header and block table, in blocks of this build's size, are not
-/// counted, so an entry of exactly the quota fits, as a plugin would expect).
-fn entry_file_charge(file_len: u64) -> u64 {
-    // file_len = HEADER_LEN + len + CRC_LEN * ceil(len / block): every block but the last is
-    // full, so the number of blocks is ceil((file_len - HEADER_LEN) / (block + CRC_LEN)).
-    let body = file_len.saturating_sub(HEADER_LEN as u64);
-    let blocks = body.div_ceil((1u64 << BLOCK_SHIFT) + crate::entry::CRC_LEN as u64);
-    entry_charge(body.saturating_sub(blocks * crate::entry::CRC_LEN as u64))
+    crate::entry::charge(content_len)
 }
 
 /// What an entry file counts against the quota.
 fn entry_charged(meta: &cap_std::fs::Metadata) -> u64 {
-    entry_file_charge(meta.len())
+    crate::entry::charge_for_file(meta.len())
 }
 
 /// What the entry file at `rel` counts against the quota; 0 when there is none.

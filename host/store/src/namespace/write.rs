@@ -223,7 +223,8 @@ pub struct FileWriter {
     /// The CRC32C of each block of the content so far.
     table: BlockTable,
     failed: Option<Error>,
-    /// Bytes of this writer counted in the namespace's `uncommitted` total.
+    /// What this writer counts in the namespace's `uncommitted` total: the charge of its entry so
+    /// far.
     reserved: u64,
 }
 
@@ -291,9 +292,10 @@ impl FileWriter {
             return Err(replay(e));
         }
         self.check_size(self.len.saturating_add(bytes.len() as u64))?;
-        // Uncommitted bytes count against the quota: a guest holding many writers open cannot
-        // fill the disk with temporary files past it.
-        let n = bytes.len() as u64;
+        // Uncommitted entries count against the quota, each charged as it would be once
+        // committed (its file, rounded up to 4 KiB): a guest holding many writers open cannot fill
+        // the disk with temporary files past it.
+        let n = entry_charge(self.len + bytes.len() as u64).saturating_sub(self.reserved);
         let quota = self.ns.inner.options.quota;
         let before = self.ns.inner.uncommitted.fetch_add(n, Ordering::Relaxed);
         self.reserved += n;

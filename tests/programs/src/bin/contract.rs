@@ -4,15 +4,15 @@
 //! and a non-zero exit); on success it prints `ok SCENARIO` on stdout.
 
 use filecache_test_programs::{
-    Ctx, ENTRY_HEADER, Error, MAX_HANDLES, MIB, Reader, Writer, add, arg, args, contains, content, create, delete, get,
-    key_for, open, parse_size, short,
+    Ctx, Error, MAX_HANDLES, MIB, Reader, Writer, add, arg, args, contains, content, create, delete, entry_cost, get,
+    key_for, largest_entry_within, open, parse_size, short,
 };
 use std::collections::VecDeque;
 
 const USAGE: &str = "contract SCENARIO [ARGS...]; scenarios: basics | handles | all | \
     put SEED SIZE | put-stream SEED SIZE | check SEED SIZE | absent SEED | too-large LIMIT | \
     quota QUOTA | read-only | read-only-check SEED SIZE | corrupt-check SEED | corrupt-stream SEED [SIZE] | \
-    stream-damaged SEED SIZE COUNT CHUNK... | \
+    stream-damaged SEED SIZE COUNT CHUNK... | empty-entries COUNT | \
     io-error SEED | disk-full SEED SIZE | exit CODE | race SEED OPS | gets SEED HITS MISSES";
 
 fn main() {
@@ -53,6 +53,10 @@ fn main() {
             parse_size(arg(rest, 0, "too-large LIMIT")),
         ),
         "quota" => quota(Ctx::new("contract", "quota"), parse_size(arg(rest, 0, "quota QUOTA"))),
+        "empty-entries" => empty_entries(
+            Ctx::new("contract", "empty-entries"),
+            parse_size(arg(rest, 0, "empty-entries COUNT")),
+        ),
         "read-only" => read_only(Ctx::new("contract", "read-only")),
         "read-only-check" => read_only_check(
             Ctx::new("contract", "read-only-check"),
@@ -707,7 +711,7 @@ struct Model {
 
 impl Model {
     fn cost(size: u64) -> u64 {
-        size + ENTRY_HEADER
+        entry_cost(size)
     }
 
     /// Adds a new entry (its key must not be present), evicting least-recently-used entries.
@@ -789,8 +793,24 @@ impl Model {
     }
 }
 
+/// Adds `count` empty entries under distinct keys: every add succeeds (the oldest are evicted to
+/// make room: an empty entry is charged what its file costs on disk), and the last one reads back
+/// empty. Run under a small quota, the host must keep the number of files bounded by it.
+fn empty_entries(cx: Ctx, count: u64) {
+    for i in 0..count {
+        cx.ok(
+            format_args!("add empty entry #{i}"),
+            add(&key_for(&format!("empty-{i}")), &[]),
+        );
+    }
+    if let Some(last) = count.checked_sub(1) {
+        cx.assert_get("the last empty entry", &key_for(&format!("empty-{last}")), &[]);
+    }
+}
+
 fn quota(cx: Ctx, quota: u64) {
-    const SMALL: u64 = 1000;
+    // Costs two 4 KiB blocks (the quota charges an entry's file, rounded up to 4 KiB).
+    const SMALL: u64 = 5000;
     // The model's order holds only while every entry is younger than the host's recency
     // granularity (one second): the scenario must finish well within it.
     let start = std::time::Instant::now();
@@ -854,7 +874,7 @@ fn quota(cx: Ctx, quota: u64) {
     m.hit(&e2);
     add_entry(&mut m, "add after open", &format!("e{}", n + 1), SMALL);
 
-    // 4. An entry costing about two and a half small ones evicts several.
+    // 4. An entry costing two and a half small ones evicts several.
     add_entry(&mut m, "add a bigger entry", "big", 2 * SMALL + 500);
 
     // 5. A streamed entry is accounted the same way.
@@ -886,7 +906,7 @@ fn quota(cx: Ctx, quota: u64) {
     }
 
     // 7. An entry that cannot fit even in an empty namespace: quota-exceeded, nothing visible.
-    let too_big = quota - ENTRY_HEADER + 1;
+    let too_big = largest_entry_within(quota) + 1;
     let kb = key_for("quota/too-big");
     let data = content("quota/too-big", too_big);
     cx.err_is(
@@ -935,7 +955,12 @@ fn quota(cx: Ctx, quota: u64) {
     m.verify(cx, "after quota-exceeded", &size_of);
 
     // 8. An entry costing exactly the quota fits, evicting everything else.
-    add_entry(&mut m, "entry costing exactly the quota", "whole", quota - ENTRY_HEADER);
+    add_entry(
+        &mut m,
+        "entry costing at most the quota",
+        "whole",
+        largest_entry_within(quota),
+    );
     cx.check(
         "entry costing exactly the quota",
         m.entries.len() == 1,
