@@ -366,6 +366,7 @@ impl Namespace {
             served: 0,
             crcs: Vec::new(),
             crcs_from: 0,
+            first: None,
             failed: None,
         };
         match reader.check_table(fh.header.crc) {
@@ -439,7 +440,8 @@ enum TableError {
 /// (64 KiB) is read whole and checked against its CRC32C before any byte of it is returned: a
 /// block that does not match ends the read with [`Error::Corrupt`] (and the entry is removed),
 /// and none of its bytes is ever returned, so every byte a reader returns is a byte that was
-/// written. A reader holds at most one block (a partly returned one) and a 4 KiB window of the
+/// written. A reader holds at most one block (a partly returned one, or the only block of a small
+/// entry, read at open with its table and checked by the first read) and a 4 KiB window of the
 /// block table, whatever the entry's size.
 pub struct FileReader {
     ns: Namespace,
@@ -461,6 +463,10 @@ pub struct FileReader {
     /// A window of the block table: the CRCs of the blocks from `crcs_from`.
     crcs: Vec<u8>,
     crcs_from: u64,
+    /// The content of a small entry of one block (at most 16 KiB), read at open together with
+    /// its table (they are adjacent: one system call instead of two), not yet checked: it is checked against its CRC
+    /// by the first read, before any byte of it is returned.
+    first: Option<Vec<u8>>,
     failed: Option<&'static str>,
 }
 
@@ -484,6 +490,24 @@ impl FileReader {
     /// (`expected`), and keeps its first window.
     fn check_table(&mut self, expected: u32) -> std::result::Result<(), TableError> {
         let table_len = table_len(self.len, self.shift);
+        if self.len > 0 && self.len <= (1u64 << self.shift).min(SMALL_ENTRY as u64) {
+            // A small entry of one block: the content and its CRC in one read (larger, the copy
+            // out of the reader would cost more than the system call it saves).
+            let mut both = vec![0u8; (self.len + table_len) as usize];
+            match sys::read_exact_at(&self.file, &mut both, self.start) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(TableError::Damaged("truncated")),
+                Err(e) => return Err(TableError::Io(e)),
+            }
+            let table = both.split_off(self.len as usize);
+            if Checksum::of(&table) != expected {
+                return Err(TableError::Damaged(TABLE_MISMATCH));
+            }
+            self.crcs = table;
+            self.crcs_from = 0;
+            self.first = Some(both);
+            return Ok(());
+        }
         let read = |buf: &mut [u8], at: u64| match sys::read_exact_at(&self.file, buf, self.table_start + at) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(TableError::Damaged("truncated")),
@@ -586,6 +610,17 @@ impl FileReader {
                 buf[got..got + n].copy_from_slice(&self.block[self.served..self.served + n]);
                 self.served += n;
                 got += n;
+                continue;
+            }
+            if let Some(mut first) = self.first.take() {
+                // The one block, read at open: checked before any byte of it is returned.
+                if Checksum::of(&first) != self.crc_of(0)? {
+                    first.fill(0);
+                    return Err(self.fail(CONTENT_MISMATCH));
+                }
+                self.block = first;
+                self.block_at = 0;
+                self.served = 0;
                 continue;
             }
             let next = self.pos();
