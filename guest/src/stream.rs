@@ -14,11 +14,12 @@ const MAX_PREALLOC: u64 = 64 << 20;
 /// A stream over one entry's content, made by [`open`](crate::open).
 ///
 /// Implements [`io::Read`], asking the host for at most 1 MiB ([`MAX_CHUNK`]) per call. The host
-/// verifies the content as it goes: the read that reaches the end of a damaged entry fails with
-/// [`Error::Corrupt`] (reported through `io::Read` as [`io::ErrorKind::InvalidData`] with the
-/// `Error` inside) instead of returning the last bytes. Only a reader that reached the end (a
-/// read returned `Ok(0)`) has seen content known to be whole, so read to the end, as
-/// [`Read::read_to_end`](io::Read::read_to_end) and [`Reader::read_all`] do.
+/// checks each block of the content (64 KiB) before it returns any byte of it: the first read
+/// that touches a damaged block fails with [`Error::Corrupt`] (reported through `io::Read` as
+/// [`io::ErrorKind::InvalidData`] with the `Error` inside), so every byte returned is a byte that
+/// was written. Only a reader that reached the end (a read returned `Ok(0)`) has seen the whole
+/// content, so read to the end, as [`Read::read_to_end`](io::Read::read_to_end) and
+/// [`Reader::read_all`] do.
 ///
 /// Dropping the reader closes it and gives its handle back to the host.
 ///

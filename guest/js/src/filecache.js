@@ -455,9 +455,9 @@ const DISPOSE = typeof Symbol.dispose === "symbol" ? Symbol.dispose : Symbol.for
 // A stream over one entry's content, from `open`. Release it: `withReader(key, fn)` does, or
 // `reader.close()` in a `finally` (or `using`, where the engine has it).
 //
-// The host checks the content as it goes: the read that reaches the end of a damaged entry throws
-// `Corrupt` instead of returning the last bytes, so only content read to the end is known to be
-// whole.
+// The host checks each block of the content (64 KiB) before it returns any byte of it: the first
+// read that touches a damaged block throws `Corrupt`, so every byte returned is a byte that was
+// written, and only content read to the end is known to be whole.
 export class Reader {
   constructor(handle) {
     this._handle = handle;

@@ -319,9 +319,9 @@ def _release(handle) -> None:
 class Reader(io.RawIOBase):
     """A stream over one entry's content (`io.RawIOBase`: `read`, `readinto`, `readall`...).
 
-    The host checks the content as it goes: the read that reaches the end of a damaged entry
-    raises `Corrupt` instead of returning the last bytes, so only content read to the end is
-    known to be whole. `read()` with no argument reads to the end in 1 MiB calls. Closing the
+    The host checks each block of the content (64 KiB) before it returns any byte of it: the
+    first read that touches a damaged block raises `Corrupt`, so every byte returned is a byte
+    that was written, and only content read to the end is known to be whole. `read()` with no argument reads to the end in 1 MiB calls. Closing the
     reader (leaving its `with` block) gives its handle back.
     """
 

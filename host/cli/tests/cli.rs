@@ -33,7 +33,7 @@ fn max_entry_size_is_enforced() {
 #[test]
 fn quota_evicts_least_recently_used() {
     let cache = TestCache::new();
-    cache.contract(&["--quota", "10KiB"], &["quota", "10240"]);
+    cache.contract(&["--quota", "64KiB"], &["quota", "65536"]);
     let stats = cache.cli("stats", &["--json"]);
     assert_success(&stats, "stats");
     let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
@@ -43,7 +43,46 @@ fn quota_evicts_least_recently_used() {
         .iter()
         .find(|n| n["name"] == "default")
         .unwrap();
-    assert!(default["bytes"].as_u64().unwrap() <= 10240, "{json}");
+    assert!(default["bytes"].as_u64().unwrap() <= 65536, "{json}");
+}
+
+/// Issue 22, finding 1: an empty entry is charged what its file costs on disk (its header,
+/// rounded up to a 4 KiB filesystem block), so a guest adding thousands of them under a small
+/// quota leaves at most quota / 4 KiB files (before, each was charged nothing, and every one
+/// stayed: one file per add).
+#[test]
+fn empty_entries_are_charged_so_the_quota_bounds_the_files() {
+    let cache = TestCache::new();
+    cache.contract(&["--quota", "64KiB"], &["empty-entries", "2000"]);
+    let entries: Vec<_> = files_under(&cache.dir().join("default"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.len() == 64))
+        .collect();
+    assert!(
+        !entries.is_empty() && entries.len() <= 16,
+        "{} entry files under a 64 KiB quota",
+        entries.len()
+    );
+    let disk: u64 = entries
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len().div_ceil(4096) * 4096)
+        .sum();
+    assert!(disk <= 64 << 10, "{disk} bytes on disk under a 64 KiB quota");
+    let stats = cache.cli("stats", &["--json"]);
+    assert_success(&stats, "stats");
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let default = json["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "default")
+        .unwrap();
+    assert_eq!(default["entries"].as_u64(), Some(entries.len() as u64), "{json}");
+    assert_eq!(
+        default["bytes"].as_u64(),
+        Some(disk),
+        "stats shows what is charged: {json}"
+    );
 }
 
 #[test]
@@ -72,14 +111,76 @@ fn damage_on_disk_is_a_miss_and_removed() {
     cache.contract(&[], &["corrupt-check", "victim"]);
     assert!(!path.exists());
 
+    // A streamed entry damaged in its 21st block (of 64 KiB), its first, a middle and its last
+    // byte: the guest reads the 20 blocks before it, each byte as written, then `corrupt`; the
+    // last byte (of the block table) is found at open.
     cache.contract(&[], &["put", "victim2", "3MiB"]);
     let path = cache.entry_file("default", "victim2");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
-    cache.contract(&[], &["corrupt-stream", "victim2"]);
-    assert!(!path.exists());
+    let good = std::fs::read(&path).unwrap();
+    let block_21 = filecache_host::entry::HEADER_LEN + (20 << 16);
+    for at in [block_21, block_21 + 30_000, block_21 + (1 << 16) - 1, good.len() - 1] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let out = cache.contract(&[], &["corrupt-stream", "victim2", "3MiB"]);
+        assert_eq!(
+            stderr(&out).contains("damage detected at open"),
+            at == good.len() - 1,
+            "flip at {at}: {}",
+            stderr(&out)
+        );
+        assert!(!path.exists());
+    }
+}
+
+/// Issue 28: a guest streaming a damaged entry never receives a byte that was not written, at
+/// every position of an entry of four blocks, in reads of several sizes. The blocks are of 512
+/// bytes (the smallest a reader accepts: a copy damaged at each position costs little); the host
+/// plants one damaged copy of the entry per position and read size, and a guest written against
+/// the WIT reads each through `open`, checking every byte it is served.
+#[test]
+fn a_guest_streaming_a_damaged_entry_never_receives_a_byte_that_was_not_written() {
+    use filecache_host::entry::{HEADER_LEN, Layout, MIN_BLOCK_SHIFT, encode_file};
+    let cache = TestCache::new();
+    let size = 3 * 512 + 300;
+    cache.contract(&[], &["put", "orig", &size.to_string()]);
+    let stored = std::fs::read(cache.entry_file("default", "orig")).unwrap();
+    let content = &stored[HEADER_LEN..HEADER_LEN + size];
+    let chunks = ["1", "100", "512", "4096"];
+    let mut file_len = 0;
+    for chunk in chunks {
+        let mut at = 0;
+        loop {
+            let seed = format!("orig-{at}-{chunk}");
+            let key = filecache_host::Key::digest(seed.as_bytes());
+            let mut file = encode_file(key, content, Layout::Leading, MIN_BLOCK_SHIFT);
+            file_len = file.len();
+            if at == file_len {
+                break;
+            }
+            file[at] ^= 0x01;
+            let path = cache.entry_file("default", &seed);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &file).unwrap();
+            at += 1;
+        }
+    }
+    let mut args = vec![
+        "stream-damaged".to_string(),
+        "orig".into(),
+        size.to_string(),
+        file_len.to_string(),
+    ];
+    args.extend(chunks.iter().map(|c| c.to_string()));
+    let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let out = cache.contract(&[], &args);
+    // Damage in the content ends a read with `corrupt`; in the header or table, the open.
+    let (in_content, elsewhere) = (size * chunks.len(), (file_len - size) * chunks.len());
+    assert!(
+        stdout(&out).contains(&format!("stream-damaged: {in_content} corrupt, {elsewhere} at open")),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -137,8 +238,10 @@ fn maintenance_commands() {
     );
     assert!(!path.exists());
 
-    // gc down to two entries' worth keeps the two newest.
-    let out = cache.cli("gc", &["--max-size", &(2 * 10000).to_string()]);
+    // gc down to two entries' worth keeps the two newest (an entry of 10,000 bytes is charged
+    // its file, rounded up to 4 KiB: 12 KiB).
+    let per = filecache_host::entry::charge(10000);
+    let out = cache.cli("gc", &["--max-size", &(2 * per).to_string()]);
     assert_success(&out, "gc");
     assert!(stdout(&out).contains("removed 3 entries"), "{}", stdout(&out));
     cache.contract(&["--namespace", "two"], &["check", "t", "10000"]);

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
-use filecache_store::entry::{HEADER_LEN, Header};
+use filecache_store::entry::{BLOCK_SHIFT, Layout, encode_file};
 use filecache_store::{FileCache, Key, Namespace, NamespaceOptions};
 
 const ENTRY: usize = 1 << 10;
@@ -41,21 +41,10 @@ fn key(i: usize) -> Key {
 /// Writes entry files `range` of 1 KiB into the namespace directory `dir`, as the store would.
 fn populate_range(dir: &Path, range: std::ops::Range<usize>) {
     let content = vec![0x5a; ENTRY];
-    let crc = crc32c::crc32c(&content);
-    let mut file = Vec::with_capacity(HEADER_LEN + ENTRY);
     for i in range {
         let k = key(i);
         let hex = k.to_string();
-        file.clear();
-        file.extend_from_slice(
-            &Header {
-                len: ENTRY as u64,
-                crc,
-                key: k,
-            }
-            .encode(),
-        );
-        file.extend_from_slice(&content);
+        let file = encode_file(k, &content, Layout::Leading, BLOCK_SHIFT);
         std::fs::write(dir.join(&hex[..2]).join(&hex), &file).expect("an entry file");
     }
 }

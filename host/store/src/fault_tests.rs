@@ -234,7 +234,8 @@ fn injected_failures_while_evicting_never_serve_wrong_bytes() {
     for persistent in [false, true] {
         for n in 1.. {
             let what = format!("eviction, operation #{n} fails (persistent {persistent})");
-            let ns = fresh(&root, Durability::Relaxed, 4000);
+            // Four entries of 1000 bytes, each charged 4 KiB (its file, rounded up).
+            let ns = fresh(&root, Durability::Relaxed, 4 * 4096);
             let guard = fault::inject(n, eio, persistent);
             let result = ns.add(&Key::digest(b"new entry"), &content(5, 1500));
             let hits = fault::hits();
@@ -247,7 +248,7 @@ fn injected_failures_while_evicting_never_serve_wrong_bytes() {
             let lost = all.iter().filter(|k| !ns.contains(k).unwrap()).count();
             evicted_then_failed |= lost > 0;
             check_after_failure(&root, &ns, Op::AddNew, &hits, &all, &what);
-            assert!(ns.scan(0).unwrap().used <= 4000, "{what}: over quota");
+            assert!(ns.scan(0).unwrap().used <= 4 * 4096, "{what}: over quota");
         }
     }
     assert!(evicted_then_failed, "no fault struck after an eviction");

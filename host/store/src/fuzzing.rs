@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use crate::entry::{Checksum, HEADER_LEN, Header, Layout};
+use crate::entry::{HEADER_LEN, Header, Layout};
 use crate::fault;
 use crate::{Durability, FileCache, Namespace, NamespaceOptions};
 use crate::{Error, Key};
@@ -32,28 +32,47 @@ fn entry_key() -> Key {
 
 /// The format, checked independently of the store's code: the content if `file` is a valid entry
 /// for `key`. A file that starts with the magic has its header first (flags 0); any other has it
-/// last (flags 1).
+/// last (flags 1). The header (format version 2) gives the content's length and the block size;
+/// the block table follows the content, one CRC32C per block, and its own CRC32C is in the header.
 fn valid_content<'a>(file: &'a [u8], key: &Key) -> Option<&'a [u8]> {
     if file.len() < HEADER_LEN {
         return None;
     }
-    let (h, content, flags) = if file.starts_with(b"FCACHE\r\n") {
-        let (h, content) = file.split_at(HEADER_LEN);
-        (h, content, 0)
+    let (h, body, flags) = if file.starts_with(b"FCACHE\r\n") {
+        let (h, body) = file.split_at(HEADER_LEN);
+        (h, body, 0)
     } else {
-        let (content, h) = file.split_at(file.len() - HEADER_LEN);
-        (h, content, 1)
+        let (body, h) = file.split_at(file.len() - HEADER_LEN);
+        (h, body, 1)
     };
     let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap());
     let header_crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), &h[32..]);
-    let ok = h[..8] == *b"FCACHE\r\n"
-        && u32_at(8) == 1
-        && u32_at(12) == flags
-        && u64::from_le_bytes(h[16..24].try_into().unwrap()) == content.len() as u64
-        && u32_at(24) == crc32c::crc32c(content)
+    let shift = h[14];
+    let header_ok = h[..8] == *b"FCACHE\r\n"
+        && u32_at(8) == 2
+        && h[12..14] == [flags, 0]
+        && (9..=20).contains(&shift)
+        && h[15] == 0
         && u32_at(28) == header_crc
         && h[32..] == *key.as_bytes();
-    ok.then_some(content)
+    if !header_ok {
+        return None;
+    }
+    let len = u64::from_le_bytes(h[16..24].try_into().unwrap());
+    let block = 1u64 << shift;
+    let table_len = len.div_ceil(block) * 4;
+    if len.checked_add(table_len) != Some(body.len() as u64) {
+        return None;
+    }
+    let (content, table) = body.split_at(len as usize);
+    if u32_at(24) != crc32c::crc32c(table) {
+        return None;
+    }
+    let blocks_ok = content
+        .chunks(block as usize)
+        .zip(table.chunks(4))
+        .all(|(b, crc)| crc32c::crc32c(b).to_le_bytes() == crc);
+    blocks_ok.then_some(content)
 }
 
 /// A little reader of fuzz input: every read succeeds, with zeros past the end.
@@ -77,34 +96,30 @@ impl Bytes<'_> {
     }
 }
 
-/// An entry file as the store writes it: the header for `content` under `key`, then `content`;
-/// or, with `trailing` (and content that neither is empty nor starts with the magic, as the
-/// store's writer requires), `content` then the header.
-fn entry_file(key: Key, content: &[u8], trailing: bool) -> Vec<u8> {
-    let header = Header {
-        len: content.len() as u64,
-        crc: Checksum::of(content),
-        key,
+/// An entry file as the store writes it, in blocks of `1 << shift` bytes: the header for
+/// `content` under `key`, then `content`, then the block table; or, with `trailing` (and content
+/// that neither is empty nor starts with the magic, as the store's writer requires), `content`,
+/// the table, then the header.
+fn entry_file(key: Key, content: &[u8], trailing: bool, shift: u8) -> Vec<u8> {
+    let layout = if trailing && !content.is_empty() && !content.starts_with(&crate::entry::MAGIC) {
+        Layout::Trailing
+    } else {
+        Layout::Leading
     };
-    if trailing && !content.is_empty() && !content.starts_with(&crate::entry::MAGIC) {
-        let mut file = content.to_vec();
-        file.extend_from_slice(&header.encode_as(Layout::Trailing));
-        return file;
-    }
-    let mut file = header.encode().to_vec();
-    file.extend_from_slice(content);
-    file
+    crate::entry::encode_file(key, content, layout, shift)
 }
 
-/// Builds the entry file a fuzz input describes. First byte: bit 0 set = a valid entry of the
-/// rest's content, then damaged by up to 3 edits (byte changes, a truncation, appended bytes);
-/// bit 1 set = written under another key; bit 2 set = with a trailing header. Otherwise the rest
+/// Builds the entry file a fuzz input describes, and the content it was made from (if it was).
+/// First byte: bit 0 set = a valid entry of the rest's content, then damaged by up to 3 edits
+/// (byte changes, a truncation, appended bytes); bit 1 set = written under another key; bit 2
+/// set = with a trailing header; bit 3 set = in blocks of 512 bytes (the smallest a reader
+/// accepts: small inputs span several), else of 64 KiB, as the store writes. Otherwise the rest
 /// is the file, raw.
-fn planted_file(data: &[u8]) -> Vec<u8> {
+fn planted_file(data: &[u8]) -> (Vec<u8>, Option<&[u8]>) {
     let mut input = Bytes(data);
     let mode = input.u8();
     if mode & 1 == 0 {
-        return input.0.to_vec();
+        return (input.0.to_vec(), None);
     }
     let edits: Vec<(u8, u16, u8)> = (0..input.u8() % 4)
         .map(|_| (input.u8(), input.u16(), input.u8()))
@@ -115,7 +130,12 @@ fn planted_file(data: &[u8]) -> Vec<u8> {
     } else {
         Key::digest(b"another key")
     };
-    let mut file = entry_file(key, content, mode & 4 != 0);
+    let shift = if mode & 8 != 0 {
+        crate::entry::MIN_BLOCK_SHIFT
+    } else {
+        crate::entry::BLOCK_SHIFT
+    };
+    let mut file = entry_file(key, content, mode & 4 != 0, shift);
     for (kind, pos, value) in edits {
         let at = pos as usize % (file.len() + 1);
         match kind % 3 {
@@ -124,7 +144,7 @@ fn planted_file(data: &[u8]) -> Vec<u8> {
             _ => file.extend(std::iter::repeat_n(value, pos as usize % 16 + 1)),
         }
     }
-    file
+    (file, Some(content))
 }
 
 /// Plants `file` as the entry for [`entry_key`] in namespace `ns` of the cache at `root`.
@@ -145,15 +165,14 @@ pub fn entry(data: &[u8]) {
         if let Ok(h) = Header::decode(&bytes) {
             assert_eq!(h.encode(), bytes, "a header decoded from bytes it does not encode to");
         }
-        if let Ok(h) = Header::decode_as(&bytes, Layout::Trailing) {
-            let again = h.encode_as(Layout::Trailing);
-            assert_eq!(
-                again, bytes,
-                "a trailing header decoded from bytes it does not encode to"
-            );
+        for layout in [Layout::Leading, Layout::Trailing] {
+            if let Ok(fh) = Header::decode_as(&bytes, layout) {
+                let again = fh.header.encode_as(layout, fh.block_shift);
+                assert_eq!(again, bytes, "an entry header decoded from bytes it does not encode to");
+            }
         }
     }
-    let file = planted_file(data);
+    let (file, original) = planted_file(data);
     let key = entry_key();
     let expected = valid_content(&file, &key);
     let tmp = tempfile::tempdir().expect("a temporary directory");
@@ -193,6 +212,19 @@ pub fn entry(data: &[u8]) {
                     Err(e) => break Err(e),
                 }
             };
+            // Whatever the damage, a reader never serves a byte that was not written: what it
+            // served, before the end or before `corrupt`, is the start of the original content.
+            if let Some(original) = original {
+                assert!(
+                    original.starts_with(&got),
+                    "a reader served a byte that was not written (at {} of the {} served)",
+                    got.iter()
+                        .zip(original)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(original.len()),
+                    got.len()
+                );
+            }
             match end {
                 Ok(()) => assert_eq!(Some(&got[..]), expected, "a reader served an invalid entry"),
                 Err(Error::Corrupt { .. }) => {
@@ -222,18 +254,19 @@ fn header_fools_contains(file: &[u8], key: &Key) -> bool {
         (&file[file.len() - HEADER_LEN..], Layout::Trailing)
     };
     matches!(Header::decode_as(h.try_into().unwrap(), layout),
-        Ok(h) if h.key == *key && h.len == (file.len() - HEADER_LEN) as u64)
+        Ok(fh) if fh.header.key == *key && fh.file_len() == Some(file.len() as u64))
 }
 
 // ---------------------------------------------------------------------------------------------
 // store_ops
 
-/// The quota of the namespace the operations run in.
-pub const QUOTA: u64 = 4000;
+/// The quota of the namespace the operations run in: six 4 KiB blocks (an entry is charged its
+/// file, rounded up to 4 KiB: one to three blocks here).
+pub const QUOTA: u64 = 6 * 4096;
 /// How many distinct keys the operations use.
 pub const KEYS: u8 = 6;
 /// The longest content an operation writes.
-pub const MAX_LEN: u16 = 1800;
+pub const MAX_LEN: u16 = 9000;
 
 /// One operation on the store. Keys are `0..KEYS`, lengths `0..MAX_LEN`.
 #[derive(Debug, Clone)]
@@ -285,6 +318,8 @@ pub fn decode_ops(data: &[u8]) -> Vec<Op> {
         let kind = b.u8();
         let key = b.u8() % KEYS;
         ops.push(match kind % 10 {
+            // Empty entries are charged a filesystem block too: a quarter of the adds.
+            0 | 1 if kind & 0x40 != 0 => Op::Add(key, 0),
             0 | 1 => Op::Add(key, b.u16() % MAX_LEN),
             2 => Op::Get(key),
             3 => Op::Open(key, b.u16() % 700 + 1),
@@ -318,7 +353,8 @@ pub fn store_ops(data: &[u8]) {
 }
 
 /// What the store promises, in memory: content per key, and use order (oldest first), and
-/// key-value records (never evicted, counted as key and value), under [`QUOTA`].
+/// key-value records (never evicted, counted as key and value), under [`QUOTA`]. An entry is
+/// charged its file on disk, rounded up to 4 KiB ([`crate::entry::charge`]): an empty one too.
 #[derive(Default, Debug)]
 pub struct Model {
     entries: HashMap<u8, Vec<u8>>,
@@ -327,14 +363,21 @@ pub struct Model {
 }
 
 /// The key-value key of record `k`.
+/// What an entry of `len` bytes of content is charged: its file (64-byte header, content, a
+/// 4-byte CRC per 64 KiB block), rounded up to 4 KiB. Computed here independently of the store.
+fn cost(len: u64) -> u64 {
+    (64 + len + 4 * len.div_ceil(64 << 10)).div_ceil(4096) * 4096
+}
+
 fn kv_key(k: u8) -> String {
     format!("key{k}")
 }
 
 impl Model {
-    /// Bytes of content held: cache entries, and records' keys and values.
+    /// What is charged: cache entries (their files, rounded up to 4 KiB), and records' keys and
+    /// values.
     pub fn used(&self) -> u64 {
-        self.entries.values().map(|v| v.len() as u64).sum::<u64>() + self.records_used()
+        self.entries.values().map(|v| cost(v.len() as u64)).sum::<u64>() + self.records_used()
     }
     fn records_used(&self) -> u64 {
         self.records
@@ -367,17 +410,18 @@ impl Model {
     /// own. When even evicting every other entry leaves no room (records take the rest), that is
     /// every other entry, and the add fails after evicting them (see [`Model::add`]).
     fn victims(&self, k: u8, len: u64) -> Option<Vec<u8>> {
-        if len > QUOTA {
+        let charge = cost(len);
+        if charge > QUOTA {
             return None;
         }
-        let old = self.entries.get(&k).map_or(0, |o| o.len() as u64);
-        let mut used = self.used() - old + len;
+        let old = self.entries.get(&k).map_or(0, |o| cost(o.len() as u64));
+        let mut used = self.used() - old + charge;
         let mut victims = Vec::new();
         for &x in self.order.iter().filter(|&&x| x != k) {
             if used <= QUOTA {
                 break;
             }
-            used -= self.entries[&x].len() as u64;
+            used -= cost(self.entries[&x].len() as u64);
             victims.push(x);
         }
         Some(victims)
@@ -389,8 +433,8 @@ impl Model {
         for x in victims {
             self.delete(x);
         }
-        let old = self.entries.get(&k).map_or(0, |o| o.len() as u64);
-        if self.used() - old + v.len() as u64 > QUOTA {
+        let old = self.entries.get(&k).map_or(0, |o| cost(o.len() as u64));
+        if self.used() - old + cost(v.len() as u64) > QUOTA {
             return false;
         }
         self.entries.insert(k, v);
@@ -667,11 +711,13 @@ mod tests {
             state
         };
         for case in 0..400u64 {
-            let len = (next() % 300) as usize;
+            // Half in blocks of 512 bytes (bit 3), most of those spanning several blocks.
+            let small_blocks = case & 8 != 0;
+            let len = (next() % if small_blocks { 2500 } else { 300 }) as usize;
             let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             if let Some(mode) = data.first_mut() {
                 // Mostly valid entries (bit 0), half with a trailing header (bit 2), few edits.
-                *mode = (case as u8 & 0b110) | u8::from(case % 5 != 0);
+                *mode = (case as u8 & 0b1110) | u8::from(case % 5 != 0);
             }
             if let Some(edits) = data.get_mut(1) {
                 *edits = (case % 3) as u8;
@@ -684,7 +730,7 @@ mod tests {
     fn the_independent_format_check_agrees_with_the_encoder() {
         let key = entry_key();
         let content = b"some content";
-        let mut file = entry_file(key, content, false);
+        let mut file = entry_file(key, content, false, crate::entry::BLOCK_SHIFT);
         assert_eq!(valid_content(&file, &key), Some(&content[..]));
         assert_eq!(valid_content(&file, &Key::digest(b"other")), None);
         file[70] ^= 1;
@@ -700,7 +746,7 @@ mod tests {
         w.commit().unwrap();
         let hex = key.to_string();
         let written = std::fs::read(ns_dir.path().join("t").join(&hex[..2]).join(&hex)).unwrap();
-        let mut file = entry_file(key, content, true);
+        let mut file = entry_file(key, content, true, crate::entry::BLOCK_SHIFT);
         assert_eq!(file, written, "the model writes what the store writes");
         assert_eq!(valid_content(&file, &key), Some(&content[..]));
         assert!(header_fools_contains(&file, &key));

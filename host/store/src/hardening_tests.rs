@@ -54,7 +54,7 @@ fn get_never_allocates_past_the_namespace_limit() {
 #[cfg(unix)]
 #[test]
 fn get_of_a_sparse_100_gib_entry_answers_too_large_without_allocating() {
-    use crate::entry::{HEADER_LEN, Header};
+    use crate::entry::{BLOCK_SHIFT, Checksum, HEADER_LEN, Header, Layout};
     let (dir, cache) = cache();
     let ns = cache.namespace("plugin", NamespaceOptions::default()).unwrap();
     let key = Key::digest(b"sparse");
@@ -63,9 +63,18 @@ fn get_of_a_sparse_100_gib_entry_answers_too_large_without_allocating() {
     let path = dir.path().join("plugin").join(&hex.as_str()[..2]).join(hex.as_str());
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let file = std::fs::File::create(&path).unwrap();
-    let header = Header { len, crc: 0, key };
-    std::io::Write::write_all(&mut &file, &header.encode()).unwrap();
-    file.set_len(HEADER_LEN as u64 + len).unwrap();
+    // Its content zeros (sparse), with a block table that says so: a valid entry.
+    let zero_block = Checksum::of(&[0; 1 << BLOCK_SHIFT]).to_le_bytes();
+    let table: Vec<u8> = std::iter::repeat_n(zero_block, (len >> BLOCK_SHIFT) as usize)
+        .flatten()
+        .collect();
+    let header = Header {
+        len,
+        crc: Checksum::of(&table),
+        key,
+    };
+    std::io::Write::write_all(&mut &file, &header.encode_as(Layout::Leading, BLOCK_SHIFT)).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &table, HEADER_LEN as u64 + len).unwrap();
     drop(file);
 
     let before = peak_rss_kib();

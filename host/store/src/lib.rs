@@ -175,10 +175,11 @@ pub enum Durability {
 pub struct NamespaceOptions {
     /// The largest content an entry may have, in bytes (default 64 MiB).
     pub max_entry_size: u64,
-    /// The most bytes the namespace's entries may hold (default 1 GiB), counted as their content:
-    /// each entry also takes a 64-byte header and its filesystem blocks, which are not counted, so
-    /// that an entry of exactly the quota fits. Least recently used entries are evicted to make
-    /// room.
+    /// The most bytes the namespace's entries may take on disk (default 1 GiB): each entry is
+    /// charged its file (64-byte header, content, a 4-byte CRC per 64 KiB block) rounded up to a
+    /// 4 KiB filesystem block ([`entry::charge`]), so an empty entry costs 4 KiB and the quota
+    /// bounds the number of files too; key-value records, their key and value. Least recently used
+    /// entries are evicted to make room.
     pub quota: u64,
     /// Refuse `add`, `create` and `delete` (default false). Nothing on disk is changed, not even
     /// recency.

@@ -16,7 +16,9 @@ pub struct NamespaceStats {
     pub reserved: bool,
     /// How many entries it holds.
     pub entries: u64,
-    /// Bytes of content (each entry also has a 64-byte header). Key-value records are not
+    /// What the entries are charged against the quota: each entry file's size (64-byte header,
+    /// content, block table) rounded up to 4 KiB, what it takes on disk (see
+    /// [`entry::charge_for_file`](crate::entry::charge_for_file)). Key-value records are not
     /// included: see `kv_keys` and `kv_bytes`.
     pub bytes: u64,
     /// Key-value records (`wasi:keyvalue` data, never evicted).

@@ -249,7 +249,9 @@ fn recency_granularity_is_per_namespace() {
 #[test]
 fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
     let (_d, cache) = cache();
-    let per = 1000;
+    // An entry of 1000 bytes is charged its file rounded up to 4 KiB.
+    let per = crate::entry::charge(1000);
+    assert_eq!(per, 4096);
     let ns = cache
         .namespace(
             "q",
@@ -282,15 +284,18 @@ fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
     let stats = cache.stats().unwrap();
     assert_eq!(stats[0].bytes, per * 4);
 
+    // The largest content whose file (64-byte header, content, one 4-byte CRC) is the quota.
+    let whole = (per * 4 - 64 - 4) as usize;
+    assert_eq!(crate::entry::charge(whole as u64), per * 4);
     let huge = Key::digest(b"huge");
     assert!(matches!(
-        ns.add(&huge, &vec![0; (per * 4 + 1) as usize]),
+        ns.add(&huge, &vec![0; whole + 1]),
         Err(Error::QuotaExceeded { .. })
     ));
     assert!(!ns.contains(&huge).unwrap());
     assert_eq!(cache.stats().unwrap()[0].entries, 4, "a refused entry evicts nothing");
-    // An entry of exactly the quota fits, evicting everything else.
-    ns.add(&huge, &vec![0; (per * 4) as usize]).unwrap();
+    // An entry costing exactly the quota fits, evicting everything else.
+    ns.add(&huge, &vec![0; whole]).unwrap();
     assert_eq!(cache.stats().unwrap()[0].entries, 1);
 }
 
@@ -299,7 +304,7 @@ fn quota_holds_across_two_handles_on_one_namespace() {
     // Two opens of the namespace stand for two processes: they share the usage counter on disk.
     let (_d, cache) = cache();
     let opts = NamespaceOptions {
-        quota: 10 * 1064,
+        quota: 10 * 4096,
         ..Default::default()
     };
     let a = cache.namespace("shared", opts).unwrap();
@@ -308,7 +313,7 @@ fn quota_holds_across_two_handles_on_one_namespace() {
         let ns = if i % 2 == 0 { &a } else { &b };
         ns.add(&Key::digest(i.to_le_bytes()), &[1; 1000]).unwrap();
         let s = &cache.stats().unwrap()[0];
-        assert!(s.bytes <= 10 * 1064, "over quota after {i}: {}", s.bytes);
+        assert!(s.bytes <= 10 * 4096, "over quota after {i}: {}", s.bytes);
     }
     assert_eq!(cache.stats().unwrap()[0].entries, 10);
 }
@@ -378,6 +383,177 @@ fn read_to_damage(ns: &Namespace, key: &Key, chunk: usize, what: &str) -> Vec<u8
     got
 }
 
+/// Streams the entry under `key` in reads of `chunk` bytes: what was served, and how the read
+/// ended; `None` when it did not open (damage found at open: the entry is removed).
+fn stream_all(ns: &Namespace, key: &Key, chunk: usize) -> Option<(Vec<u8>, Result<()>)> {
+    let mut r = ns.open(key).unwrap()?;
+    let mut got = Vec::new();
+    loop {
+        match r.read_chunk(chunk) {
+            Ok(c) if c.is_empty() => return Some((got, Ok(()))),
+            Ok(c) => got.extend(c),
+            Err(e) => return Some((got, Err(e))),
+        }
+    }
+}
+
+/// Writes `file` at `path`, creating its fan-out directory.
+fn plant(path: &Path, file: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, file).unwrap();
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Reads the damaged entry file `bad` (planted at `path`, for `key`), whose byte `at` differs
+/// from the good file's, in reads of each size of `chunks`, and asserts what a reader promises:
+/// every byte it serves is the original's (`data`), damage in the content ends the read with
+/// `corrupt` once it reaches the damaged block (the blocks before it are served: the check is
+/// per block), damage in the header or block table is found at open, and the entry is removed.
+fn assert_streams_only_written_bytes(
+    ns: &Namespace,
+    key: &Key,
+    path: &Path,
+    bad: &[u8],
+    at: usize,
+    content_at: usize,
+    data: &[u8],
+    block: usize,
+    chunks: &[usize],
+    what: &str,
+) {
+    let in_content = (content_at..content_at + data.len()).contains(&at);
+    for &chunk in chunks {
+        plant(path, bad);
+        let what = format!("{what}: flip at {at}, reads of {chunk}");
+        match stream_all(ns, key, chunk) {
+            None => assert!(!in_content, "{what}: damage in the content found at open"),
+            Some((got, end)) => {
+                if let Some(first) = got.iter().zip(data).position(|(a, b)| a != b) {
+                    panic!("{what}: served a byte that was not written, at offset {first}");
+                }
+                assert!(got.len() <= data.len(), "{what}: served more than was written");
+                assert!(matches!(end, Err(Error::Corrupt { .. })), "{what}: ended with {end:?}");
+                assert!(in_content, "{what}: damage outside the content not found at open");
+                let damaged_block = (at - content_at) / block * block;
+                assert!(
+                    got.len() <= damaged_block && got.len() + chunk > damaged_block,
+                    "{what}: served {} bytes; the damaged block starts at {damaged_block}",
+                    got.len()
+                );
+            }
+        }
+        assert!(!path.exists(), "{what}: not removed");
+    }
+}
+
+/// Issue 28: a byte flipped at every position of an entry of several blocks (header, content and
+/// block table), in both layouts, read through `open` in reads of several sizes: no byte that was
+/// not written is ever served. Blocks of 512 bytes (the smallest a reader accepts) make every
+/// position affordable; the next test does the same at the store's own block size.
+#[test]
+fn a_reader_never_serves_a_byte_that_was_not_written_at_any_flipped_position() {
+    use crate::entry::{Layout, MIN_BLOCK_SHIFT, encode_file};
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let block = 1usize << MIN_BLOCK_SHIFT;
+    // Four blocks, the last one short.
+    let data = content(7, 3 * block + 300);
+    for layout in [Layout::Leading, Layout::Trailing] {
+        let key = Key::digest(format!("{layout:?}"));
+        let path = entry_path(d.path(), "test", &key);
+        let good = encode_file(key, &data, layout, MIN_BLOCK_SHIFT);
+        plant(&path, &good);
+        let (got, end) = stream_all(&ns, &key, 1000).expect("the good entry opens");
+        assert!(got == data && end.is_ok(), "{layout:?}: the good entry reads back");
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            assert_streams_only_written_bytes(
+                &ns,
+                &key,
+                &path,
+                &bad,
+                at,
+                layout.content_start() as usize,
+                &data,
+                block,
+                &[1, 100, block, 1500, 4096],
+                &format!("{layout:?}"),
+            );
+        }
+    }
+}
+
+/// The same at the block size the store writes (64 KiB), for an entry the store wrote: every
+/// byte of the header and block table, the first, second and last bytes of every block, and
+/// bytes all through the content, with reads of several sizes up to the largest.
+#[test]
+fn a_reader_never_serves_a_byte_that_was_not_written_at_the_stores_block_size() {
+    use crate::entry::BLOCK_SHIFT;
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let block = 1usize << BLOCK_SHIFT;
+    let data = content(8, 3 * block + 1);
+    let key = Key::digest(b"blocks");
+    ns.add(&key, &data).unwrap();
+    let path = entry_path(d.path(), "test", &key);
+    let good = std::fs::read(&path).unwrap();
+    let len = data.len();
+    let mut positions: Vec<usize> = (0..HEADER_LEN).chain(HEADER_LEN + len..good.len()).collect();
+    for b in (0..len).step_by(block) {
+        positions.extend([b, b + 1, (b + block - 1).min(len - 1)].map(|p| HEADER_LEN + p));
+    }
+    positions.extend((0..len).step_by(4093).map(|p| HEADER_LEN + p));
+    for at in positions {
+        let mut bad = good.clone();
+        bad[at] ^= 0x01;
+        assert_streams_only_written_bytes(
+            &ns,
+            &key,
+            &path,
+            &bad,
+            at,
+            HEADER_LEN,
+            &data,
+            block,
+            &[4096, block, 100_000, MAX_READ_CHUNK],
+            "64 KiB blocks",
+        );
+    }
+}
+
+/// Entries written before block checksums (format version 1: one CRC32C of the whole content)
+/// are read as misses, by every path, and removed; the key can be filled again.
+#[test]
+fn an_entry_in_the_format_before_block_checksums_is_a_miss_and_removed() {
+    use crate::entry::{Checksum, Header};
+    let (d, cache) = cache();
+    let ns = ns(&cache);
+    let key = Key::digest(b"old");
+    let data = content(4, 100_000);
+    let mut old = Header {
+        len: data.len() as u64,
+        crc: Checksum::of(&data),
+        key,
+    }
+    .encode()
+    .to_vec();
+    old.extend_from_slice(&data);
+    let path = entry_path(d.path(), "test", &key);
+    for read in ["get", "open", "contains"] {
+        plant(&path, &old);
+        let found = match read {
+            "get" => ns.get(&key).unwrap().is_some(),
+            "open" => ns.open(&key).unwrap().is_some(),
+            _ => ns.contains(&key).unwrap(),
+        };
+        assert!(!found, "{read}: a version-1 entry found");
+        assert!(!path.exists(), "{read}: a version-1 entry not removed");
+    }
+    ns.add(&key, &data).unwrap();
+    assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&data[..]));
+}
+
 #[test]
 fn every_byte_flip_and_truncation_is_a_miss_and_removed() {
     let (d, cache) = cache();
@@ -399,18 +575,19 @@ fn every_byte_flip_and_truncation_is_a_miss_and_removed() {
         assert_eq!(ns.get(&key).unwrap(), None, "truncation to {len} served");
         assert!(!path.exists());
     }
-    // A reader: flips in the content are caught on the read that reaches the end.
+    // A reader: flips in the content are caught before any byte of their block is served (here
+    // the only block); flips in the block table, at open.
     for i in HEADER_LEN..good.len() {
         let mut bad = good.clone();
         bad[i] ^= 0x01;
         std::fs::write(&path, &bad).unwrap();
-        let got = read_to_damage(&ns, &key, 64, &format!("flip at {i}"));
-        assert!(got.len() < data.len());
-        // What was served before the end is the file's bytes, in order (never other bytes).
-        assert!(
-            got[..] == bad[HEADER_LEN..HEADER_LEN + got.len()],
-            "flip at {i}: wrong bytes served"
-        );
+        let what = format!("flip at {i}");
+        if i < HEADER_LEN + data.len() {
+            let got = read_to_damage(&ns, &key, 64, &what);
+            assert_eq!(got, b"", "{what}: bytes of a damaged block served");
+        } else {
+            assert!(ns.open(&key).unwrap().is_none(), "{what}: opened");
+        }
         assert!(!path.exists());
     }
     std::fs::write(&path, &good).unwrap();
@@ -660,7 +837,7 @@ fn concurrent_writers_of_one_key_never_tear() {
         }
     });
     let s = &cache.stats().unwrap()[0];
-    assert_eq!((s.entries, s.bytes), (1, 50_000));
+    assert_eq!((s.entries, s.bytes), (1, crate::entry::charge(50_000)));
 }
 
 #[test]
@@ -690,7 +867,7 @@ fn stats_gc_verify_clear() {
     assert_eq!(cache.verify(&mut |_| {}).unwrap().removed, 0);
 
     // gc to 10 entries' worth removes the 8 oldest, across both namespaces.
-    let per = 1000;
+    let per = crate::entry::charge(1000);
     let report = cache.gc(per * 10, &mut |_| {}).unwrap();
     assert_eq!(report.removed_entries, 8);
     assert_eq!(report.remaining_bytes, per * 10);
@@ -708,7 +885,7 @@ fn stats_gc_verify_clear() {
 #[test]
 fn verify_and_stats_do_not_count_as_use() {
     let (_d, cache) = cache();
-    let per = 100;
+    let per = crate::entry::charge(100);
     let ns = cache
         .namespace(
             "lru",
@@ -814,18 +991,21 @@ fn entries_with_a_trailing_header_start_with_their_content_and_read_back_through
         let data = content(i as u8 + 1, len);
         add_trailing(&ns, &key, &data);
         let file = std::fs::read(entry_path(d.path(), "test", &key)).unwrap();
-        assert_eq!(file.len(), len + HEADER_LEN, "len {len}");
+        let table_len = crate::entry::table_len(len as u64, crate::entry::BLOCK_SHIFT) as usize;
+        assert_eq!(file.len(), len + table_len + HEADER_LEN, "len {len}");
         let layout = if len == 0 { Layout::Leading } else { Layout::Trailing };
         let (content_at, header_at) = match layout {
             Layout::Leading => (HEADER_LEN, 0),
-            Layout::Trailing => (0, len),
+            Layout::Trailing => (0, len + table_len),
         };
         assert_eq!(
             file[content_at..content_at + len],
             data[..],
             "len {len}: the content's place"
         );
-        let header = Header::decode_as(file[header_at..header_at + HEADER_LEN].try_into().unwrap(), layout).unwrap();
+        let header = Header::decode_as(file[header_at..header_at + HEADER_LEN].try_into().unwrap(), layout)
+            .unwrap()
+            .header;
         assert_eq!((header.len, header.key), (len as u64, key));
 
         assert_eq!(ns.get(&key).unwrap().as_deref(), Some(&data[..]), "len {len}");
@@ -841,11 +1021,11 @@ fn entries_with_a_trailing_header_start_with_their_content_and_read_back_through
     }
     let report = cache.verify(&mut |_| {}).unwrap();
     assert_eq!((report.checked, report.ok), (sizes.len() as u64, sizes.len() as u64));
-    let total: usize = sizes.iter().sum();
+    let total: u64 = sizes.iter().map(|&len| crate::entry::charge(len as u64)).sum();
     assert_eq!(
         cache.stats().unwrap()[0].bytes,
-        total as u64,
-        "charged by content, as leading entries"
+        total,
+        "charged their files, as leading entries"
     );
 
     // Replacing an entry of one layout by the other, both ways.
@@ -893,15 +1073,15 @@ fn every_byte_flip_and_truncation_of_an_entry_with_a_trailing_header_is_a_miss_a
         longer.push(0);
         std::fs::write(&path, &longer).unwrap();
         assert_eq!(ns.get(&key).unwrap(), None, "len {len}: a byte after the header served");
-        // Content flips caught by a reader at the end; what it served before is the file's bytes.
+        // Content flips caught by a reader before it serves any byte of the damaged block.
         for i in (0..len).step_by(61) {
             let mut bad = good.clone();
             bad[i] ^= 0x01;
             std::fs::write(&path, &bad).unwrap();
             let got = read_to_damage(&ns, &key, 4096, &format!("len {len}: flip at {i}"));
             assert!(
-                got[..] == bad[..got.len()],
-                "len {len}: flip at {i}: wrong bytes served"
+                data.starts_with(&got),
+                "len {len}: flip at {i}: a byte that was not written served"
             );
             assert!(!path.exists());
         }

@@ -20,8 +20,22 @@ use std::fmt::{Debug, Display};
 
 /// 1 MiB, the most a single `read` may return.
 pub const MIB: u64 = 1024 * 1024;
-/// What the quota charges per entry on top of its content: nothing (only content counts).
-pub const ENTRY_HEADER: u64 = 0;
+/// What the quota charges for an entry of `size` bytes of content: what its file takes on disk —
+/// a 64-byte header, the content and a 4-byte CRC per 64 KiB block — rounded up to a 4 KiB
+/// filesystem block. (An empty entry costs 4 KiB.)
+pub fn entry_cost(size: u64) -> u64 {
+    let file = 64 + size + 4 * size.div_ceil(64 << 10);
+    file.div_ceil(4096) * 4096
+}
+
+/// The largest content an entry may have to cost at most `quota`.
+pub fn largest_entry_within(quota: u64) -> u64 {
+    let mut size = quota.saturating_sub(64);
+    while size > 0 && entry_cost(size) > quota {
+        size -= 1;
+    }
+    size
+}
 /// How many readers and writers one instance may hold.
 pub const MAX_HANDLES: usize = 64;
 

@@ -287,9 +287,10 @@ fn cas_loops_from_separate_handles_are_exact() {
 #[test]
 fn records_count_against_the_quota_evict_cache_entries_and_are_never_evicted() {
     let (_d, cache) = cache();
+    // Cache entries are charged their files rounded up to 4 KiB: 4,096 for 2,000 bytes.
     let options = NamespaceOptions {
-        quota: 10_000,
-        max_entry_size: 6_000,
+        quota: 17_000,
+        max_entry_size: 12_000,
         ..NamespaceOptions::default()
     };
     let b = bucket_with(&cache, options);
@@ -301,33 +302,39 @@ fn records_count_against_the_quota_evict_cache_entries_and_are_never_evicted() {
         ns.add(k, &[7; 2000]).unwrap();
     }
     let stats = cache.stats().unwrap();
-    assert_eq!((stats[0].kv_keys, stats[0].kv_bytes, stats[0].bytes), (1, 4000, 6000));
+    assert_eq!(
+        (stats[0].kv_keys, stats[0].kv_bytes, stats[0].bytes),
+        (1, 4000, 3 * 4096)
+    );
     // Cache entries make room for records (the oldest first)...
-    b.set("b", &[2; 3999]).unwrap();
+    b.set("b", &[2; 5999]).unwrap();
     assert!(ns.get(&keys[0]).unwrap().is_none() && ns.get(&keys[1]).unwrap().is_none());
     assert!(ns.get(&keys[2]).unwrap().is_some());
     // ...and records are never evicted to make room for cache entries.
     ns.add(&Key::digest(b"new"), &[9; 2000]).unwrap();
     assert!(ns.get(&keys[2]).unwrap().is_none());
     assert_eq!(b.get("a").unwrap().map(|v| v.len()), Some(3999));
-    let e = ns.add(&Key::digest(b"too much"), &[9; 2001]).unwrap_err();
+    let e = ns.add(&Key::digest(b"too much"), &[9; 6000]).unwrap_err();
     assert!(matches!(e, crate::Error::QuotaExceeded { .. }), "{e}");
     // A record that cannot fit even after evicting every cache entry: refused, nothing stored.
-    let e = b.set("c", &[3; 2100]).unwrap_err();
+    let e = b.set("c", &[3; 7000]).unwrap_err();
     assert!(matches!(e, Error::Store(crate::Error::QuotaExceeded { .. })), "{e}");
     assert_eq!(b.get("c").unwrap(), None);
     // Over the entry size limit: refused before anything is written.
-    let e = b.set("d", &[4; 6001]).unwrap_err();
-    assert!(matches!(e, Error::Store(crate::Error::TooLarge { limit: 6000 })), "{e}");
+    let e = b.set("d", &[4; 12_001]).unwrap_err();
+    assert!(
+        matches!(e, Error::Store(crate::Error::TooLarge { limit: 12_000 })),
+        "{e}"
+    );
     // Replacing a record counts only the difference.
     b.set("a", &[5; 5000]).unwrap();
     assert_eq!(b.keys().unwrap().len(), 2);
     let stats = cache.stats().unwrap();
-    assert_eq!((stats[0].kv_keys, stats[0].kv_bytes, stats[0].entries), (2, 9001, 0));
+    assert_eq!((stats[0].kv_keys, stats[0].kv_bytes, stats[0].entries), (2, 11_001, 0));
     // gc counts records but never removes them.
     let report = cache.gc(0, &mut |_| {}).unwrap();
     assert_eq!(report.removed_entries, 0);
-    assert_eq!(report.remaining_bytes, 9001);
+    assert_eq!(report.remaining_bytes, 11_001);
     assert_eq!(b.keys().unwrap().len(), 2);
     // A key too long for the limit.
     let long = "k".repeat(MAX_KEY_LEN + 1);
@@ -342,17 +349,18 @@ fn records_count_against_the_quota_evict_cache_entries_and_are_never_evicted() {
 fn the_usage_counter_includes_records_after_a_rescan() {
     let (d, cache) = cache();
     let options = NamespaceOptions {
-        quota: 5_000,
+        quota: 8_000,
         ..NamespaceOptions::default()
     };
     let b = bucket_with(&cache, options);
     b.set("a", &[1; 2999]).unwrap();
     // Lose the counter: the next write rescans, and must count the record.
     std::fs::write(d.path().join("cache/test/state"), b"").unwrap();
-    let e = b.set("b", &[2; 2999]).unwrap_err();
+    let e = b.set("b", &[2; 5499]).unwrap_err();
     assert!(matches!(e, Error::Store(crate::Error::QuotaExceeded { .. })), "{e}");
+    // An entry is charged its file, rounded up to 4 KiB: one fits beside the record, two do not.
     b.namespace().add(&Key::digest(b"x"), &[0; 1000]).unwrap();
-    let e = b.namespace().add(&Key::digest(b"y"), &[0; 2001]).unwrap_err();
+    let e = b.namespace().add(&Key::digest(b"y"), &[0; 4033]).unwrap_err();
     assert!(matches!(e, crate::Error::QuotaExceeded { .. }), "{e}");
 }
 

@@ -96,7 +96,11 @@ impl Namespace {
             drop(candidates);
             let scan = self.rescan(w)?;
             used = scan.used;
-            old = charged_at(dir, rel);
+            old = if rel.starts_with("kv/") {
+                charged_at(dir, rel)
+            } else {
+                entry_charged_at(dir, rel)
+            };
             lk.store_used(used)?;
             scanned = true;
         }
@@ -153,11 +157,12 @@ impl Namespace {
         // A max-heap on time keeps the oldest `keep_oldest` entries.
         let mut heap: std::collections::BinaryHeap<(SystemTime, u64, Key)> = Default::default();
         self.for_each_entry_file(|key, meta| {
-            scan.used += charged(meta);
+            let charge = entry_charged(meta);
+            scan.used += charge;
             scan.entries += 1;
             let mtime = mtime_of(meta).unwrap_or(UNIX_EPOCH);
             if keep_oldest > 0 {
-                heap.push((mtime, charged(meta), key));
+                heap.push((mtime, charge, key));
                 if heap.len() > keep_oldest {
                     heap.pop();
                     scan.truncated = true;

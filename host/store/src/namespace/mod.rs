@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <namespace>/
-//!   state          usage counter (bytes of content), and the lock that serialises publishing
+//!   state          usage counter (bytes charged), and the lock that serialises publishing
 //!   counters       hits, misses and other events, for `filecache stats`
 //!   kv-generation  the key-value bucket generation, for the read cache (see `kv`)
 //!   tmp/           entries being written, each locked by its writer while it lives
@@ -35,7 +35,7 @@ use cap_std::fs::OpenOptionsExt;
 
 use super::counters::{self, COUNTERS_FILE, Counter, Counts};
 use super::{Durability, EntryReader, EntryWriter, NamespaceOptions, Store};
-use crate::entry::{Checksum, HEADER_LEN, Header, Layout};
+use crate::entry::{BLOCK_SHIFT, BlockTable, Checksum, FileHeader, HEADER_LEN, Header, Layout};
 use crate::error::IoContext;
 use crate::fault::{self, Point};
 use crate::key::HexKey;
@@ -106,7 +106,8 @@ struct Inner {
     /// no memory shared with other threads on the hit path), flushed once a thread's shard holds
     /// [`USES_PER_FLUSH`] uses, and when a handle is dropped.
     uses: uses::Uses,
-    /// Bytes in the temporary files of this handle's uncommitted writers: together at most the
+    /// What the temporary files of this handle's uncommitted writers are charged (each as its
+    /// entry would be): together at most the
     /// quota (a write past it answers `QuotaExceeded`), given back when a writer commits or is
     /// dropped.
     uncommitted: AtomicU64,
@@ -149,7 +150,8 @@ struct Candidates {
 pub struct EntryInfo {
     /// The entry's key.
     pub key: Key,
-    /// Bytes of content (what the entry counts against the quota).
+    /// What the entry counts against the quota: its file's size rounded up to 4 KiB (see
+    /// [`crate::entry::charge_for_file`]).
     pub size: u64,
     /// Last use (add or hit).
     pub mtime: SystemTime,
@@ -198,7 +200,8 @@ impl RawEntry {
 #[doc(hidden)]
 #[non_exhaustive]
 pub struct Scan {
-    /// Bytes of every entry and key-value record seen (what the usage counter holds).
+    /// What every entry (its file, rounded up to 4 KiB) and key-value record (its key and value)
+    /// seen counts against the quota: what the usage counter holds.
     pub used: u64,
     /// Key-value records seen (not in `entries`).
     pub kv_records: u64,
@@ -233,16 +236,35 @@ fn mtime_of(meta: &cap_std::fs::Metadata) -> Option<SystemTime> {
     meta.modified().ok().map(|t| t.into_std())
 }
 
-/// What an entry file counts against the quota: its content (the header is not counted, so an
-/// entry of exactly the quota fits, as a plugin would expect).
+/// What a key-value record file counts against the quota: its key and value (the header is not
+/// counted).
 fn charged(meta: &cap_std::fs::Metadata) -> u64 {
     meta.len().saturating_sub(HEADER_LEN as u64)
 }
 
-/// What the entry file at `rel` counts against the quota; 0 when there is none.
+/// What the key-value record file at `rel` counts against the quota; 0 when there is none.
 fn charged_at(dir: &Dir, rel: &str) -> u64 {
     match dir.symlink_metadata(rel) {
         Ok(m) if m.file_type().is_file() => charged(&m),
+        _ => 0,
+    }
+}
+
+/// What an entry of `content_len` bytes of content counts against the quota (see
+/// [`crate::entry::charge`]).
+pub(crate) fn entry_charge(content_len: u64) -> u64 {
+    crate::entry::charge(content_len)
+}
+
+/// What an entry file counts against the quota.
+fn entry_charged(meta: &cap_std::fs::Metadata) -> u64 {
+    crate::entry::charge_for_file(meta.len())
+}
+
+/// What the entry file at `rel` counts against the quota; 0 when there is none.
+fn entry_charged_at(dir: &Dir, rel: &str) -> u64 {
+    match dir.symlink_metadata(rel) {
+        Ok(m) if m.file_type().is_file() => entry_charged(&m),
         _ => 0,
     }
 }
@@ -252,7 +274,7 @@ impl EntryInfo {
     /// not used, replaced or removed since.
     fn is_unchanged(&self, dir: &Dir, rel: &str) -> bool {
         matches!(dir.symlink_metadata(rel),
-            Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(self.mtime) && charged(&m) == self.size)
+            Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(self.mtime) && entry_charged(&m) == self.size)
     }
 }
 
@@ -287,15 +309,15 @@ fn check_header_bytes(
     b: &[u8; HEADER_LEN],
     layout: Layout,
     file_len: u64,
-) -> std::result::Result<Header, &'static str> {
-    let header = Header::decode_as(b, layout).map_err(|e| e.describe())?;
-    if header.key != *key {
+) -> std::result::Result<FileHeader, &'static str> {
+    let fh = Header::decode_as(b, layout).map_err(|e| e.describe())?;
+    if fh.header.key != *key {
         return Err("written under another key");
     }
-    if Some(header.len) != file_len.checked_sub(HEADER_LEN as u64) {
+    if fh.file_len() != Some(file_len) {
         return Err("length does not match the file's size");
     }
-    Ok(header)
+    Ok(fh)
 }
 
 fn random_suffix() -> u64 {

@@ -1,10 +1,11 @@
 //! The read path: finding an entry file, checking its header, serving its content verified, and removing what fails.
 
 use super::*;
+use crate::entry::{CRC_LEN, FileHeader, block_count, table_len};
 
 /// An entry file opened with its header checked: its name, the open file, its metadata, the
 /// header, and where the file keeps it.
-pub(super) type CheckedEntry = (HexKey, File, std::fs::Metadata, (Header, Layout));
+pub(super) type CheckedEntry = (HexKey, File, std::fs::Metadata, (FileHeader, Layout));
 
 impl Namespace {
     /// Opens the entry file for `key`: `None` when there is none (or it was not an acceptable
@@ -66,7 +67,7 @@ impl Namespace {
         key: &Key,
         file: &File,
         meta: &std::fs::Metadata,
-    ) -> std::result::Result<(Header, Layout), &'static str> {
+    ) -> std::result::Result<(FileHeader, Layout), &'static str> {
         let file_len = meta.len();
         if file_len < HEADER_LEN as u64 {
             return Err("shorter than a header");
@@ -105,14 +106,14 @@ impl Namespace {
     /// header checked but not its content: the caller checks the content its own way (the
     /// compiled-component cache authenticates it). Counts as a use for LRU. `None` on a miss.
     pub fn open_raw(&self, key: &Key) -> Result<Option<RawEntry>> {
-        let Some((_, file, meta, (header, layout))) = self.open_checked(key)? else {
+        let Some((_, file, meta, (fh, layout))) = self.open_checked(key)? else {
             return Ok(None);
         };
         self.touch(&file, &meta);
         Ok(Some(RawEntry {
             file,
             meta,
-            header,
+            header: fh.header,
             layout,
         }))
     }
@@ -153,7 +154,7 @@ impl Namespace {
             && now.file_type().is_file()
             && let Some(used) = lk.used
         {
-            let _ = lk.store_used(used.saturating_sub(charged(&now)));
+            let _ = lk.store_used(used.saturating_sub(entry_charged(&now)));
         }
     }
 
@@ -210,8 +211,9 @@ impl Namespace {
         }
     }
 
-    /// Reads a whole entry and checks it (header against key and size, content against its
-    /// checksum): the content, or why the entry is damaged.
+    /// Reads a whole entry and checks it (header against key and size, the block table against
+    /// the header, every block of the content against the table): the content, or why the entry
+    /// is damaged.
     pub(super) fn read_verified(
         &self,
         key: &Key,
@@ -219,84 +221,111 @@ impl Namespace {
         file: &File,
         meta: &std::fs::Metadata,
     ) -> Result<std::result::Result<Vec<u8>, &'static str>> {
-        let Some(content_len) = meta.len().checked_sub(HEADER_LEN as u64) else {
+        let file_len = meta.len();
+        if file_len < HEADER_LEN as u64 {
             return Ok(Err("shorter than a header"));
-        };
-        // The buffer is sized from the file, which another host (with a larger limit) or a
-        // damaged disk may have made any size: never allocate past this namespace's limit. Such an
-        // entry is not damaged; it is too large to be read whole here (`open` streams it).
+        }
+        let read_error = |e| Error::io(format!("cannot read entry {}", hk.as_str()), e);
+        // The buffer is sized from the header, checked against the file's size, which another
+        // host (with a larger limit) or a damaged disk may have made any size: never allocate past
+        // this namespace's limit. Such an entry is not damaged; it is too large to be read whole
+        // here (`open` streams it).
         let limit = self.inner.options.max_entry_size;
-        let len = match usize::try_from(content_len) {
-            Ok(len) if content_len <= limit => len,
-            _ => {
-                // A damaged header is still damage (removed); a whole one is an entry too large.
-                if let Err(reason) = self.check_header(key, file, meta) {
-                    return Ok(Err(reason));
-                }
-                return Err(Error::TooLarge { limit });
-            }
-        };
-        let read_all = |buf: &mut Vec<u8>, want: usize, mut offset: u64| -> Result<()> {
+        if file_len <= SMALL_FILE as u64 {
+            // Header, content and block table in one read; moving the content down is cheaper
+            // than more system calls at this size.
+            let want = file_len as usize;
+            let mut buf = Vec::with_capacity(want);
             while buf.len() < want {
-                let n = sys::read_spare(file, buf, offset)
-                    .map_err(|e| Error::io(format!("cannot read entry {}", hk.as_str()), e))?;
+                let at = buf.len() as u64;
+                let n = sys::read_spare(file, &mut buf, at).map_err(read_error)?;
                 if n == 0 {
                     break;
                 }
-                offset += n as u64;
             }
-            Ok(())
-        };
-        if len <= SMALL_ENTRY {
-            // Header and content in one read; moving the content down is cheaper than a second
-            // system call at this size.
-            let mut buf = Vec::with_capacity(HEADER_LEN + len);
-            read_all(&mut buf, HEADER_LEN + len, 0)?;
-            if buf.len() < HEADER_LEN + len {
+            if buf.len() < want {
                 // Shorter than its size said: a damaged header says so first.
                 return Ok(Err(self.check_header(key, file, meta).err().unwrap_or("truncated")));
             }
             let layout = Layout::of_file_starting_with(&buf);
-            let (head, content) = match layout {
-                Layout::Leading => (0..HEADER_LEN, HEADER_LEN..HEADER_LEN + len),
-                Layout::Trailing => (len..len + HEADER_LEN, 0..len),
-            };
-            let head = buf[head].try_into().expect("HEADER_LEN bytes");
-            let header = match check_header_bytes(key, head, layout, meta.len()) {
+            let at = layout.header_start(file_len) as usize;
+            let head = buf[at..at + HEADER_LEN].try_into().expect("HEADER_LEN bytes");
+            let fh = match check_header_bytes(key, head, layout, file_len) {
                 Ok(h) => h,
                 Err(reason) => return Ok(Err(reason)),
             };
-            if Checksum::of(&buf[content.clone()]) != header.crc {
-                return Ok(Err("content checksum mismatch"));
+            if fh.header.len > limit {
+                return Err(Error::TooLarge { limit });
             }
-            match layout {
-                Layout::Leading => drop(buf.drain(..HEADER_LEN)),
-                Layout::Trailing => buf.truncate(len),
+            let (start, len) = (layout.content_start() as usize, fh.header.len as usize);
+            let (content, table) = buf[start..start + len + fh.table_len() as usize].split_at(len);
+            if let Err(reason) = check_blocks(content, table, &fh) {
+                return Ok(Err(reason));
             }
+            buf.truncate(start + len);
+            buf.drain(..start);
             return Ok(Ok(buf));
         }
-        let (header, layout) = match self.check_header(key, file, meta) {
+        let (fh, layout) = match self.check_header(key, file, meta) {
             Ok(found) => found,
             Err(reason) => return Ok(Err(reason)),
         };
-        // Checked as it is read, a chunk at a time while the chunk is still in the CPU's cache
-        // (a second pass over the whole content after the kernel's copy costs as much again).
+        let len = match usize::try_from(fh.header.len) {
+            Ok(len) if fh.header.len <= limit => len,
+            _ => return Err(Error::TooLarge { limit }),
+        };
+        let table_len = fh.table_len() as usize;
+        if len + table_len <= CHECKED_CHUNK {
+            // Content and block table in one read (they are adjacent), checked once read, while
+            // still in the CPU's cache: one system call fewer than reading the table first.
+            let want = len + table_len;
+            let mut buf = Vec::with_capacity(want);
+            while buf.len() < want {
+                let at = layout.content_start() + buf.len() as u64;
+                let n = sys::read_spare(file, &mut buf, at).map_err(read_error)?;
+                if n == 0 {
+                    return Ok(Err("truncated"));
+                }
+            }
+            let (content, table) = buf.split_at(len);
+            if let Err(reason) = check_blocks(content, table, &fh) {
+                return Ok(Err(reason));
+            }
+            buf.truncate(len);
+            return Ok(Ok(buf));
+        }
+        let mut table = vec![0u8; table_len];
+        match sys::read_exact_at(file, &mut table, layout.table_start(fh.header.len)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Err("truncated")),
+            Err(e) => return Err(read_error(e)),
+        }
+        if Checksum::of(&table) != fh.header.crc {
+            return Ok(Err(TABLE_MISMATCH));
+        }
+        // Each block is checked as soon as it is read, while it is still in the CPU's cache (a
+        // second pass over the whole content after the kernel's copy costs as much again).
+        let block = fh.block_len() as usize;
+        let chunk = block * (CHECKED_CHUNK / block).max(1);
         let mut content = Vec::with_capacity(len);
-        let mut crc = Checksum::default();
+        let mut checked = 0;
         while content.len() < len {
             let start = content.len();
-            let n = sys::read_spare_upto(file, &mut content, layout.content_start() + start as u64, CHECKED_CHUNK)
-                .map_err(|e| Error::io(format!("cannot read entry {}", hk.as_str()), e))?;
+            let n = sys::read_spare_upto(file, &mut content, layout.content_start() + start as u64, chunk)
+                .map_err(read_error)?;
             if n == 0 {
                 break;
             }
-            crc.update(&content[start..]);
+            while checked < content.len() && (content.len() - checked >= block || content.len() == len) {
+                let end = (checked + block).min(content.len());
+                if !block_matches(&content[checked..end], &table, checked / block) {
+                    return Ok(Err(CONTENT_MISMATCH));
+                }
+                checked = end;
+            }
         }
         if content.len() < len {
             return Ok(Err("truncated"));
-        }
-        if crc.value() != header.crc {
-            return Ok(Err("content checksum mismatch"));
         }
         Ok(Ok(content))
     }
@@ -316,30 +345,41 @@ impl Namespace {
     }
 
     /// Like [`open_reader`](Self::open_reader), telling a miss from an entry removed as damaged.
+    /// The header and the whole block table are checked before the reader is returned.
     pub(super) fn lookup_reader(&self, key: &Key, is_use: bool) -> Result<Lookup<FileReader>> {
-        let (hk, file, meta, (header, layout)) = match self.lookup_checked(key)? {
+        let (hk, file, meta, (fh, layout)) = match self.lookup_checked(key)? {
             Lookup::Found(found) => found,
             Lookup::Missing => return Ok(Lookup::Missing),
             Lookup::Discarded(reason) => return Ok(Lookup::Discarded(reason)),
         };
-        if header.len == 0 && header.crc != Checksum::of(&[]) {
-            return Ok(self.discard_path(&hk, Some((&file, &meta)), "content checksum mismatch"));
-        }
-        if is_use {
-            self.touch(&file, &meta);
-        }
-        Ok(Lookup::Found(FileReader {
+        let mut reader = FileReader {
             ns: self.for_operation(),
             key: *key,
             file,
             meta,
             start: layout.content_start(),
-            len: header.len,
-            pos: 0,
-            crc: Checksum::default(),
-            expected: header.crc,
+            table_start: layout.table_start(fh.header.len),
+            len: fh.header.len,
+            shift: fh.block_shift,
+            block: Vec::new(),
+            block_at: 0,
+            served: 0,
+            crcs: Vec::new(),
+            crcs_from: 0,
+            first: None,
             failed: None,
-        }))
+        };
+        match reader.check_table(fh.header.crc) {
+            Ok(()) => {}
+            Err(TableError::Damaged(reason)) => {
+                return Ok(self.discard_path(&hk, Some((&reader.file, &reader.meta)), reason));
+            }
+            Err(TableError::Io(e)) => return Err(Error::io(format!("cannot read entry {}", hk.as_str()), e)),
+        }
+        if is_use {
+            self.touch(&reader.file, &reader.meta);
+        }
+        Ok(Lookup::Found(reader))
     }
 
     /// Whether an entry is stored under `key`; its header is checked, its content is not.
@@ -356,7 +396,53 @@ impl Namespace {
     }
 }
 
+const CONTENT_MISMATCH: &str = "content checksum mismatch";
+const TABLE_MISMATCH: &str = "block table checksum mismatch";
+/// How much of the block table a reader holds at a time: the CRCs of 1,024 blocks (64 MiB of
+/// content at 64 KiB blocks).
+const TABLE_WINDOW: usize = 4096;
+/// `get` reads an entry file of at most this many bytes (16 KiB of content, with its header and
+/// block table) in one call.
+const SMALL_FILE: usize = SMALL_ENTRY + HEADER_LEN + CRC_LEN;
+
+/// Checks `content` against its block `table`, and the table against the header.
+fn check_blocks(content: &[u8], table: &[u8], fh: &FileHeader) -> std::result::Result<(), &'static str> {
+    if Checksum::of(table) != fh.header.crc {
+        return Err(TABLE_MISMATCH);
+    }
+    let block = fh.block_len() as usize;
+    match content
+        .chunks(block)
+        .enumerate()
+        .all(|(i, b)| block_matches(b, table, i))
+    {
+        true => Ok(()),
+        false => Err(CONTENT_MISMATCH),
+    }
+}
+
+/// Whether block `i`, `block`, matches its CRC in `table`.
+fn block_matches(block: &[u8], table: &[u8], i: usize) -> bool {
+    table
+        .get(i * CRC_LEN..(i + 1) * CRC_LEN)
+        .is_some_and(|crc| u32::from_le_bytes(crc.try_into().expect("4 bytes")) == Checksum::of(block))
+}
+
+/// Why a block table could not be read or does not match its header.
+enum TableError {
+    Damaged(&'static str),
+    Io(io::Error),
+}
+
 /// A verifying reader over one entry, from [`Namespace::open`]. Also an [`io::Read`].
+///
+/// The entry's header and block table are checked when it is opened. Each block of the content
+/// (64 KiB) is read whole and checked against its CRC32C before any byte of it is returned: a
+/// block that does not match ends the read with [`Error::Corrupt`] (and the entry is removed),
+/// and none of its bytes is ever returned, so every byte a reader returns is a byte that was
+/// written. A reader holds at most one block (a partly returned one, or the only block of a small
+/// entry, read at open with its table and checked by the first read) and a 4 KiB window of the
+/// block table, whatever the entry's size.
 pub struct FileReader {
     ns: Namespace,
     key: Key,
@@ -364,10 +450,23 @@ pub struct FileReader {
     meta: std::fs::Metadata,
     /// Where the content starts in the file.
     start: u64,
+    /// Where the block table starts in the file.
+    table_start: u64,
     len: u64,
-    pos: u64,
-    crc: Checksum,
-    expected: u32,
+    /// The block size, as its base-2 logarithm.
+    shift: u8,
+    /// The checked block being returned (empty when blocks go straight to the caller), at
+    /// `block_at` in the content, of which `served` bytes have been returned.
+    block: Vec<u8>,
+    block_at: u64,
+    served: usize,
+    /// A window of the block table: the CRCs of the blocks from `crcs_from`.
+    crcs: Vec<u8>,
+    crcs_from: u64,
+    /// The content of a small entry of one block (at most 16 KiB), read at open together with
+    /// its table (they are adjacent: one system call instead of two), not yet checked: it is checked against its CRC
+    /// by the first read, before any byte of it is returned.
+    first: Option<Vec<u8>>,
     failed: Option<&'static str>,
 }
 
@@ -377,12 +476,124 @@ impl FileReader {
         self.len
     }
 
+    /// How many bytes of content have been returned.
+    fn pos(&self) -> u64 {
+        self.block_at + self.served as u64
+    }
+
     fn fail(&mut self, reason: &'static str) -> Error {
         self.failed = Some(reason);
         self.ns.corrupt(&self.key.hex(), &self.file, &self.meta, reason)
     }
 
-    /// Reads into `buf`, returning how many bytes; 0 at the end.
+    /// Reads the whole block table a window at a time, checks it against the header's CRC
+    /// (`expected`), and keeps its first window.
+    fn check_table(&mut self, expected: u32) -> std::result::Result<(), TableError> {
+        let table_len = table_len(self.len, self.shift);
+        if self.len > 0 && self.len <= (1u64 << self.shift).min(SMALL_ENTRY as u64) {
+            // A small entry of one block: the content and its CRC in one read (larger, the copy
+            // out of the reader would cost more than the system call it saves).
+            let mut both = vec![0u8; (self.len + table_len) as usize];
+            match sys::read_exact_at(&self.file, &mut both, self.start) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(TableError::Damaged("truncated")),
+                Err(e) => return Err(TableError::Io(e)),
+            }
+            let table = both.split_off(self.len as usize);
+            if Checksum::of(&table) != expected {
+                return Err(TableError::Damaged(TABLE_MISMATCH));
+            }
+            self.crcs = table;
+            self.crcs_from = 0;
+            self.first = Some(both);
+            return Ok(());
+        }
+        let read = |buf: &mut [u8], at: u64| match sys::read_exact_at(&self.file, buf, self.table_start + at) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(TableError::Damaged("truncated")),
+            Err(e) => Err(TableError::Io(e)),
+        };
+        let mut first = vec![0u8; table_len.min(TABLE_WINDOW as u64) as usize];
+        read(&mut first, 0)?;
+        let mut crc = Checksum::default();
+        crc.update(&first);
+        let mut at = first.len() as u64;
+        let mut rest = Vec::new();
+        while at < table_len {
+            rest.resize((table_len - at).min(TABLE_WINDOW as u64) as usize, 0);
+            read(&mut rest, at)?;
+            crc.update(&rest);
+            at += rest.len() as u64;
+        }
+        if crc.value() != expected {
+            return Err(TableError::Damaged(TABLE_MISMATCH));
+        }
+        self.crcs = first;
+        self.crcs_from = 0;
+        Ok(())
+    }
+
+    /// The CRC of block `index`, from the table window (read again where it does not hold it).
+    fn crc_of(&mut self, index: u64) -> Result<u32> {
+        let held = (self.crcs.len() / CRC_LEN) as u64;
+        if index < self.crcs_from || index >= self.crcs_from + held {
+            let blocks = block_count(self.len, self.shift);
+            let n = blocks.saturating_sub(index).min((TABLE_WINDOW / CRC_LEN) as u64) as usize;
+            self.crcs.resize(n * CRC_LEN, 0);
+            self.crcs_from = index;
+            if let Err(e) = sys::read_exact_at(&self.file, &mut self.crcs, self.table_start + index * CRC_LEN as u64) {
+                self.crcs.clear();
+                return Err(self.read_failed(e));
+            }
+        }
+        let i = (index - self.crcs_from) as usize * CRC_LEN;
+        match self.crcs.get(i..i + CRC_LEN) {
+            Some(crc) => Ok(u32::from_le_bytes(crc.try_into().expect("4 bytes"))),
+            None => Err(self.fail("truncated")),
+        }
+    }
+
+    fn read_failed(&mut self, e: io::Error) -> Error {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            self.fail("truncated")
+        } else {
+            Error::io(format!("cannot read entry {}", self.key), e)
+        }
+    }
+
+    /// Reads the whole blocks of content at `at` (a block boundary) into `dst`, and checks each
+    /// against its CRC. On failure `dst` is zeroed: nothing unchecked is left in it.
+    fn read_blocks(&mut self, at: u64, dst: &mut [u8]) -> Result<()> {
+        if let Err(e) = sys::read_exact_at(&self.file, dst, self.start + at) {
+            dst.fill(0);
+            return Err(self.read_failed(e));
+        }
+        let block_len = 1usize << self.shift;
+        let first = at >> self.shift;
+        let mut result = Ok(());
+        for (i, block) in dst.chunks(block_len).enumerate() {
+            match self.crc_of(first + i as u64) {
+                Ok(crc) if crc == Checksum::of(block) => {}
+                Ok(_) => {
+                    result = Err(self.fail(CONTENT_MISMATCH));
+                    break;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_err() {
+            dst.fill(0);
+        }
+        result
+    }
+
+    /// Reads into `buf`, returning how many bytes: as many as it holds, fewer only at the end of
+    /// the content; 0 at the end. Every byte returned is from a block that was checked whole
+    /// against its CRC before any byte of it was returned; a block that fails ends the read with
+    /// [`Error::Corrupt`] (and every later call answers the same).
     pub fn read_into(&mut self, buf: &mut [u8]) -> Result<usize> {
         if let Some(reason) = self.failed {
             return Err(Error::Corrupt {
@@ -390,30 +601,63 @@ impl FileReader {
                 reason,
             });
         }
-        let want = (buf.len() as u64).min(self.len - self.pos) as usize;
-        if want == 0 {
-            return Ok(0);
-        }
+        let want = (buf.len() as u64).min(self.len - self.pos()) as usize;
+        let block_len = 1usize << self.shift;
         let mut got = 0;
         while got < want {
-            let n = sys::read_at(&self.file, &mut buf[got..want], self.start + self.pos + got as u64)
-                .context(|| format!("cannot read entry {}", self.key))?;
-            if n == 0 {
-                return Err(self.fail("truncated"));
+            if self.served < self.block.len() {
+                let n = (self.block.len() - self.served).min(want - got);
+                buf[got..got + n].copy_from_slice(&self.block[self.served..self.served + n]);
+                self.served += n;
+                got += n;
+                continue;
             }
-            got += n;
-        }
-        self.crc.update(&buf[..got]);
-        self.pos += got as u64;
-        if self.pos == self.len && self.crc.value() != self.expected {
-            return Err(self.fail("content checksum mismatch"));
+            if let Some(mut first) = self.first.take() {
+                // The one block, read at open: checked before any byte of it is returned.
+                if Checksum::of(&first) != self.crc_of(0)? {
+                    first.fill(0);
+                    return Err(self.fail(CONTENT_MISMATCH));
+                }
+                self.block = first;
+                self.block_at = 0;
+                self.served = 0;
+                continue;
+            }
+            let next = self.pos();
+            let left = self.len - next;
+            let room = (want - got) as u64;
+            if room >= left.min(block_len as u64) {
+                // Whole blocks, straight into the caller's buffer (no copy).
+                let n = if room >= left {
+                    left
+                } else {
+                    room >> self.shift << self.shift
+                } as usize;
+                self.read_blocks(next, &mut buf[got..got + n])?;
+                self.block.clear();
+                self.block_at = next + n as u64;
+                self.served = 0;
+                got += n;
+                continue;
+            }
+            // Part of a block: it is read whole into the reader, checked, and returned from there.
+            let mut block = std::mem::take(&mut self.block);
+            block.resize(left.min(block_len as u64) as usize, 0);
+            let read = self.read_blocks(next, &mut block);
+            self.block = block;
+            if let Err(e) = read {
+                self.block.clear();
+                return Err(e);
+            }
+            self.block_at = next;
+            self.served = 0;
         }
         Ok(got)
     }
 
     /// Reads at most `max` bytes (never more than 1 MiB); an empty vector at the end.
     pub fn read_chunk(&mut self, max: usize) -> Result<Vec<u8>> {
-        let want = (max.min(MAX_READ_CHUNK) as u64).min(self.len - self.pos) as usize;
+        let want = (max.min(MAX_READ_CHUNK) as u64).min(self.len - self.pos()) as usize;
         let mut buf = vec![0u8; want];
         let n = self.read_into(&mut buf)?;
         buf.truncate(n);

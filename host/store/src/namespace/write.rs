@@ -17,13 +17,14 @@ impl Namespace {
     /// The error for an entry of `len` bytes of content, if it breaks a limit.
     pub(super) fn limit_error(&self, len: u64) -> Option<Error> {
         let opts = &self.inner.options;
+        let charge = entry_charge(len);
         if len > opts.max_entry_size {
             Some(Error::TooLarge {
                 limit: opts.max_entry_size,
             })
-        } else if len > opts.quota {
+        } else if charge > opts.quota {
             Some(Error::QuotaExceeded {
-                needed: len,
+                needed: charge,
                 quota: opts.quota,
             })
         } else {
@@ -94,7 +95,7 @@ impl Namespace {
             tmp_name: Some(name),
             out: Some(out),
             len: 0,
-            crc: Checksum::default(),
+            table: BlockTable::new(BLOCK_SHIFT),
             failed: None,
             reserved: 0,
         })
@@ -118,7 +119,7 @@ impl Namespace {
             Err(e) => return Err(Error::io(format!("cannot delete entry {}", hk.as_str()), e)),
         }
         if let (Some(used), true) = (lk.used, meta.file_type().is_file()) {
-            lk.store_used(used.saturating_sub(charged(&meta)))?;
+            lk.store_used(used.saturating_sub(entry_charged(&meta)))?;
         }
         // The entry is gone either way; should it come back after a power loss, it is whole.
         if let Err(e) = self.durable_sync_dir(hk.shard()) {
@@ -160,10 +161,11 @@ impl Namespace {
             None => self.rescan(w)?.used,
         };
         lk.used = Some(used);
-        let old = charged_at(dir, &rel);
-        let mut projected = used.saturating_sub(old) + len;
+        let old = entry_charged_at(dir, &rel);
+        let charge = entry_charge(len);
+        let mut projected = used.saturating_sub(old) + charge;
         if projected > quota {
-            projected = self.evict(w, &mut lk, Some(key), &rel, old, len)?;
+            projected = self.evict(w, &mut lk, Some(key), &rel, old, charge)?;
         }
         // What the counter must say if the entry is not published after all (eviction may have
         // lowered it).
@@ -218,9 +220,11 @@ pub struct FileWriter {
     tmp_name: Option<String>,
     out: Option<BufWriter<TmpFile>>,
     len: u64,
-    crc: Checksum,
+    /// The CRC32C of each block of the content so far.
+    table: BlockTable,
     failed: Option<Error>,
-    /// Bytes of this writer counted in the namespace's `uncommitted` total.
+    /// What this writer counts in the namespace's `uncommitted` total: the charge of its entry so
+    /// far.
     reserved: u64,
 }
 
@@ -288,9 +292,10 @@ impl FileWriter {
             return Err(replay(e));
         }
         self.check_size(self.len.saturating_add(bytes.len() as u64))?;
-        // Uncommitted bytes count against the quota: a guest holding many writers open cannot
-        // fill the disk with temporary files past it.
-        let n = bytes.len() as u64;
+        // Uncommitted entries count against the quota, each charged as it would be once
+        // committed (its file, rounded up to 4 KiB): a guest holding many writers open cannot fill
+        // the disk with temporary files past it.
+        let n = entry_charge(self.len + bytes.len() as u64).saturating_sub(self.reserved);
         let quota = self.ns.inner.options.quota;
         let before = self.ns.inner.uncommitted.fetch_add(n, Ordering::Relaxed);
         self.reserved += n;
@@ -302,7 +307,7 @@ impl FileWriter {
         if let Err(e) = out.write_all(bytes) {
             return Err(self.spend(Error::io("cannot write a new entry", e)));
         }
-        self.crc.update(bytes);
+        self.table.update(bytes);
         if let Some(free) = self.first.get_mut(self.len as usize..) {
             let n = free.len().min(bytes.len());
             free[..n].copy_from_slice(&bytes[..n]);
@@ -324,15 +329,7 @@ impl FileWriter {
     }
 
     fn finish(&mut self) -> Result<()> {
-        let out = self.out.take().expect("a writer that has not failed has its file");
-        let TmpFile(file) = out
-            .into_inner()
-            .map_err(|e| Error::io("cannot write a new entry", e.into_error()))?;
-        let header = Header {
-            len: self.len,
-            crc: self.crc.value(),
-            key: self.key,
-        };
+        let mut out = self.out.take().expect("a writer that has not failed has its file");
         let layout = match self.layout {
             // Nothing to place: an empty file takes a leading header.
             Layout::Trailing if self.len == 0 => Layout::Leading,
@@ -351,15 +348,28 @@ impl FileWriter {
             }
             Layout::Leading => Layout::Leading,
         };
-        fault::check(Point::WriteHeader)
-            .and_then(|()| {
-                sys::write_all_at(
-                    &file,
-                    &header.encode_as(layout),
-                    layout.header_start(HEADER_LEN as u64 + self.len),
-                )
+        let (table, crc) = std::mem::replace(&mut self.table, BlockTable::new(BLOCK_SHIFT)).finish();
+        let header = Header {
+            len: self.len,
+            crc,
+            key: self.key,
+        }
+        .encode_as(layout, BLOCK_SHIFT);
+        // The block table follows the content; a trailing header follows the table.
+        out.write_all(&table)
+            .and_then(|()| match layout {
+                Layout::Trailing => fault::check(Point::WriteHeader).and_then(|()| out.write_all(&header)),
+                Layout::Leading => Ok(()),
             })
             .context(|| "cannot write a new entry".into())?;
+        let TmpFile(file) = out
+            .into_inner()
+            .map_err(|e| Error::io("cannot write a new entry", e.into_error()))?;
+        if layout == Layout::Leading {
+            fault::check(Point::WriteHeader)
+                .and_then(|()| sys::write_all_at(&file, &header, 0))
+                .context(|| "cannot write a new entry".into())?;
+        }
         let name = self
             .tmp_name
             .clone()

@@ -4,14 +4,15 @@
 //! and a non-zero exit); on success it prints `ok SCENARIO` on stdout.
 
 use filecache_test_programs::{
-    Ctx, ENTRY_HEADER, Error, MAX_HANDLES, MIB, Reader, Writer, add, arg, args, contains, content, create, delete, get,
-    key_for, open, parse_size, short,
+    Ctx, Error, MAX_HANDLES, MIB, Reader, Writer, add, arg, args, contains, content, create, delete, entry_cost, get,
+    key_for, largest_entry_within, open, parse_size, short,
 };
 use std::collections::VecDeque;
 
 const USAGE: &str = "contract SCENARIO [ARGS...]; scenarios: basics | handles | all | \
     put SEED SIZE | put-stream SEED SIZE | check SEED SIZE | absent SEED | too-large LIMIT | \
-    quota QUOTA | read-only | read-only-check SEED SIZE | corrupt-check SEED | corrupt-stream SEED | \
+    quota QUOTA | read-only | read-only-check SEED SIZE | corrupt-check SEED | corrupt-stream SEED [SIZE] | \
+    stream-damaged SEED SIZE COUNT CHUNK... | empty-entries COUNT | \
     io-error SEED | disk-full SEED SIZE | exit CODE | race SEED OPS | gets SEED HITS MISSES";
 
 fn main() {
@@ -52,6 +53,10 @@ fn main() {
             parse_size(arg(rest, 0, "too-large LIMIT")),
         ),
         "quota" => quota(Ctx::new("contract", "quota"), parse_size(arg(rest, 0, "quota QUOTA"))),
+        "empty-entries" => empty_entries(
+            Ctx::new("contract", "empty-entries"),
+            parse_size(arg(rest, 0, "empty-entries COUNT")),
+        ),
         "read-only" => read_only(Ctx::new("contract", "read-only")),
         "read-only-check" => read_only_check(
             Ctx::new("contract", "read-only-check"),
@@ -64,8 +69,21 @@ fn main() {
         ),
         "corrupt-stream" => corrupt_stream(
             Ctx::new("contract", "corrupt-stream"),
-            arg(rest, 0, "corrupt-stream SEED"),
+            arg(rest, 0, "corrupt-stream SEED [SIZE]"),
+            rest.get(1).map(|s| parse_size(s)),
         ),
+        "stream-damaged" => {
+            const U: &str = "stream-damaged SEED SIZE COUNT CHUNK...";
+            let chunks: Vec<u64> = rest.get(3..).unwrap_or(&[]).iter().map(|s| parse_size(s)).collect();
+            assert!(!chunks.is_empty(), "usage: {U}");
+            stream_damaged(
+                Ctx::new("contract", "stream-damaged"),
+                arg(rest, 0, U),
+                parse_size(arg(rest, 1, U)),
+                parse_size(arg(rest, 2, U)),
+                &chunks,
+            )
+        }
         "race" => race(
             Ctx::new("contract", "race"),
             arg(rest, 0, "race SEED OPS"),
@@ -693,7 +711,7 @@ struct Model {
 
 impl Model {
     fn cost(size: u64) -> u64 {
-        size + ENTRY_HEADER
+        entry_cost(size)
     }
 
     /// Adds a new entry (its key must not be present), evicting least-recently-used entries.
@@ -775,8 +793,24 @@ impl Model {
     }
 }
 
+/// Adds `count` empty entries under distinct keys: every add succeeds (the oldest are evicted to
+/// make room: an empty entry is charged what its file costs on disk), and the last one reads back
+/// empty. Run under a small quota, the host must keep the number of files bounded by it.
+fn empty_entries(cx: Ctx, count: u64) {
+    for i in 0..count {
+        cx.ok(
+            format_args!("add empty entry #{i}"),
+            add(&key_for(&format!("empty-{i}")), &[]),
+        );
+    }
+    if let Some(last) = count.checked_sub(1) {
+        cx.assert_get("the last empty entry", &key_for(&format!("empty-{last}")), &[]);
+    }
+}
+
 fn quota(cx: Ctx, quota: u64) {
-    const SMALL: u64 = 1000;
+    // Costs two 4 KiB blocks (the quota charges an entry's file, rounded up to 4 KiB).
+    const SMALL: u64 = 5000;
     // The model's order holds only while every entry is younger than the host's recency
     // granularity (one second): the scenario must finish well within it.
     let start = std::time::Instant::now();
@@ -840,7 +874,7 @@ fn quota(cx: Ctx, quota: u64) {
     m.hit(&e2);
     add_entry(&mut m, "add after open", &format!("e{}", n + 1), SMALL);
 
-    // 4. An entry costing about two and a half small ones evicts several.
+    // 4. An entry costing two and a half small ones evicts several.
     add_entry(&mut m, "add a bigger entry", "big", 2 * SMALL + 500);
 
     // 5. A streamed entry is accounted the same way.
@@ -872,7 +906,7 @@ fn quota(cx: Ctx, quota: u64) {
     }
 
     // 7. An entry that cannot fit even in an empty namespace: quota-exceeded, nothing visible.
-    let too_big = quota - ENTRY_HEADER + 1;
+    let too_big = largest_entry_within(quota) + 1;
     let kb = key_for("quota/too-big");
     let data = content("quota/too-big", too_big);
     cx.err_is(
@@ -921,7 +955,12 @@ fn quota(cx: Ctx, quota: u64) {
     m.verify(cx, "after quota-exceeded", &size_of);
 
     // 8. An entry costing exactly the quota fits, evicting everything else.
-    add_entry(&mut m, "entry costing exactly the quota", "whole", quota - ENTRY_HEADER);
+    add_entry(
+        &mut m,
+        "entry costing at most the quota",
+        "whole",
+        largest_entry_within(quota),
+    );
     cx.check(
         "entry costing exactly the quota",
         m.entries.len() == 1,
@@ -971,8 +1010,13 @@ fn corrupt_check(cx: Ctx, seed: &str) {
     cx.assert_absent("damaged entry removed", &key);
 }
 
-fn corrupt_stream(cx: Ctx, seed: &str) {
+/// Reads the damaged entry for `seed` through `open`, in reads of 64 KiB: the read that reaches
+/// the damage answers `corrupt`, and the entry is removed. With `size` (the entry was `put SEED
+/// SIZE`), every byte served before must be the original's: a reader never returns a byte that
+/// was not written.
+fn corrupt_stream(cx: Ctx, seed: &str, size: Option<u64>) {
     let key = key_for(seed);
+    let original = size.map(|size| content(seed, size));
     match cx.ok("open damaged entry", open(&key)) {
         None => eprintln!("note: corrupt-stream: damage detected at open"),
         Some(r) => {
@@ -988,6 +1032,9 @@ fn corrupt_stream(cx: Ctx, seed: &str) {
                         ),
                     ),
                     Ok(b) => {
+                        if let Some(original) = &original {
+                            served_as_written(cx, "read", original, total as usize, &b);
+                        }
                         total += b.len() as u64;
                         cx.check(
                             format_args!("read at offset {total}"),
@@ -1005,6 +1052,58 @@ fn corrupt_stream(cx: Ctx, seed: &str) {
         }
     }
     cx.assert_absent("damaged entry removed", &key);
+}
+
+/// Fails unless `bytes`, served at offset `at`, are the bytes of `original` there.
+fn served_as_written(cx: Ctx, step: &str, original: &[u8], at: usize, bytes: &[u8]) {
+    let expected = original.get(at..).unwrap_or(&[]);
+    if let Some(first) = (0..bytes.len()).find(|&i| expected.get(i) != Some(&bytes[i])) {
+        cx.fail(
+            format_args!("{step} at offset {at}"),
+            format_args!("served a byte that was not written, at offset {}", at + first),
+        );
+    }
+}
+
+/// Reads, through `open`, each damaged copy `SEED-<i>-<chunk>` (`i` below `count`, `chunk` each
+/// of `chunks`) that the host planted of the entry `put SEED SIZE`, in reads of `chunk` bytes:
+/// every byte served must be the original's; each read must end with `corrupt` (or the copy be a
+/// miss at open: damage in its header or checksums), and each copy be removed. Prints how many
+/// ended each way.
+fn stream_damaged(cx: Ctx, seed: &str, size: u64, count: u64, chunks: &[u64]) {
+    let original = content(seed, size);
+    let (mut corrupt, mut at_open) = (0u64, 0u64);
+    for i in 0..count {
+        for &chunk in chunks {
+            let copy = format!("{seed}-{i}-{chunk}");
+            let key = key_for(&copy);
+            match cx.ok(format_args!("{copy}: open"), open(&key)) {
+                None => at_open += 1,
+                Some(r) => {
+                    let mut served = 0;
+                    loop {
+                        match r.read(chunk) {
+                            Ok(b) if b.is_empty() => cx.fail(
+                                &copy,
+                                format_args!("read to the end ({served} bytes) of a damaged entry without `corrupt`"),
+                            ),
+                            Ok(b) => {
+                                served_as_written(cx, &copy, &original, served, &b);
+                                served += b.len();
+                            }
+                            Err(Error::Corrupt) => {
+                                corrupt += 1;
+                                break;
+                            }
+                            Err(e) => cx.fail(&copy, format_args!("expected Err(Corrupt), got Err({e:?})")),
+                        }
+                    }
+                }
+            }
+            cx.assert_absent(format_args!("{copy}: removed"), &key);
+        }
+    }
+    println!("stream-damaged: {corrupt} corrupt, {at_open} at open");
 }
 
 // ---------------------------------------------------------------------------------------------
