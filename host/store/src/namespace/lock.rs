@@ -175,9 +175,9 @@ impl Namespace {
 
     /// Counts one use: a hit or a miss (as `get`, `open` and `contains` count theirs; a client
     /// such as the compiled cache counts its own). Never waits for the namespace lock: the use
-    /// is counted in memory, and added to the counters file once [`USES_PER_FLUSH`] have
-    /// gathered in this thread's shard (if the lock is free at that moment; else at a later
-    /// attempt, at most one per [`FLUSH_RETRY`]), or when the handle is dropped.
+    /// is counted in memory, and added to the counters file once 1024 have gathered in this
+    /// thread's shard (if the lock is free at that moment; else at a later attempt, at most one
+    /// a second), or when the handle is dropped.
     pub fn count_use(&self, hit: bool) {
         if self.inner.uses.add(hit) >= USES_PER_FLUSH && self.inner.uses.may_flush() {
             self.flush_uses(false);
