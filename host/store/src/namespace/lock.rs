@@ -31,9 +31,9 @@ pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// The longest a best-effort locker waits for the `flock` (the removal of a damaged record found
-/// by a read, the first fix of a damaged key-value generation, a flush of use counts by a handle
-/// that is not the last): such work is left for later rather than stall the operation that
-/// found it. The holder may be another handle of this very thread (a read made within
+/// by a read, the first fix of a damaged key-value generation): such work is left for later
+/// rather than stall the operation that found it. (A flush of use counts does not wait at all:
+/// see `count_with`.) The holder may be another handle of this very thread (a read made within
 /// `Bucket::update` on another handle), which no wait would outlast.
 pub(crate) const LOCK_TRY_WAIT: Duration = Duration::from_millis(100);
 
