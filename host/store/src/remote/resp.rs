@@ -25,8 +25,8 @@ use super::MIN_TRANSFER_RATE;
 /// The longest line (status, error, integer or length) accepted from the server.
 pub(super) const MAX_LINE: usize = 4096;
 
-/// How much of a bulk reply is allocated ahead of the bytes that arrive.
-const BULK_STEP: usize = 64 << 10;
+/// How much of a bulk reply is allocated ahead of the bytes that arrive (and read at once).
+const BULK_STEP: usize = 256 << 10;
 
 /// A server's reply to one command.
 #[derive(Debug, PartialEq, Eq)]
@@ -203,9 +203,17 @@ impl Connection {
             self.pos = 0;
         }
         let mut chunk = [0u8; 8192];
+        let n = self.read_some(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Reads at least one byte into `into`, given only the time left; an error at end of
+    /// stream.
+    fn read_some(&mut self, into: &mut [u8]) -> io::Result<usize> {
         loop {
             self.stream.set_read_timeout(Some(self.left()?))?;
-            match self.stream.read(&mut chunk) {
+            match self.stream.read(into) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -213,9 +221,8 @@ impl Connection {
                     ));
                 }
                 Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
                     self.moved += n as u64;
-                    return Ok(());
+                    return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => return Err(timed_out(self.given)),
@@ -288,14 +295,17 @@ impl Connection {
 
     /// `len` bytes and their CRLF. The buffer grows with what arrives.
     fn bulk(&mut self, len: usize) -> io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(len.min(BULK_STEP));
+        let buffered = (self.buf.len() - self.pos).min(len);
+        let mut out = Vec::with_capacity(len.min(BULK_STEP).max(buffered));
+        out.extend_from_slice(&self.buf[self.pos..self.pos + buffered]);
+        self.pos += buffered;
+        // (Read through a zeroed scratch buffer rather than into `out` resized: `vec![0; n]` is
+        // one zeroed allocation, where `resize` fills byte by byte in an unoptimised build.)
+        let mut scratch = vec![0u8; (len - out.len()).min(BULK_STEP)];
         while out.len() < len {
-            if self.pos == self.buf.len() {
-                self.fill()?;
-            }
-            let n = (len - out.len()).min(self.buf.len() - self.pos);
-            out.extend_from_slice(&self.buf[self.pos..self.pos + n]);
-            self.pos += n;
+            let want = (len - out.len()).min(scratch.len());
+            let n = self.read_some(&mut scratch[..want])?;
+            out.extend_from_slice(&scratch[..n]);
         }
         while self.buf.len() - self.pos < 2 {
             self.fill()?;
