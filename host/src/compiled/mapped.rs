@@ -15,9 +15,11 @@
 //! # Where
 //!
 //! Linux ([`ZERO_COPY_SUPPORTED`]): the open entry file, whose header and MAC were checked, is
-//! handed to wasmtime as `/proc/self/fd/N`, which names that very file (not whatever has its
-//! name now). Elsewhere, or where `/proc` is missing, each artifact is read into memory, checked
-//! there, and copied into wasmtime's memory (still without compiling).
+//! handed to wasmtime as `/proc/thread-self/fd/N`, which names that very file (not whatever has
+//! its name now), in the calling thread's own descriptor table (a thread that unshared its table
+//! with `unshare(CLONE_FILES)` has descriptors the process's `/proc/self/fd` does not show).
+//! Elsewhere, or where `/proc` is missing, each artifact is read into memory, checked there, and
+//! copied into wasmtime's memory (still without compiling).
 //!
 //! Only from local filesystems: a file on NFS, SMB/CIFS, FUSE, 9p, overlayfs (whose lower layer
 //! may be any of those) or any filesystem not known to be local is read into memory instead of
@@ -35,9 +37,9 @@ use super::{Artifact, Kind};
 /// Elsewhere they are read and copied into wasmtime's memory, still without compiling.
 pub const ZERO_COPY_SUPPORTED: bool = cfg!(target_os = "linux");
 
-pub(crate) use imp::{Mapping, can_map, deserialize_open, read_exact_at};
+pub(crate) use imp::{Mapping, can_map, can_reopen, deserialize_open, read_exact_at};
 #[cfg(all(test, target_os = "linux"))]
-pub(crate) use imp::{pretending_no_proc, pretending_not_local};
+pub(crate) use imp::{pretending_no_proc, pretending_not_local, pretending_transient_failure};
 
 #[cfg(target_os = "linux")]
 mod imp {
@@ -72,6 +74,7 @@ mod imp {
     thread_local! {
         static PRETEND_NOT_LOCAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         static PRETEND_NO_PROC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        static PRETEND_TRANSIENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     /// Runs `f` with the pretence `flag` on (this thread only).
@@ -94,6 +97,28 @@ mod imp {
     #[cfg(test)]
     pub(crate) fn pretending_no_proc<T>(f: impl FnOnce() -> T) -> T {
         pretending(&PRETEND_NO_PROC, f)
+    }
+
+    /// Runs `f` as if every attempt to open an artifact file again failed with `EMFILE` (too
+    /// many open files: a failure that passes) (this thread only).
+    #[cfg(test)]
+    pub(crate) fn pretending_transient_failure<T>(f: impl FnOnce() -> T) -> T {
+        pretending(&PRETEND_TRANSIENT, f)
+    }
+
+    /// Where the calling thread's open files are named (see the module docs).
+    fn proc_fd_dir() -> &'static str {
+        #[cfg(test)]
+        if PRETEND_NO_PROC.with(|p| p.get()) {
+            return "/nonexistent-proc/thread-self/fd";
+        }
+        "/proc/thread-self/fd"
+    }
+
+    /// Whether an open file can be opened again by name here (`/proc` is mounted): if not,
+    /// [`deserialize_open`] always fails, and artifacts are better read at once.
+    pub(crate) fn can_reopen() -> bool {
+        std::path::Path::new(proc_fd_dir()).is_dir()
     }
 
     /// Whether `file` is on a filesystem known to be local (see the module docs).
@@ -163,14 +188,15 @@ mod imp {
     /// changed while wasmtime maps it (cache entries are replaced by rename, never written in
     /// place, and the caller checked that no other user can write it).
     pub(crate) unsafe fn deserialize_open(engine: &Engine, kind: Kind, file: &File) -> wasmtime::Result<Artifact> {
-        #[allow(unused_mut)]
-        let mut proc = "/proc";
         #[cfg(test)]
-        if PRETEND_NO_PROC.with(|p| p.get()) {
-            proc = "/nonexistent-proc";
-            if kind == Kind::Module {
-                return Err(wasmtime::Error::msg("pretending there is no /proc"));
-            }
+        if PRETEND_NO_PROC.with(|p| p.get()) && kind == Kind::Module {
+            return Err(wasmtime::Error::msg("pretending there is no /proc"));
+        }
+        #[cfg(test)]
+        if PRETEND_TRANSIENT.with(|p| p.get()) {
+            return Err(wasmtime::Error::new(std::io::Error::from_raw_os_error(
+                rustix::io::Errno::MFILE.raw_os_error(),
+            )));
         }
         // SAFETY: forwarded to the caller.
         unsafe {
@@ -179,7 +205,7 @@ mod imp {
                 // since: wasmtime opens (and maps) exactly what was checked.
                 Kind::Component => Artifact::Component(Component::deserialize_file(
                     engine,
-                    format!("{proc}/self/fd/{}", file.as_raw_fd()),
+                    format!("{}/{}", proc_fd_dir(), file.as_raw_fd()),
                 )?),
                 Kind::Module => Artifact::Module(Module::deserialize_open_file(engine, file.try_clone()?)?),
             })
@@ -193,6 +219,11 @@ mod imp {
 
     /// Nothing is mapped here: artifacts are read.
     pub(crate) fn can_map(_file: &File) -> bool {
+        false
+    }
+
+    /// Not used where nothing is mapped.
+    pub(crate) fn can_reopen() -> bool {
         false
     }
 

@@ -123,7 +123,16 @@ pub struct CompiledOptions {
     /// Whether [`ComponentCache::new`] logs a warning when the cache directory cannot be used
     /// or written (a caller that already warned about the directory turns it off). Default: yes.
     pub warn_if_degraded: bool,
+    /// How many remembered digests and verifications (`.compiled-digests`, one small file per
+    /// file identity: a component file's, or an artifact's, which changes at least hourly while
+    /// it is used) are kept; past it, the least recently used are removed. Checked by each
+    /// process when it first remembers one, then after every quarter of this many more, so the
+    /// count may pass it by that much between checks. Default [`DEFAULT_MAX_REMEMBERED`].
+    pub max_remembered: u64,
 }
+
+/// The default [`CompiledOptions::max_remembered`]: 4096 files.
+pub const DEFAULT_MAX_REMEMBERED: u64 = 4096;
 
 impl Default for CompiledOptions {
     fn default() -> Self {
@@ -131,6 +140,7 @@ impl Default for CompiledOptions {
             quota: 4 << 30,
             durability: Durability::Relaxed,
             warn_if_degraded: true,
+            max_remembered: DEFAULT_MAX_REMEMBERED,
         }
     }
 }
@@ -158,14 +168,27 @@ struct Inner {
     prefix: Sha256,
     loaded: Mutex<HashMap<Key, Arc<Mutex<Option<Artifact>>>>>,
     zero_copy: AtomicBool,
+    /// Loads in a row that could not map their artifact though `/proc` is there (a passing
+    /// failure, `EMFILE` or `ENOMEM`, or one of this engine): at [`ZERO_COPY_ATTEMPTS`], loads
+    /// copy from then on.
+    zero_copy_failures: std::sync::atomic::AtomicU32,
     store_warned: AtomicBool,
 }
+
+/// How many loads in a row may fail to map their artifact (and load it by copying) before the
+/// cache stops trying: one failure may pass (too many open files for a moment).
+const ZERO_COPY_ATTEMPTS: u32 = 3;
 
 struct Disk {
     artifacts: Namespace,
     digests: Namespace,
     secret: Secret,
     writable: bool,
+    /// See [`CompiledOptions::max_remembered`].
+    max_remembered: u64,
+    /// Records this cache added to `digests`: the bound is checked at the first, then every
+    /// quarter of `max_remembered`.
+    remembered: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -263,6 +286,7 @@ impl ComponentCache {
                 prefix,
                 loaded: Mutex::new(HashMap::new()),
                 zero_copy: AtomicBool::new(true),
+                zero_copy_failures: std::sync::atomic::AtomicU32::new(0),
                 store_warned: AtomicBool::new(false),
             }),
         }
@@ -440,7 +464,27 @@ impl Disk {
             digests,
             secret,
             writable,
+            max_remembered: options.max_remembered,
+            remembered: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+}
+
+impl Disk {
+    /// Keeps at most `max_remembered` records in the digests namespace: past it, removes the
+    /// least recently used, down to three quarters of the bound (so the next check is not
+    /// due at once).
+    fn forget_least_recently_used(&self) -> crate::Result<()> {
+        let entries = self.digests.scan(0)?.entries;
+        if entries <= self.max_remembered {
+            return Ok(());
+        }
+        let keep = self.max_remembered - self.max_remembered / 4;
+        let excess = usize::try_from(entries - keep).unwrap_or(usize::MAX);
+        for old in self.digests.scan(excess)?.oldest {
+            self.digests.delete(&old.key)?;
+        }
+        Ok(())
     }
 }
 
@@ -564,10 +608,18 @@ impl Inner {
             .is_some_and(|d| d.artifacts.is_stored(key).unwrap_or(false))
     }
 
+    /// Counts an event. A hit or a miss never waits for the namespace lock (a process stopped
+    /// while holding it must not stall every warm start): it is added to the counters file if
+    /// the lock is free at once, else kept in memory for a later flush. A rejection, rare and
+    /// already waiting for the lock to remove the artifact, is added at once.
     fn count(&self, counter: Counter) {
-        if let Some(d) = &self.disk
-            && let Err(e) = d.artifacts.count(&[(counter, 1)])
-        {
+        let Some(d) = &self.disk else { return };
+        if let Counter::Hits | Counter::Misses = counter {
+            d.artifacts.count_use(counter == Counter::Hits);
+            d.artifacts.flush_counts_if_free();
+            return;
+        }
+        if let Err(e) = d.artifacts.count(&[(counter, 1)]) {
             tracing::debug!("cannot count a compiled-cache {counter:?}: {}", e.full_message());
         }
     }
@@ -600,9 +652,18 @@ impl Inner {
         let Some(artifact_len) = content_len.checked_sub(ARTIFACT_HEADER) else {
             return reject("shorter than an artifact header");
         };
+        // Whether the file is on a filesystem known to be local, and whether no other user can
+        // write it: the checks of the mapped path, under which a file's identity (its change
+        // time above all) says whether anything wrote to it. Elsewhere (NFS, sshfs, SMB, FUSE)
+        // timestamps may be the server's to set (sshfs reports the mtime as the ctime), so a
+        // file rewritten with its times put back would keep its identity.
+        let local = mapped::can_map(raw.file());
+        let private = sys::check_private(raw.metadata(), 0o022);
         // This very file (by identity) was verified in full before, since when nothing has
-        // written to it: its MAC need not be computed again (see `remembered_verified`).
-        let identity = file_identity(raw.metadata());
+        // written to it: its MAC need not be computed again (see `remembered_verified`). Only
+        // where identities can be trusted; elsewhere the MAC runs on every load, and nothing
+        // is remembered.
+        let identity = file_identity(raw.metadata()).filter(|_| local && private.is_ok());
         let verified_before = identity
             .as_ref()
             .is_some_and(|(id, _)| self.remembered_verified(id, key));
@@ -644,8 +705,8 @@ impl Inner {
         // Handed to wasmtime to map only where the mapping stays what was checked (see
         // `mapped`): on Linux, from a local filesystem, a file no other user can write.
         let mut fell_back = false;
-        if self.zero_copy.load(Ordering::Relaxed) && mapped::can_map(raw.file()) {
-            if let Err(reason) = sys::check_private(raw.metadata(), 0o022) {
+        if self.zero_copy.load(Ordering::Relaxed) && local {
+            if let Err(reason) = private {
                 return reject(reason);
             }
             let checked = if verified_before {
@@ -675,7 +736,10 @@ impl Inner {
             // are the bytes that were checked. What follows the artifact (its header, the
             // store's header) is not part of the ELF image wasmtime reads.
             match unsafe { mapped::deserialize_open(&self.engine, kind, raw.file()) } {
-                Ok(a) => return Some(a),
+                Ok(a) => {
+                    self.zero_copy_failures.store(0, Ordering::Relaxed);
+                    return Some(a);
+                }
                 // Either the file could not be opened again (no `/proc`), or the artifact does
                 // not fit this engine; loading a copy (below) tells which.
                 Err(e) => {
@@ -700,12 +764,22 @@ impl Inner {
         match unsafe { deserialize(&self.engine, kind, &bytes[..artifact_len]) } {
             Ok(a) => {
                 if fell_back {
-                    self.zero_copy.store(false, Ordering::Relaxed);
-                    tracing::info!("loading compiled code by copying: it cannot be loaded from its file here");
+                    self.zero_copy_failed();
                 }
                 Some(a)
             }
             Err(e) => not_loaded(e),
+        }
+    }
+
+    /// A load could not map its artifact, and loaded a copy: loads copy from then on if that is
+    /// all they can do here (no `/proc`), or after [`ZERO_COPY_ATTEMPTS`] such loads in a row;
+    /// a single failure that passes (`EMFILE`, `ENOMEM`) does not turn zero copy off.
+    fn zero_copy_failed(&self) {
+        let failures = self.zero_copy_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if !mapped::can_reopen() || failures >= ZERO_COPY_ATTEMPTS {
+            self.zero_copy.store(false, Ordering::Relaxed);
+            tracing::info!("loading compiled code by copying: it cannot be loaded from its file here");
         }
     }
 
@@ -851,6 +925,13 @@ impl Inner {
         let (key, bytes) = record(disk);
         if let Err(e) = disk.digests.add(&key, &bytes) {
             tracing::debug!("cannot remember {what}: {}", e.full_message());
+            return;
+        }
+        let added = disk.remembered.fetch_add(1, Ordering::Relaxed);
+        if added % (disk.max_remembered / 4).max(1) == 0
+            && let Err(e) = disk.forget_least_recently_used()
+        {
+            tracing::debug!("cannot bound the remembered digests: {}", e.full_message());
         }
     }
 }

@@ -612,3 +612,174 @@ fn table_len(file: &[u8]) -> usize {
     let header = file[file.len() - HEADER_LEN..].try_into().unwrap();
     Header::decode_as(header, Layout::Trailing).unwrap().table_len() as usize
 }
+
+/// Issue 22, finding 3: on a filesystem that is not local, timestamps may be the server's to set
+/// (sshfs reports the mtime as the ctime), so an artifact rewritten with its times put back keeps
+/// its identity there. The verified-by-identity memo must then be neither used nor recorded: the
+/// MAC runs on every load.
+#[test]
+#[cfg(target_os = "linux")]
+fn finding_22_3_off_local_filesystems_the_mac_runs_on_every_load() {
+    let f = Fixture::new();
+    let engine = engine();
+    let wasm = component_wat(51);
+    let key = f.stored(&engine, &wasm);
+    let path = f.artifact_path(&key);
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    age(&path, old);
+    let digests = f
+        .cache
+        .reserved_namespace(DIGESTS_NAMESPACE, NamespaceOptions::default())
+        .unwrap();
+    let remembered = || digests.scan(0).unwrap().entries;
+    let load = || {
+        let before = macs_checked();
+        let ((c, s), log) =
+            logged(|| mapped::pretending_not_local(|| f.compiled(&engine).load_component(&wasm).unwrap()));
+        (s, answer(&engine, &c), macs_checked() - before, log)
+    };
+
+    // Not local: verified in full every time, and nothing remembered.
+    let before = remembered();
+    for _ in 0..2 {
+        let (s, n, macs, _) = load();
+        assert_eq!((s, n, macs), (Source::Disk, 51, 1), "the MAC runs");
+    }
+    assert_eq!(remembered(), before, "no memo recorded off a local filesystem");
+
+    // The server's view: the artifact rewritten in place with its identity unchanged. Here the
+    // kernel moves the ctime, so the memo this cache would hold for the (new) identity is
+    // planted, as if the times had been put back.
+    let good = std::fs::read(&path).unwrap();
+    let at = good.len() / 2;
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.write_at(&[good[at] ^ 0x01], at as u64).unwrap();
+        file.set_modified(old).unwrap();
+    }
+    age(&path, old);
+    let (identity, changed) = file_identity(&std::fs::metadata(&path).unwrap()).unwrap();
+    let cc = f.compiled(&engine);
+    cc.inner.remember_verified(&identity, changed, &key);
+    assert!(cc.inner.remembered_verified(&identity, &key), "the memo is in place");
+    let (s, n, macs, log) = load();
+    assert_eq!((s, n, macs), (Source::Compiled, 51, 1), "the rewrite is caught:\n{log}");
+    assert!(log.contains("not authenticated by this cache's secret"), "{log}");
+    assert_eq!(std::fs::read(&path).unwrap(), good, "recompiled and stored again");
+}
+
+/// Issue 22, finding 5: a hit counts itself without waiting for the namespace lock, which a
+/// process stopped while holding it (here another open file description of `state`) would hold
+/// for ever; the hit is still counted, on disk once the lock is free.
+#[test]
+#[cfg(unix)]
+fn finding_22_5_a_hit_never_waits_for_the_namespace_lock_to_count_itself() {
+    let f = Fixture::new();
+    let engine = engine();
+    let wasm = component_wat(53);
+    f.stored(&engine, &wasm);
+    let state = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(f.dir.path().join("cache").join(COMPILED_NAMESPACE).join("state"))
+        .unwrap();
+    state.lock().unwrap();
+    let cc = f.compiled(&engine);
+    let start = std::time::Instant::now();
+    let (c, s) = cc.load_component(&wasm).unwrap();
+    let took = start.elapsed();
+    assert_eq!((s, answer(&engine, &c)), (Source::Disk, 53));
+    // The lock is waited for up to 30 s (`LOCK_WAIT`); a hit takes milliseconds.
+    assert!(took < Duration::from_secs(10), "the hit waited for the lock: {took:?}");
+    assert_eq!(cc.counts().hits, 1, "counted in memory meanwhile");
+    assert_eq!(f.compiled(&engine).counts().hits, 0, "not on disk yet");
+
+    // Once the lock is free, the next count takes it at once and writes both.
+    state.unlock().unwrap();
+    let (_, s) = cc.load_component(&component_wat(54)).unwrap();
+    assert_eq!(s, Source::Compiled);
+    let on_disk = f.compiled(&engine).counts();
+    assert_eq!((on_disk.hits, on_disk.misses), (1, 2));
+}
+
+/// Issue 22, finding 8: one failure to open an artifact file again that passes (`EMFILE`) costs
+/// that load a copy, and does not turn zero copy off for the life of the process.
+#[test]
+#[cfg(target_os = "linux")]
+fn finding_22_8_a_passing_failure_to_map_does_not_turn_zero_copy_off() {
+    let f = Fixture::new();
+    let engine = engine();
+    let (a, b) = (component_wat(55), component_wat(56));
+    let key = f.stored(&engine, &a);
+    f.stored(&engine, &b);
+    let cc = f.compiled(&engine);
+    let (c, s) = mapped::pretending_transient_failure(|| cc.load_component(&a).unwrap());
+    assert_eq!((s, answer(&engine, &c)), (Source::Disk, 55), "loaded by copying");
+    assert!(cc.inner.zero_copy.load(Ordering::Relaxed), "zero copy stays on");
+    drop(c);
+    assert_eq!(mapped_lines(inode(f.artifact_path(&key))), 0, "a copy, not mapped");
+    let key_b = cc.key(Kind::Component, &b);
+    let (c, s) = cc.load_component(&b).unwrap();
+    assert_eq!((s, answer(&engine, &c)), (Source::Disk, 56));
+    assert!(mapped_lines(inode(f.artifact_path(&key_b))) > 0, "the next load maps");
+
+    // Failures that do not pass (ZERO_COPY_ATTEMPTS in a row) turn it off.
+    let cc = f.compiled(&engine);
+    mapped::pretending_transient_failure(|| {
+        cc.load_component(&a).unwrap();
+        cc.inner.loaded.lock().unwrap().clear();
+        cc.load_component(&a).unwrap();
+        assert!(cc.inner.zero_copy.load(Ordering::Relaxed));
+        cc.inner.loaded.lock().unwrap().clear();
+        cc.load_component(&a).unwrap();
+    });
+    assert!(
+        !cc.inner.zero_copy.load(Ordering::Relaxed),
+        "three in a row turn it off"
+    );
+}
+
+/// Issue 22, finding 1 (the compiled cache's part): remembered digests and verifications, one
+/// file per file identity, are bounded in number; the least recently used go first.
+#[test]
+#[cfg(unix)]
+fn finding_22_1_remembered_digests_are_bounded_in_number() {
+    let f = Fixture::new();
+    let engine = engine();
+    let options = CompiledOptions {
+        max_remembered: 8,
+        ..CompiledOptions::default()
+    };
+    let cc = ComponentCache::new(&f.cache, &engine, options);
+    let digests = f
+        .cache
+        .reserved_namespace(DIGESTS_NAMESPACE, NamespaceOptions::default())
+        .unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    let paths: Vec<_> = (0..40u32)
+        .map(|i| {
+            let path = f.dir.path().join(format!("c{i}.wasm"));
+            std::fs::write(&path, component_wat(100 + i)).unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(old).unwrap();
+            path
+        })
+        .collect();
+    std::thread::sleep(RACY + Duration::from_millis(50));
+    let mut most = 0;
+    for path in &paths {
+        cc.load_component_file(path).unwrap();
+        most = most.max(digests.scan(0).unwrap().entries);
+    }
+    // Checked at the first record, then every 8 / 4 = 2: at most 8 + 2 between checks.
+    assert!(most <= 10, "{most} remembered under a bound of 8");
+    assert!(digests.scan(0).unwrap().entries >= 6, "not all forgotten");
+    // The most recent is remembered: found by identity, without reading the file.
+    let last = paths.last().unwrap();
+    let identity = file_identity(&std::fs::metadata(last).unwrap()).unwrap().0;
+    assert_eq!(cc.inner.remembered_digest(&identity), Some(sha256(&component_wat(139))));
+    // The first is forgotten.
+    let identity = file_identity(&std::fs::metadata(&paths[0]).unwrap()).unwrap().0;
+    assert_eq!(cc.inner.remembered_digest(&identity), None);
+}

@@ -31,11 +31,15 @@ pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// The longest a best-effort locker waits for the `flock` (the removal of a damaged record found
-/// by a read, the first fix of a damaged key-value generation, a flush of use counts by a handle
-/// that is not the last): such work is left for later rather than stall the operation that
-/// found it. The holder may be another handle of this very thread (a read made within
+/// by a read, the first fix of a damaged key-value generation): such work is left for later
+/// rather than stall the operation that found it. (A flush of use counts does not wait at all:
+/// see `count_with`.) The holder may be another handle of this very thread (a read made within
 /// `Bucket::update` on another handle), which no wait would outlast.
 pub(crate) const LOCK_TRY_WAIT: Duration = Duration::from_millis(100);
+
+/// How long a flush of use counts that found the namespace lock taken is put off: the reads
+/// that count their uses meanwhile do not try again (each try is a failed `flock` at least).
+pub(crate) const FLUSH_RETRY: Duration = Duration::from_secs(1);
 
 /// Takes `file`'s exclusive lock, waiting at most `wait` for another holder to let it go.
 fn lock_within(file: &File, wait: Duration) -> io::Result<()> {
@@ -125,7 +129,7 @@ impl Namespace {
     }
 
     /// [`count`](Self::count); without `wait`, counts nothing and answers `false` when the lock
-    /// is not free (see [`lock_if_free`](Self::lock_if_free)).
+    /// is not free at once.
     fn count_with(&self, deltas: &[(Counter, u64)], wait: bool) -> Result<bool> {
         let (Some(dir), Some(_)) = (self.dir(), &self.inner.writable) else {
             return Ok(true);
@@ -133,7 +137,13 @@ impl Namespace {
         let _lk = if wait {
             self.locked(self.mutex()?, false, LOCK_WAIT)?
         } else {
-            match self.lock_if_free() {
+            // Not even `LOCK_TRY_WAIT`: a use is counted on the read path.
+            match self
+                .mutex_if_free()
+                .ok()
+                .flatten()
+                .and_then(|m| self.locked(m, false, Duration::ZERO).ok())
+            {
                 Some(lk) => lk,
                 None => return Ok(false),
             }
@@ -157,15 +167,19 @@ impl Namespace {
             _ => Counts::default(),
         };
         let (hits, misses) = self.inner.uses.peek();
-        counts.hits += hits;
-        counts.misses += misses;
+        // A damaged (or hostile) counters file may hold anything, up to `u64::MAX`.
+        counts.hits = counts.hits.saturating_add(hits);
+        counts.misses = counts.misses.saturating_add(misses);
         counts
     }
 
-    /// Counts one use of an entry by `get`, `open` or `contains`: a hit or a miss. In memory
-    /// only, until [`USES_PER_FLUSH`] have gathered or the handle is dropped.
-    pub(super) fn count_use(&self, hit: bool) {
-        if self.inner.uses.add(hit) >= USES_PER_FLUSH {
+    /// Counts one use: a hit or a miss (as `get`, `open` and `contains` count theirs; a client
+    /// such as the compiled cache counts its own). Never waits for the namespace lock: the use
+    /// is counted in memory, and added to the counters file once 1024 have gathered in this
+    /// thread's shard (if the lock is free at that moment; else at a later attempt, at most one
+    /// a second), or when the handle is dropped.
+    pub fn count_use(&self, hit: bool) {
+        if self.inner.uses.add(hit) >= USES_PER_FLUSH && self.inner.uses.may_flush() {
             self.flush_uses(false);
         }
     }
@@ -176,23 +190,103 @@ impl Namespace {
         self.flush_uses(true);
     }
 
-    /// Flushes the uses counted in memory; without `wait`, only if no thread of this process
-    /// holds the namespace lock (else they stay in memory for a later flush): a handle may be
-    /// dropped, or a use counted, by a thread that holds the lock itself (a key-value write
-    /// drops a handle under it), and waiting then would deadlock.
+    /// Adds the uses counted in memory to the counters file if the namespace lock is free at
+    /// once; else they stay in memory for a later flush. Never waits (for a client that counts
+    /// its own uses with [`count_use`](Self::count_use) and wants them on disk soon).
+    pub fn flush_counts_if_free(&self) {
+        self.flush_uses(false);
+    }
+
+    /// Flushes the uses counted in memory; without `wait`, only if the namespace lock is free
+    /// at once (else they stay in memory for a later flush, tried no sooner than
+    /// [`FLUSH_RETRY`] from now): a handle may be dropped, or a use counted, by a thread that
+    /// holds the lock itself (a key-value write drops a handle under it), and waiting then would
+    /// deadlock; and a read, which takes no lock, must not wait for one to count itself.
     pub(super) fn flush_uses(&self, wait: bool) {
         let (hits, misses) = self.inner.uses.take();
-        if hits + misses == 0 {
+        if hits == 0 && misses == 0 {
             return;
         }
         match self.count_with(&[(Counter::Hits, hits), (Counter::Misses, misses)], wait) {
             Ok(true) => {}
-            Ok(false) => self.inner.uses.give_back(hits, misses),
+            Ok(false) => {
+                self.inner.uses.give_back(hits, misses);
+                self.inner.uses.defer_flush(FLUSH_RETRY);
+            }
             Err(e) => tracing::debug!(
                 "cannot count uses of namespace {:?}: {}",
                 self.inner.name,
                 e.full_message()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::{FileCache, Key, NamespaceOptions};
+
+    /// Issue 22, finding 6: reads count their uses in memory and flush them every
+    /// `USES_PER_FLUSH`; a flush that finds the lock taken (here by another open file
+    /// description of `state`, as a stopped process would hold it) neither waits nor makes every
+    /// later read try again: the next try is `FLUSH_RETRY` later. No use is lost.
+    #[test]
+    fn a_failed_flush_of_use_counts_does_not_stall_later_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::open(dir.path()).unwrap();
+        let ns = cache.namespace("plugin", NamespaceOptions::default()).unwrap();
+        let key = Key::digest(b"k");
+        ns.add(&key, b"content").unwrap();
+        let state = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join("plugin").join("state"))
+            .unwrap();
+        crate::sys::lock(&state).unwrap();
+
+        let reads = super::USES_PER_FLUSH + 300;
+        let start = Instant::now();
+        for _ in 0..reads {
+            assert!(ns.get(&key).unwrap().is_some());
+        }
+        let took = start.elapsed();
+        // Before the fix, each of the 300 reads after the first failed flush waited 100 ms for
+        // the lock (30 s in all); now none waits.
+        assert!(
+            took < super::LOCK_TRY_WAIT * 30,
+            "{reads} reads took {took:?} with the lock held"
+        );
+        assert_eq!(ns.counts().hits, reads, "the uses are kept");
+
+        // Once the lock is free and the retry is due, a read flushes them all.
+        crate::sys::unlock(&state).unwrap();
+        std::thread::sleep(super::FLUSH_RETRY + Duration::from_millis(50));
+        ns.get(&key).unwrap();
+        let other = FileCache::open(dir.path())
+            .unwrap()
+            .namespace("plugin", NamespaceOptions::default())
+            .unwrap();
+        assert_eq!(other.counts().hits, reads + 1, "flushed to the counters file");
+    }
+
+    /// Issue 22, finding 8: a counters file may hold anything (damage, or another process's
+    /// counts near the limit): adding this handle's uses saturates instead of overflowing.
+    #[test]
+    fn counts_saturate_at_the_largest_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::open(dir.path()).unwrap();
+        let ns = cache.namespace("plugin", NamespaceOptions::default()).unwrap();
+        ns.count(&[(crate::Counter::Hits, u64::MAX - 1)]).unwrap();
+        for _ in 0..3 {
+            ns.get(&Key::digest(b"absent")).unwrap();
+            ns.get(&Key::digest(b"absent")).unwrap();
+        }
+        ns.add(&Key::digest(b"present"), b"v").unwrap();
+        ns.get(&Key::digest(b"present")).unwrap();
+        ns.get(&Key::digest(b"present")).unwrap();
+        let counts = ns.counts();
+        assert_eq!((counts.hits, counts.misses), (u64::MAX, 6));
     }
 }

@@ -1,8 +1,9 @@
 //! The remote tier: a cache shared by a fleet of hosts through Redis.
 //!
 //! [`RemoteTier`] talks to one Redis server (or anything speaking its protocol: Valkey, KeyDB)
-//! with the synchronous client of the [`redis`] crate; [`TieredStore`] puts a local
-//! [`Namespace`] in front of it (read-through and write-through).
+//! over blocking sockets, with a small client of its own that bounds every operation in time and
+//! every reply in size (see [Failures](#failures)); [`TieredStore`] puts a local [`Namespace`] in
+//! front of it (read-through and write-through).
 //!
 //! # Values
 //!
@@ -41,13 +42,23 @@
 //!
 //! # Failures
 //!
-//! Connecting and every read or write on the socket have timeouts (500 ms by default). After
-//! [`RemoteOptions::breaker_threshold`] consecutive failures a circuit breaker skips the remote
-//! for [`RemoteOptions::breaker_cooldown`], then lets one attempt through: a dead or stalled
-//! remote costs a run about `threshold × timeout` (1.5 s by default) per cool-down. Failures are
-//! logged and counted; they reach the caller only when the remote is
+//! Connecting (with the handshake) must end within [`RemoteOptions::connect_timeout`], and each
+//! operation (its request and its whole reply, however the server spreads its bytes) within
+//! [`RemoteOptions::op_timeout`] (500 ms each by default), plus one second per
+//! [`MIN_TRANSFER_RATE`] bytes of value it moves, so that a large value on a slow link is not cut
+//! short. A server that trickles its reply fails the operation at that deadline, not at the
+//! end of the reply. A reply is never longer than the operation asked for: a value's reply may
+//! hold the largest entry it asked for (with its header and MAC), and a reply declaring more is
+//! refused before any of it is read, so a server cannot make a host allocate more than its own
+//! size limit.
+//!
+//! After [`RemoteOptions::breaker_threshold`] consecutive failures a circuit breaker skips the
+//! remote for [`RemoteOptions::breaker_cooldown`], then lets one attempt through: a dead or
+//! stalled remote costs a run about `threshold × timeout` (1.5 s by default) per cool-down.
+//! Failures are logged and counted; they reach the caller only when the remote is
 //! [`required`](RemoteOptions::required).
 
+mod resp;
 #[cfg(test)]
 mod tests;
 mod tiered;
@@ -59,11 +70,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
-use redis::{Client, Connection, ConnectionAddr, IntoConnectionInfo, RedisResult};
+use redis::{ConnectionAddr, IntoConnectionInfo};
 use sha2::Sha256;
 
-pub use tiered::TieredStore;
+pub use tiered::{DEFAULT_READER_MEMORY, TieredStore};
 
+use self::resp::{Connection, Reply};
 use crate::Counter;
 use crate::entry::{Checksum, HEADER_LEN, Header};
 use crate::{Error, Key, Namespace, Result};
@@ -76,6 +88,11 @@ pub const MAC_LEN: usize = 32;
 pub const DEFAULT_MAX_VALUE_SIZE: u64 = 64 << 20;
 /// The default connect and per-operation timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The slowest transfer an operation is given time for: on top of
+/// [`RemoteOptions::op_timeout`], an operation that moves a value gets one second per this many
+/// bytes of it (16 MiB), so a large value over a slow link is not cut short, while a server
+/// trickling a small reply still fails it on time.
+pub const MIN_TRANSFER_RATE: u64 = 16 << 20;
 /// How many idle connections a tier keeps for reuse.
 pub const MAX_IDLE_CONNECTIONS: usize = 8;
 const KEY_PREFIX: &str = "filecache:v1:";
@@ -97,7 +114,8 @@ pub struct RemoteOptions {
     pub required: bool,
     /// How long connecting (with the handshake) may take.
     pub connect_timeout: Duration,
-    /// How long one read or write on the connection may block.
+    /// How long one operation may take, its request and its whole reply (plus one second per
+    /// [`MIN_TRANSFER_RATE`] bytes of value it moves).
     pub op_timeout: Duration,
     /// The largest content sent or accepted, in bytes; larger entries stay local.
     pub max_value_size: u64,
@@ -178,7 +196,7 @@ enum Failure {
     /// The circuit breaker is open.
     Skipped,
     /// It was tried and failed.
-    Failed(redis::RedisError),
+    Failed(io::Error),
 }
 
 /// A shared cache tier in Redis. Cheap to clone; clones share the connections and the breaker.
@@ -188,13 +206,22 @@ pub struct RemoteTier {
 }
 
 struct Inner {
-    client: Client,
+    server: Server,
     options: RemoteOptions,
     /// The URL without credentials, for messages.
     shown: String,
     /// Idle connections, at most [`MAX_IDLE_CONNECTIONS`]; a caller takes one or connects.
     idle: Mutex<Vec<Connection>>,
     breaker: Mutex<Breaker>,
+}
+
+/// Where the server is and how to log in, from the URL.
+struct Server {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
 }
 
 #[derive(Default)]
@@ -229,13 +256,21 @@ impl RemoteTier {
         // No `CLIENT SETINFO` on connecting: it is a round trip before the first operation,
         // which against a server that accepts connections but never answers cost a second
         // timeout per failure.
+        // (The `redis` crate parses the URL, as every Redis client reads one; the connection is
+        // this module's own.)
         let info = url.as_str().into_connection_info().map_err(|e| invalid(url, e))?;
-        let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        let client = Client::open(info.set_redis_settings(settings)).map_err(|e| invalid(url, e))?;
-        match client.get_connection_info().addr() {
-            ConnectionAddr::Tcp(host, _) if !host.is_empty() => {}
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) if !host.is_empty() => (host.clone(), *port),
             _ => return Err(invalid(url, "expected redis://HOST:PORT[/DB]")),
-        }
+        };
+        let settings = info.redis_settings();
+        let server = Server {
+            host,
+            port,
+            username: settings.username().map(str::to_string),
+            password: settings.password().map(str::to_string),
+            db: settings.db(),
+        };
         if let Some(key) = &options.fleet_key
             && key.len() < MIN_FLEET_KEY_LEN
         {
@@ -258,7 +293,7 @@ impl RemoteTier {
         }
         Ok(RemoteTier {
             inner: Arc::new(Inner {
-                client,
+                server,
                 shown: redact(url),
                 options,
                 idle: Mutex::new(Vec::new()),
@@ -274,8 +309,11 @@ impl RemoteTier {
 
     /// Connects (if needed) and pings the server; an error says why it cannot be reached.
     pub fn ping(&self) -> Result<()> {
-        self.call("ping", |c| redis::cmd("PING").query::<String>(c).map(drop))
-            .map_err(|f| self.failure_error("ping", f))
+        self.call("ping", |c, timeout| match c.query(&[b"PING"], 0, timeout)? {
+            Reply::Status(s) if s == "PONG" => Ok(()),
+            other => Err(unexpected(other)),
+        })
+        .map_err(|f| self.failure_error("ping", f))
     }
 
     /// The Redis key of `key` in `namespace`.
@@ -306,8 +344,13 @@ impl RemoteTier {
             .saturating_add(trailer)
             .min(i64::MAX as u64 - 1);
         let rkey = Self::redis_key(namespace, key);
-        let got = self.call("get", |c| {
-            redis::cmd("GETRANGE").arg(&rkey).arg(0).arg(last).query::<Vec<u8>>(c)
+        let end = last.to_string();
+        let got = self.call("get", |c, timeout| {
+            // The reply holds bytes 0 to `last`: at most `last + 1` of them.
+            match c.query(&[b"GETRANGE", rkey.as_bytes(), b"0", end.as_bytes()], last + 1, timeout)? {
+                Reply::Bulk(v) => Ok(v.unwrap_or_default()),
+                other => Err(unexpected(other)),
+            }
         });
         let value = match got {
             Ok(v) => v,
@@ -355,14 +398,18 @@ impl RemoteTier {
             return Ok(());
         };
         let rkey = Self::redis_key(namespace, key);
-        let ttl_ms = opts.ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-        let done = self.call("set", |c| {
-            let mut set = redis::cmd("SET");
-            set.arg(&rkey).arg(&value);
-            if let Some(ms) = ttl_ms {
-                set.arg("PX").arg(ms);
+        let ttl_ms = opts
+            .ttl
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).to_string());
+        let done = self.call("set", |c, timeout| {
+            let mut args: Vec<&[u8]> = vec![b"SET", rkey.as_bytes(), &value];
+            if let Some(ms) = &ttl_ms {
+                args.extend([&b"PX"[..], ms.as_bytes()]);
             }
-            set.query::<()>(c)
+            match c.query(&args, 0, timeout)? {
+                Reply::Status(s) if s == "OK" => Ok(()),
+                other => Err(unexpected(other)),
+            }
         });
         done.or_else(|f| self.failed(local, "set", f))
     }
@@ -374,7 +421,12 @@ impl RemoteTier {
             return Ok(());
         }
         let rkey = Self::redis_key(local.name(), key);
-        let done = self.call("delete", |c| redis::cmd("DEL").arg(&rkey).query::<()>(c));
+        let done = self.call("delete", |c, timeout| {
+            match c.query(&[b"DEL", rkey.as_bytes()], 0, timeout)? {
+                Reply::Integer(_) => Ok(()),
+                other => Err(unexpected(other)),
+            }
+        });
         done.or_else(|f| self.failed(local, "delete", f))
     }
 
@@ -393,18 +445,19 @@ impl RemoteTier {
     fn failure_error(&self, op: &str, f: Failure) -> Error {
         let source = match f {
             Failure::Skipped => io::Error::other("skipped after repeated failures (circuit breaker open)"),
-            Failure::Failed(e) => io::Error::other(e.to_string()),
+            Failure::Failed(e) => e,
         };
         Error::io(format!("remote tier {}: {op} failed", self.inner.shown), source)
     }
 
-    /// Runs `f` on an idle connection, or a new one, unless the breaker is open. No lock is held
-    /// while `f` runs, so concurrent callers each use their own connection. A connection that
-    /// failed is dropped (its state is unknown); one that succeeded goes back to the pool.
+    /// Runs `f` on an idle connection, or a new one, unless the breaker is open; `f` is given
+    /// the operation's timeout ([`RemoteOptions::op_timeout`]). No lock is held while `f` runs,
+    /// so concurrent callers each use their own connection. A connection that failed is dropped
+    /// (its state is unknown); one that succeeded goes back to the pool.
     fn call<T>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+        f: impl FnOnce(&mut Connection, Duration) -> io::Result<T>,
     ) -> std::result::Result<T, Failure> {
         if !self.breaker_allows() {
             return Err(Failure::Skipped);
@@ -414,12 +467,12 @@ impl RemoteTier {
             Some(c) => Ok(c),
             None => self.connect(),
         }
-        .and_then(|mut c| f(&mut c).map(|v| (v, c)));
+        .and_then(|mut c| f(&mut c, self.inner.options.op_timeout).map(|v| (v, c)));
         match result {
             Ok((v, c)) => {
                 self.record(op, None);
                 let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < MAX_IDLE_CONNECTIONS {
+                if idle.len() < MAX_IDLE_CONNECTIONS && c.is_clean() {
                     idle.push(c);
                 }
                 Ok(v)
@@ -437,12 +490,16 @@ impl RemoteTier {
         self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn connect(&self) -> RedisResult<Connection> {
-        let opts = &self.inner.options;
-        let c = self.inner.client.get_connection_with_timeout(opts.connect_timeout)?;
-        c.set_read_timeout(Some(opts.op_timeout))?;
-        c.set_write_timeout(Some(opts.op_timeout))?;
-        Ok(c)
+    fn connect(&self) -> io::Result<Connection> {
+        let s = &self.inner.server;
+        Connection::connect(
+            &s.host,
+            s.port,
+            s.username.as_deref(),
+            s.password.as_deref(),
+            s.db,
+            self.inner.options.connect_timeout,
+        )
     }
 
     fn breaker_allows(&self) -> bool {
@@ -451,7 +508,7 @@ impl RemoteTier {
     }
 
     /// Updates the breaker with an outcome, and logs transitions (not every failure).
-    fn record(&self, op: &'static str, error: Option<&redis::RedisError>) {
+    fn record(&self, op: &'static str, error: Option<&io::Error>) {
         let opts = &self.inner.options;
         let mut b = self.inner.breaker.lock().unwrap_or_else(|p| p.into_inner());
         let Some(error) = error else {
@@ -567,6 +624,17 @@ impl RemoteTier {
         value.drain(..HEADER_LEN);
         Ok(value)
     }
+}
+
+/// A reply of another kind than the command has.
+fn unexpected(reply: Reply) -> io::Error {
+    let what = match reply {
+        Reply::Status(s) => format!("the status {:?}", s.chars().take(32).collect::<String>()),
+        Reply::Integer(n) => format!("the integer {n}"),
+        Reply::Bulk(None) => "a nil reply".to_string(),
+        Reply::Bulk(Some(b)) => format!("a bulk reply of {} bytes", b.len()),
+    };
+    io::Error::new(io::ErrorKind::InvalidData, format!("unexpected answer: {what}"))
 }
 
 /// Refuses a namespace without a name of its own: its remote keys would be every such

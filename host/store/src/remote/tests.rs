@@ -430,3 +430,245 @@ fn finding_6_planted_plugin_values_are_refused_and_values_expire() {
     o.ttl = Some(Duration::ZERO);
     assert!(RemoteTier::new(o).is_err());
 }
+
+/// A fake Redis server on 127.0.0.1: for each connection, reads a request, then runs `answer`
+/// on the stream, which adds what it wrote to `sent`. Stops (and lets its connections end) when
+/// dropped.
+struct FakeServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FakeServer {
+    fn start(
+        answer: impl Fn(&mut std::net::TcpStream, &std::sync::atomic::AtomicU64, &std::sync::atomic::AtomicBool)
+        + Send
+        + Sync
+        + 'static,
+    ) -> FakeServer {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let answer = Arc::new(answer);
+        let (stop2, sent2) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let (answer, stop, sent) = (answer.clone(), stop2.clone(), sent2.clone());
+                        std::thread::spawn(move || {
+                            stream.set_nonblocking(false).unwrap();
+                            let mut request = [0u8; 4096];
+                            let _ = std::io::Read::read(&mut stream, &mut request);
+                            answer(&mut stream, &sent, &stop);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        FakeServer { port, stop, sent }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs `f` on another thread and waits at most `within` for it: a call that hangs fails the
+/// test instead of hanging it.
+fn within<T: Send + 'static>(within: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(within)
+        .unwrap_or_else(|_| panic!("still waiting after {within:?}"))
+}
+
+/// Issue 22, finding 4: a server that declares a value of 100,000,000 bytes (within this tier's
+/// size limit) and trickles it a byte every 400 ms fails each operation at the operation's
+/// deadline, not at the end of the value (the socket's timeout alone would never trip); the
+/// failures are counted and open the breaker; the reply buffer grows with what arrives, not with
+/// what was declared.
+#[test]
+fn finding_22_4_a_trickling_remote_fails_each_operation_by_its_deadline() {
+    use std::io::Write;
+    let server = FakeServer::start(|stream, sent, stop| {
+        if stream.write_all(b"$100000000\r\n").is_err() {
+            return;
+        }
+        sent.fetch_add(12, std::sync::atomic::Ordering::Relaxed);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(400));
+            if stream.write_all(b"x").is_err() {
+                return;
+            }
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let timeout = Duration::from_millis(1000);
+    let mut o = RemoteOptions::new(server.url());
+    o.connect_timeout = timeout;
+    o.op_timeout = timeout;
+    o.max_value_size = 1 << 30;
+    let remote = RemoteTier::new(o).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = local(&dir);
+    for i in 0..3u32 {
+        let (remote, ns) = (remote.clone(), ns.clone());
+        let (found, took) = within(Duration::from_secs(20), move || {
+            let start = Instant::now();
+            let found = remote.fetch(&ns, &Key::digest(i.to_le_bytes()), 1 << 30).unwrap();
+            (found, start.elapsed())
+        });
+        assert_eq!(found, None);
+        assert!(took >= timeout, "failed before its deadline: {took:?}");
+        assert!(
+            took < timeout * 3,
+            "call {i} took {took:?} against a timeout of {timeout:?}"
+        );
+    }
+    assert_eq!(ns.counts().remote_errors, 3, "each counted");
+    // The breaker is open: the next call does not reach the server.
+    let start = Instant::now();
+    assert_eq!(remote.fetch(&ns, &Key::digest(b"next"), 1 << 30).unwrap(), None);
+    assert!(start.elapsed() < timeout, "{:?}", start.elapsed());
+    assert_eq!(ns.counts().remote_errors, 3, "a skipped call is not a failure");
+    assert!(server.sent() < 100, "{} bytes sent", server.sent());
+}
+
+/// Issue 22, finding 4: a reply longer than the operation asked for (here a value's declared
+/// length over the largest entry the call accepts, and a status line without end) is refused
+/// from its first line, before its bytes are read: the server cannot push more than the
+/// sockets' buffers hold, and the call fails at once.
+#[test]
+fn finding_22_4_a_reply_longer_than_asked_is_refused_unread() {
+    use std::io::Write;
+    fn blast(stream: &mut std::net::TcpStream, sent: &std::sync::atomic::AtomicU64, first: &[u8]) {
+        let chunk = vec![b'x'; 1 << 20];
+        if stream.write_all(first).is_err() {
+            return;
+        }
+        for _ in 0..100 {
+            if stream.write_all(&chunk).is_err() {
+                return;
+            }
+            sent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    for (what, first) in [
+        ("a 100,000,000-byte value", &b"$100000000\r\n"[..]),
+        ("a 100 MiB status line", &b"+"[..]),
+    ] {
+        let server = FakeServer::start(move |stream, sent, _| blast(stream, sent, first));
+        let mut o = RemoteOptions::new(server.url());
+        o.required = true;
+        o.op_timeout = Duration::from_secs(5);
+        let remote = RemoteTier::new(o).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ns = local(&dir);
+        let start = Instant::now();
+        let err = {
+            let (remote, ns) = (remote.clone(), ns.clone());
+            within(Duration::from_secs(20), move || {
+                remote.fetch(&ns, &Key::digest(b"k"), 1 << 20).unwrap_err()
+            })
+        };
+        let took = start.elapsed();
+        let message = err.full_message();
+        assert!(
+            message.contains("to a request for at most") || message.contains("a reply line longer than"),
+            "{what}: {message}"
+        );
+        assert!(took < Duration::from_secs(5), "{what}: {took:?}");
+        // Give the server a moment to find the connection closed.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            server.sent() < 32 << 20,
+            "{what}: the server pushed {} bytes, as if they were read",
+            server.sent()
+        );
+        assert_eq!(ns.counts().remote_errors, 1, "{what}");
+    }
+}
+
+/// Issue 22, finding 2 (the remote tier's part): on a read-only local tier a reader of a remote
+/// entry holds it in memory, so readers together are bounded (`with_reader_memory`): an `open`
+/// past the bound is a clear error, and dropping a reader gives its bytes back.
+#[test]
+fn finding_22_2_readers_served_from_memory_are_bounded_together() {
+    use std::io::{Read, Write};
+    let content: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let key = Key::digest(b"remote entry");
+    let value = tier(None).encode("plugin", &key, &content).unwrap();
+    let mut reply = format!("${}\r\n", value.len()).into_bytes();
+    reply.extend_from_slice(&value);
+    reply.extend_from_slice(b"\r\n");
+    // Answers every request of a connection (each a GETRANGE of the one key) with the value.
+    let server = FakeServer::start(move |stream, _, _| {
+        let mut request = [0u8; 4096];
+        loop {
+            if stream.write_all(&reply).is_err() {
+                return;
+            }
+            match stream.read(&mut request) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let read_only = FileCache::open(dir.path())
+        .unwrap()
+        .namespace("plugin", NamespaceOptions::default().read_only(true))
+        .unwrap();
+    let remote = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    let store = TieredStore::new(read_only, remote).unwrap().with_reader_memory(3 << 20);
+    let mut readers: Vec<_> = (0..3)
+        .map(|_| store.open(&key).unwrap().expect("found remotely"))
+        .collect();
+    assert_eq!(store.reader_memory_held(), 3 << 20);
+    let err = store.open(&key).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.kind() == io::ErrorKind::OutOfMemory),
+        "{err:?}"
+    );
+    assert!(err.full_message().contains("over the bound"), "{}", err.full_message());
+    // A clone shares the bound.
+    assert!(store.clone().open(&key).is_err());
+    // `get` holds nothing past the call.
+    assert_eq!(store.get(&key).unwrap().as_deref(), Some(&content[..]));
+
+    let mut first = readers.remove(0);
+    let mut read = Vec::new();
+    loop {
+        let chunk = first.read_chunk(1 << 16).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        read.extend_from_slice(&chunk);
+    }
+    assert_eq!(read, content);
+    drop(first);
+    assert_eq!(store.reader_memory_held(), 2 << 20);
+    let again = store.open(&key).unwrap().expect("room again");
+    assert_eq!(again.size(), content.len() as u64);
+    drop((again, readers));
+    assert_eq!(store.reader_memory_held(), 0);
+}

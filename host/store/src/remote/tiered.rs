@@ -1,8 +1,16 @@
 //! [`TieredStore`]: a local namespace in front of the remote tier.
 
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::RemoteTier;
 use crate::{EntryReader, EntryWriter, FileWriter, MAX_READ_CHUNK};
-use crate::{Key, Namespace, Result, Store};
+use crate::{Error, Key, Namespace, Result, Store};
+
+/// The default bound on the remote entries a [`TieredStore`] (with its clones) holds in memory
+/// for open readers at once: 64 MiB, the largest value that travels by default.
+pub const DEFAULT_READER_MEMORY: u64 = super::DEFAULT_MAX_VALUE_SIZE;
 
 /// A local [`Namespace`] in front of a [`RemoteTier`].
 ///
@@ -16,10 +24,19 @@ use crate::{Key, Namespace, Result, Store};
 ///
 /// Remote failures are logged and counted in the local namespace's counters, and reach the
 /// caller only when the remote tier is [`required`](super::RemoteOptions::required).
+///
+/// A reader (`open`) of a remote entry streams from its local copy. Where there is none (the
+/// local tier is read-only, or could not keep it), the reader holds the checked content in
+/// memory; all such readers of a store and its clones hold at most
+/// [`DEFAULT_READER_MEMORY`] together (see [`with_reader_memory`](Self::with_reader_memory)),
+/// and an `open` past that fails with an `Io` error (`OutOfMemory`) until readers are dropped.
 #[derive(Clone, Debug)]
 pub struct TieredStore {
     local: Namespace,
     remote: RemoteTier,
+    /// Bytes held by readers served from memory, and their bound.
+    held: Arc<AtomicU64>,
+    reader_memory: u64,
 }
 
 impl TieredStore {
@@ -29,7 +46,50 @@ impl TieredStore {
     /// with [`Namespace::open_dir`]): every such namespace would share one set of remote entries.
     pub fn new(local: Namespace, remote: RemoteTier) -> Result<TieredStore> {
         super::require_name(&local)?;
-        Ok(TieredStore { local, remote })
+        Ok(TieredStore {
+            local,
+            remote,
+            held: Arc::new(AtomicU64::new(0)),
+            reader_memory: DEFAULT_READER_MEMORY,
+        })
+    }
+
+    /// Bounds the remote entries held in memory for open readers (where the local tier cannot
+    /// keep a copy to stream from) at `bytes` together. Default [`DEFAULT_READER_MEMORY`].
+    pub fn with_reader_memory(mut self, bytes: u64) -> TieredStore {
+        self.reader_memory = bytes;
+        self
+    }
+
+    /// Bytes of remote entries held in memory by open readers now.
+    pub fn reader_memory_held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `len` bytes of the readers' memory, if that stays within the bound.
+    fn reserve(&self, len: u64) -> Result<Held> {
+        let reserved = self.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+            held.checked_add(len).filter(|&total| total <= self.reader_memory)
+        });
+        match reserved {
+            Ok(_) => Ok(Held {
+                held: self.held.clone(),
+                len,
+            }),
+            Err(held) => Err(Error::io(
+                format!(
+                    "cannot open a remote entry of namespace {:?} without a local copy",
+                    self.local.name()
+                ),
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "readers of remote entries already hold {held} bytes in memory, and this one needs {len}                          more, over the bound of {} (the local tier is read-only or cannot keep them): drop                          readers, or read it with get",
+                        self.reader_memory
+                    ),
+                ),
+            )),
+        }
     }
 
     /// The local tier.
@@ -85,7 +145,12 @@ impl Store for TieredStore {
             }
             return Ok(None);
         }
-        Ok(Some(Box::new(MemReader { content, pos: 0 })))
+        let held = self.reserve(content.len() as u64)?;
+        Ok(Some(Box::new(MemReader {
+            content,
+            pos: 0,
+            _held: held,
+        })))
     }
 
     fn add(&self, key: &Key, content: &[u8]) -> Result<()> {
@@ -154,6 +219,19 @@ impl EntryWriter for TieredWriter {
 struct MemReader {
     content: Vec<u8>,
     pos: usize,
+    _held: Held,
+}
+
+/// Bytes of a store's reader memory, given back on drop.
+struct Held {
+    held: Arc<AtomicU64>,
+    len: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.len, Ordering::Relaxed);
+    }
 }
 
 impl EntryReader for MemReader {
