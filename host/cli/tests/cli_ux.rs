@@ -1,0 +1,102 @@
+//! The CLI as a new user meets it (issue 26): logs free of escape codes when piped and each
+//! problem said once.
+
+mod common;
+
+use common::*;
+
+/// The lines of stderr that mention `needle`.
+fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.contains(needle)).collect()
+}
+
+fn assert_no_escape_codes(text: &str) {
+    assert!(!text.contains('\x1b'), "escape codes in piped output:\n{text:?}");
+}
+
+/// `filecache ARGS...` run on a pseudo-terminal (util-linux `script`), with `env` set: what a
+/// person at a terminal sees, stdout and stderr together.
+#[cfg(target_os = "linux")]
+fn on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> String {
+    use std::process::{Command, Output};
+
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut line = quote(env!("CARGO_BIN_EXE_filecache"));
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env_remove("FILECACHE_DIR")
+        .env_remove("NO_COLOR")
+        .env("FILECACHE_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out: Output = cmd
+        .output()
+        .expect("util-linux `script` runs a command on a pseudo-terminal");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_directory_in_place_of_compiled_key_is_one_clear_message_and_the_run_goes_on() {
+    let cache = TestCache::new();
+    std::fs::create_dir_all(cache.dir().join("compiled.key")).unwrap();
+    let out = cache.run(contract_wasm(), &[], &["basics"]);
+    assert_success(&out, "a run with a directory for compiled.key");
+    let err = stderr(&out);
+    assert_no_escape_codes(&err);
+    let said = lines_with(&err, "compiled.key");
+    assert_eq!(said.len(), 1, "said once:\n{err}");
+    assert!(
+        said[0].contains("is a directory") && said[0].contains("remove that directory"),
+        "says what is wrong and what to do:\n{err}"
+    );
+    // Nothing else is logged about it, and the directory is left as it was (not ours to delete).
+    assert_eq!(err.lines().filter(|l| !l.trim().is_empty()).count(), 1, "{err}");
+    assert!(cache.dir().join("compiled.key").is_dir());
+}
+
+#[test]
+#[cfg(unix)]
+fn an_untrusted_compiled_key_is_reported_once_without_escape_codes_when_piped() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let cache = TestCache::new();
+    cache.contract(&[], &["basics"]);
+    let key = cache.dir().join("compiled.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cache.contract(&[], &["basics"]);
+    let err = stderr(&out);
+    assert_no_escape_codes(&err);
+    let said = lines_with(&err, "compiled.key");
+    assert_eq!(said.len(), 1, "said once:\n{err}");
+    assert!(said[0].contains("readable or writable by other users"), "{err}");
+    // Its consequence, the stored artifact rejected and removed, is said once too.
+    assert_eq!(lines_with(&err, "not authenticated").len(), 1, "{err}");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+/// Colour at a terminal (so the piped test above proves something), none with `NO_COLOR`.
+#[test]
+#[cfg(target_os = "linux")]
+fn logs_are_coloured_only_at_a_terminal_and_no_color_is_respected() {
+    let cache = TestCache::new();
+    std::fs::create_dir_all(cache.dir().join("compiled.key")).unwrap();
+    let dir = cache.dir();
+    let args = [
+        "run",
+        "--cache-dir",
+        dir.to_str().unwrap(),
+        contract_wasm().to_str().unwrap(),
+        "basics",
+    ];
+    let coloured = on_a_terminal(&args, &[]);
+    assert!(coloured.contains("compiled.key"), "{coloured}");
+    assert!(coloured.contains('\x1b'), "no colour at a terminal:\n{coloured:?}");
+    let plain = on_a_terminal(&args, &[("NO_COLOR", "1")]);
+    assert!(plain.contains("compiled.key"), "{plain}");
+    assert_no_escape_codes(&plain);
+}
