@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         Cmd::Compile(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Stats(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Gc(c) => c.execute().map(|()| ExitCode::SUCCESS),
-        Cmd::Verify(c) => c.execute().map(|()| ExitCode::SUCCESS),
+        Cmd::Verify(c) => c.execute(),
         Cmd::Clear(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Kv(c) => c.execute(),
     };
@@ -67,7 +67,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // 2, as grep, ripgrep and clap's usage errors: 1 is an answer (damage found, no such key).
+            ExitCode::from(2)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The CLI as a new user meets it (issue 26): logs free of escape codes when piped and each
-//! problem said once.
+//! problem said once, exit codes a script can rely on, counts and columns that read right,
+//! progress bars that never show `0/0`.
 
 mod common;
 
@@ -99,4 +100,55 @@ fn logs_are_coloured_only_at_a_terminal_and_no_color_is_respected() {
     let plain = on_a_terminal(&args, &[("NO_COLOR", "1")]);
     assert!(plain.contains("compiled.key"), "{plain}");
     assert_no_escape_codes(&plain);
+}
+
+#[test]
+fn verify_exits_1_when_it_found_damage_and_2_on_an_error() {
+    let cache = TestCache::new();
+    cache.contract(&["--namespace", "one"], &["put", "s1", "3000"]);
+    cache.contract(&["--namespace", "one"], &["put", "s2", "3000"]);
+    let clean = cache.cli("verify", &[]);
+    assert_eq!(clean.status.code(), Some(0), "{}", stderr(&clean));
+
+    let path = cache.entry_file("one", "s2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let damaged = cache.cli("verify", &[]);
+    assert_eq!(damaged.status.code(), Some(1), "{}", stderr(&damaged));
+    assert!(stdout(&damaged).contains("1 corrupt (removed)"), "{}", stdout(&damaged));
+    assert!(!path.exists());
+    // The damage is gone: the next check is clean.
+    let again = cache.cli("verify", &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", stdout(&again));
+
+    // A cache that cannot be checked at all is an error, not an answer.
+    let file = cache.tmp.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let error = filecache().args(["verify", "--cache-dir"]).arg(&file).output().unwrap();
+    assert_eq!(error.status.code(), Some(2), "{}", stderr(&error));
+    assert!(stderr(&error).starts_with("error: "), "{}", stderr(&error));
+
+    let help = filecache().args(["verify", "--help"]).output().unwrap();
+    assert_success(&help, "verify --help");
+    assert!(
+        stdout(&help).contains("Exit status: 0 if every entry passed; 1 if damaged entries were found"),
+        "{}",
+        stdout(&help)
+    );
+}
+
+/// Every error exits 2, so that 1 stays an answer: `kv get` of a missing key is 1, a failure 2.
+#[test]
+fn errors_exit_2_and_a_missing_key_exits_1() {
+    let cache = TestCache::new();
+    assert_success(&cache.cli("kv", &["set", "k", "v"]), "kv set");
+    let missing = cache.cli("kv", &["get", "nothing-here"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    let error = cache.cli("kv", &["--namespace", "Not.Valid", "get", "k"]);
+    assert_eq!(error.status.code(), Some(2), "{}", stderr(&error));
+    assert!(stderr(&error).starts_with("error: "), "{}", stderr(&error));
+    // Usage errors (clap's own) are 2 as well.
+    let usage = cache.cli("gc", &["--max-size", "lots"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
 }
