@@ -138,6 +138,81 @@ fn verify_exits_1_when_it_found_damage_and_2_on_an_error() {
     );
 }
 
+#[test]
+fn counts_read_in_the_singular_and_long_namespace_names_keep_the_columns() {
+    let cache = TestCache::new();
+    let long = "a-namespace-name-much-longer-than-thirty-two-characters-0123456"; // 63
+    let flags = ["--no-compile-cache", "--namespace", long];
+    cache.contract(&flags, &["put", "s1", "1000"]);
+    assert_success(&cache.cli("kv", &["--namespace", long, "set", "k", "v"]), "kv set");
+    assert_success(&cache.cli("compile", &[contract_wasm().to_str().unwrap()]), "compile");
+    let out = cache.cli("stats", &[]);
+    assert_success(&out, "stats");
+    let text = stdout(&out);
+    assert!(text.contains("compiled code: 1 artifact ("), "{text}");
+    assert!(text.contains("0 loads from the cache, 1 compile,"), "{text}");
+    assert!(text.contains(&format!("key-value data of {long}: 1 key (")), "{text}");
+
+    // Header, the namespace's row and the total: the entries column ends at one place.
+    let table: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("namespace ") || l.starts_with(long) || l.starts_with("total "))
+        .collect();
+    assert_eq!(table.len(), 3, "{text}");
+    let entries_end = |l: &str| {
+        let name_end = if l.starts_with(long) {
+            long.len()
+        } else {
+            l.find(' ').unwrap()
+        };
+        let rest = l[name_end..].trim_start();
+        let column_start = l.len() - rest.len();
+        column_start + rest.find(' ').unwrap_or(rest.len())
+    };
+    let ends: Vec<usize> = table.iter().map(|l| entries_end(l)).collect();
+    assert!(ends.iter().all(|&e| e == ends[0]), "columns shifted: {ends:?}\n{text}");
+    assert!(table[1].starts_with(&format!("{long} ")), "{text}");
+}
+
+#[test]
+fn gc_and_verify_count_one_entry_in_the_singular() {
+    let cache = TestCache::new();
+    cache.contract(&["--no-compile-cache"], &["put", "s1", "1000"]);
+    let verify = cache.cli("verify", &[]);
+    assert_success(&verify, "verify");
+    assert!(
+        stdout(&verify).starts_with("checked 1 entry: 1 ok"),
+        "{}",
+        stdout(&verify)
+    );
+    let gc = cache.cli("gc", &["--max-size", "0"]);
+    assert_success(&gc, "gc");
+    assert!(
+        stdout(&gc).starts_with("removed 1 entry (") && stdout(&gc).contains("reclaimed 0 temporary files"),
+        "{}",
+        stdout(&gc)
+    );
+}
+
+/// At a terminal, `verify` and `gc` draw a bar with the real total, never `0/0`.
+#[test]
+#[cfg(target_os = "linux")]
+fn progress_bars_never_show_an_empty_total() {
+    let cache = TestCache::new();
+    for i in 0..3 {
+        cache.contract(&["--no-compile-cache"], &["put", &format!("s{i}"), "1000"]);
+    }
+    let dir = cache.dir();
+    let dir = dir.to_str().unwrap();
+    let verify = on_a_terminal(&["verify", "--cache-dir", dir], &[]);
+    assert!(verify.contains("checked 3 entries"), "{verify}");
+    assert!(verify.contains("verify ["), "no bar drawn at a terminal:\n{verify:?}");
+    assert!(!verify.contains("0/0"), "an empty bar was drawn:\n{verify:?}");
+    let gc = on_a_terminal(&["gc", "--cache-dir", dir, "--max-size", "0"], &[]);
+    assert!(gc.contains("removed 3 entries"), "{gc}");
+    assert!(!gc.contains("0/0"), "an empty bar was drawn:\n{gc:?}");
+}
+
 /// Every error exits 2, so that 1 stays an answer: `kv get` of a missing key is 1, a failure 2.
 #[test]
 fn errors_exit_2_and_a_missing_key_exits_1() {

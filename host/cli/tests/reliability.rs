@@ -404,7 +404,7 @@ fn writers_killed_at_random_points_leave_whole_entries_or_nothing() {
             let out = cache.cli("gc", &["--max-size", "1GiB"]);
             assert_success(&out, "gc");
             assert!(
-                stdout(&out).contains(&format!("reclaimed {leftover} temporary files")),
+                stdout(&out).contains(&format!("reclaimed {leftover} temporary file")),
                 "{}",
                 stdout(&out)
             );

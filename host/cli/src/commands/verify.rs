@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use crate::common::{CacheDirArg, progress_bar};
+use crate::common::{CacheDirArg, count, progress_bar};
 
 /// `verify --help` ends with this. The exit status follows grep and ripgrep: 1 is an answer
 /// (damage was found), 2 a failure.
@@ -27,8 +27,10 @@ impl VerifyCommand {
             println!("corrupt (removed): {}/{}: {}", d.namespace, d.key, d.reason);
         }
         println!(
-            "checked {} entries: {} ok, {} corrupt (removed)",
-            report.checked, report.ok, report.removed
+            "checked {}: {} ok, {} corrupt (removed)",
+            count(report.checked, "entry", "entries"),
+            report.ok,
+            report.removed
         );
         // Damage is news a script must not miss, even though it has been dealt with.
         let damaged = report.removed > 0 || !report.damaged.is_empty();
