@@ -117,24 +117,35 @@ pub fn engine(mut config: Config, cache: Option<&FileCache>, incremental: bool) 
     Engine::new(&config).map_err(|e| anyhow!("{e:#}"))
 }
 
+/// A progress bar on stderr when it is a terminal. The bar appears with the first report that
+/// knows the total (never as an empty `0/0` bar drawn full), and not at all when there is nothing
+/// to do.
 pub fn progress_bar(what: &'static str) -> impl FnMut(Progress) {
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_message(what);
-        bar
-    });
+    let terminal = std::io::stderr().is_terminal();
+    let mut bar: Option<indicatif::ProgressBar> = None;
     move |p: Progress| {
-        if let Some(bar) = &bar {
-            bar.set_length(p.total);
-            bar.set_position(p.done);
-            if p.done == p.total {
-                bar.finish_and_clear();
-            }
+        if !terminal || p.total == 0 {
+            return;
+        }
+        let bar = bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(p.total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_message(what);
+            bar
+        });
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        if p.done >= p.total {
+            bar.finish_and_clear();
         }
     }
+}
+
+/// `1 entry`, `2 entries`: a count with its noun in the right number.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -40,10 +40,17 @@ enum Cmd {
     Kv(commands::kv::KvCommand),
 }
 
+/// Colour in log lines only for a person: stderr is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>). A pipe or a file gets plain text.
+fn log_colour() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FILECACHE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour())
         .with_target(false)
         .init();
     let cli = Cli::parse();
@@ -52,7 +59,7 @@ fn main() -> ExitCode {
         Cmd::Compile(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Stats(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Gc(c) => c.execute().map(|()| ExitCode::SUCCESS),
-        Cmd::Verify(c) => c.execute().map(|()| ExitCode::SUCCESS),
+        Cmd::Verify(c) => c.execute(),
         Cmd::Clear(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Kv(c) => c.execute(),
     };
@@ -60,7 +67,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // 2, as grep, ripgrep and clap's usage errors: 1 is an answer (damage found, no such key).
+            ExitCode::from(2)
         }
     }
 }

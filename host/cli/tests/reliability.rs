@@ -191,7 +191,7 @@ fn verify_finds_and_removes_exactly_the_damaged_entries_across_namespaces() {
     drop(store);
 
     let out = cache.cli("verify", &[]);
-    assert_success(&out, "verify");
+    assert_eq!(out.status.code(), Some(1), "damage found: {}", stderr(&out));
     let text = stdout(&out);
     let reported: BTreeSet<(String, String)> = text
         .lines()
@@ -404,7 +404,7 @@ fn writers_killed_at_random_points_leave_whole_entries_or_nothing() {
             let out = cache.cli("gc", &["--max-size", "1GiB"]);
             assert_success(&out, "gc");
             assert!(
-                stdout(&out).contains(&format!("reclaimed {leftover} temporary files")),
+                stdout(&out).contains(&format!("reclaimed {leftover} temporary file")),
                 "{}",
                 stdout(&out)
             );

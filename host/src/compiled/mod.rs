@@ -637,7 +637,8 @@ impl Inner {
             }
         };
         let reject = |reason: &'static str| {
-            tracing::warn!(key = %key, reason, "compiled artifact rejected: compiling afresh");
+            // (The store's own warning, as it removes the entry, says it once.)
+            tracing::debug!(key = %key, reason, "compiled artifact rejected: compiling afresh");
             disk.artifacts.discard_raw(&raw, reason);
             self.count(Counter::Rejected);
             None

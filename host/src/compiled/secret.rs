@@ -50,15 +50,17 @@ impl Secret {
     /// Reads the cache's secret, creating it if there is none (or replacing an untrustworthy
     /// one). Fails if the cache root cannot be written and holds no usable secret.
     pub(crate) fn load_or_create(root: &Dir) -> Result<Secret> {
-        match read(root)? {
+        match read(root, true)? {
             Some(raw) => Ok(Secret::derive(&raw)),
             None => Ok(Secret::derive(&create(root)?)),
         }
     }
 }
 
-/// The secret, if there is a trustworthy one.
-fn read(root: &Dir) -> Result<Option<[u8; SECRET_LEN]>> {
+/// The secret, if there is a trustworthy one. An untrustworthy one is reported (once: `warn` is
+/// false when `create` looks again) and will be replaced; a directory in its place is an error
+/// that says what to do, since replacing it would mean deleting what someone put there.
+fn read(root: &Dir, warn: bool) -> Result<Option<[u8; SECRET_LEN]>> {
     let mut oo = OpenOptions::new();
     oo.read(true).follow(FollowSymlinks::No);
     sys::nonblocking(&mut oo);
@@ -66,14 +68,23 @@ fn read(root: &Dir) -> Result<Option<[u8; SECRET_LEN]>> {
         Ok(f) => f.into_std(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if sys::is_symlink_error(&e) => {
-            tracing::warn!("{SECRET_FILE} is a symlink: not trusted, replacing it");
+            if warn {
+                tracing::warn!("the cache's secret {SECRET_FILE} is a symlink: not trusted, replacing it");
+            }
             return Ok(None);
+        }
+        // (Linux opens a directory for reading; Windows refuses it.)
+        Err(_) if root.symlink_metadata(SECRET_FILE).is_ok_and(|m| m.is_dir()) => {
+            return Err(directory_in_the_way());
         }
         Err(e) => return Err(Error::io(format!("cannot open the cache's secret {SECRET_FILE}"), e)),
     };
     let meta = file
         .metadata()
         .context(|| format!("cannot stat the cache's secret {SECRET_FILE}"))?;
+    if meta.is_dir() {
+        return Err(directory_in_the_way());
+    }
     let why_not = if !meta.is_file() {
         Some("not a regular file")
     } else if let Err(why) = sys::check_private(&meta, 0o077) {
@@ -84,7 +95,12 @@ fn read(root: &Dir) -> Result<Option<[u8; SECRET_LEN]>> {
         None
     };
     if let Some(why) = why_not {
-        tracing::warn!("the cache's secret {SECRET_FILE} is {why}: not trusted, replacing it");
+        if warn {
+            tracing::warn!(
+                "the cache's secret {SECRET_FILE} is {why}: not trusted, replacing it (stored compiled code will be \
+                 compiled afresh)"
+            );
+        }
         return Ok(None);
     }
     let mut raw = [0u8; SECRET_LEN];
@@ -92,6 +108,14 @@ fn read(root: &Dir) -> Result<Option<[u8; SECRET_LEN]>> {
         .read_exact(&mut raw)
         .context(|| format!("cannot read the cache's secret {SECRET_FILE}"))?;
     Ok(Some(raw))
+}
+
+/// A directory where the secret belongs: not ours to delete, so the user is told what to do.
+fn directory_in_the_way() -> Error {
+    Error::io(
+        format!("{SECRET_FILE} in the cache directory is a directory, where the cache keeps its secret"),
+        std::io::Error::other("remove that directory, and the next run creates a new secret"),
+    )
 }
 
 /// Writes a new secret atomically (temporary file, fsync, rename), unless another process got
@@ -116,7 +140,7 @@ fn create(root: &Dir) -> Result<[u8; SECRET_LEN]> {
         match root.hard_link(&tmp, root, SECRET_FILE) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if let Ok(Some(theirs)) = read(root) {
+                if let Ok(Some(theirs)) = read(root, false) {
                     return Ok(Some(theirs));
                 }
                 root.rename(&tmp, root, SECRET_FILE)?;
@@ -166,6 +190,22 @@ mod tests {
         let root = Dir::open_ambient_dir(d.path(), cap_std::ambient_authority()).unwrap();
         sys::sync_dir(&root).expect("the cache root can be fsynced");
         Secret::load_or_create(&root).unwrap();
+    }
+
+    #[test]
+    fn a_directory_in_its_place_is_an_error_that_says_what_to_do_and_is_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(d.path(), cap_std::ambient_authority()).unwrap();
+        std::fs::create_dir(d.path().join(SECRET_FILE)).unwrap();
+        std::fs::write(d.path().join(SECRET_FILE).join("notes"), b"someone's").unwrap();
+        let e = Secret::load_or_create(&root).unwrap_err().full_message();
+        assert!(
+            e.contains("is a directory") && e.contains("remove that directory"),
+            "{e}"
+        );
+        assert!(d.path().join(SECRET_FILE).join("notes").is_file());
+        // No temporary key file left beside it.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 
     #[test]

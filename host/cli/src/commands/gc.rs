@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use filecache_host::size::{format_size, parse_size};
 
-use crate::common::{CacheDirArg, progress_bar};
+use crate::common::{CacheDirArg, count, progress_bar};
 
 #[derive(Args)]
 pub struct GcCommand {
@@ -20,11 +20,11 @@ impl GcCommand {
         let (_, cache) = self.cache.open()?;
         let report = cache.gc(self.max_size, &mut progress_bar("gc"))?;
         println!(
-            "removed {} entries ({}); {} remain; reclaimed {} temporary files",
-            report.removed_entries,
+            "removed {} ({}); {} remain; reclaimed {}",
+            count(report.removed_entries, "entry", "entries"),
             format_size(report.removed_bytes),
             format_size(report.remaining_bytes),
-            report.temporary_files
+            count(report.temporary_files, "temporary file", "temporary files")
         );
         Ok(())
     }

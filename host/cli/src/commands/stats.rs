@@ -5,7 +5,7 @@ use clap::Args;
 use filecache_host::compiled;
 use filecache_host::size::format_size;
 
-use crate::common::CacheDirArg;
+use crate::common::{CacheDirArg, count};
 
 #[derive(Args)]
 pub struct StatsCommand {
@@ -34,8 +34,10 @@ impl StatsCommand {
         let remote = stats
             .iter()
             .any(|s| s.counts.remote_hits + s.counts.remote_misses + s.counts.remote_errors > 0);
+        // The first column as wide as the longest name, so that long names do not shift the rest.
+        let width = stats.iter().map(|s| s.name.chars().count()).max().unwrap_or(0).max(32);
         let mut header = format!(
-            "{:<32} {:>10} {:>12} {:>10} {:>10} {:>9}",
+            "{:<width$} {:>10} {:>12} {:>10} {:>10} {:>9}",
             "namespace", "entries", "size", "hits", "misses", "rejected"
         );
         if remote {
@@ -45,7 +47,7 @@ impl StatsCommand {
         for s in &stats {
             let c = &s.counts;
             let mut line = format!(
-                "{:<32} {:>10} {:>12} {:>10} {:>10} {:>9}",
+                "{:<width$} {:>10} {:>12} {:>10} {:>10} {:>9}",
                 s.name,
                 s.entries,
                 format_size(s.bytes),
@@ -58,22 +60,22 @@ impl StatsCommand {
             }
             println!("{line}");
         }
-        println!("{:<32} {:>10} {:>12}", "total", entries, format_size(bytes));
+        println!("{:<width$} {:>10} {:>12}", "total", entries, format_size(bytes));
         for s in stats.iter().filter(|s| s.kv_keys > 0) {
             println!(
-                "key-value data of {}: {} keys ({}, counted in its quota, never evicted)",
+                "key-value data of {}: {} ({}, counted in its quota, never evicted)",
                 s.name,
-                s.kv_keys,
+                count(s.kv_keys, "key", "keys"),
                 format_size(s.kv_bytes)
             );
         }
         if let Some(c) = stats.iter().find(|s| s.name == compiled::COMPILED_NAMESPACE) {
             println!(
-                "compiled code: {} artifacts ({}); {} loads from the cache, {} compiles, {} rejected",
-                c.entries,
+                "compiled code: {} ({}); {} from the cache, {}, {} rejected",
+                count(c.entries, "artifact", "artifacts"),
                 format_size(c.bytes),
-                c.counts.hits,
-                c.counts.misses,
+                count(c.counts.hits, "load", "loads"),
+                count(c.counts.misses, "compile", "compiles"),
                 c.counts.rejected
             );
         }

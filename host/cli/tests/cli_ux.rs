@@ -1,0 +1,229 @@
+//! The CLI as a new user meets it (issue 26): logs free of escape codes when piped and each
+//! problem said once, exit codes a script can rely on, counts and columns that read right,
+//! progress bars that never show `0/0`.
+
+mod common;
+
+use common::*;
+
+/// The lines of stderr that mention `needle`.
+fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.contains(needle)).collect()
+}
+
+fn assert_no_escape_codes(text: &str) {
+    assert!(!text.contains('\x1b'), "escape codes in piped output:\n{text:?}");
+}
+
+/// `filecache ARGS...` run on a pseudo-terminal (util-linux `script`), with `env` set: what a
+/// person at a terminal sees, stdout and stderr together.
+#[cfg(target_os = "linux")]
+fn on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> String {
+    use std::process::{Command, Output};
+
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut line = quote(env!("CARGO_BIN_EXE_filecache"));
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env_remove("FILECACHE_DIR")
+        .env_remove("NO_COLOR")
+        .env("FILECACHE_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out: Output = cmd
+        .output()
+        .expect("util-linux `script` runs a command on a pseudo-terminal");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_directory_in_place_of_compiled_key_is_one_clear_message_and_the_run_goes_on() {
+    let cache = TestCache::new();
+    std::fs::create_dir_all(cache.dir().join("compiled.key")).unwrap();
+    let out = cache.run(contract_wasm(), &[], &["basics"]);
+    assert_success(&out, "a run with a directory for compiled.key");
+    let err = stderr(&out);
+    assert_no_escape_codes(&err);
+    let said = lines_with(&err, "compiled.key");
+    assert_eq!(said.len(), 1, "said once:\n{err}");
+    assert!(
+        said[0].contains("is a directory") && said[0].contains("remove that directory"),
+        "says what is wrong and what to do:\n{err}"
+    );
+    // Nothing else is logged about it, and the directory is left as it was (not ours to delete).
+    assert_eq!(err.lines().filter(|l| !l.trim().is_empty()).count(), 1, "{err}");
+    assert!(cache.dir().join("compiled.key").is_dir());
+}
+
+#[test]
+#[cfg(unix)]
+fn an_untrusted_compiled_key_is_reported_once_without_escape_codes_when_piped() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let cache = TestCache::new();
+    cache.contract(&[], &["basics"]);
+    let key = cache.dir().join("compiled.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cache.contract(&[], &["basics"]);
+    let err = stderr(&out);
+    assert_no_escape_codes(&err);
+    let said = lines_with(&err, "compiled.key");
+    assert_eq!(said.len(), 1, "said once:\n{err}");
+    assert!(said[0].contains("readable or writable by other users"), "{err}");
+    // Its consequence, the stored artifact rejected and removed, is said once too.
+    assert_eq!(lines_with(&err, "not authenticated").len(), 1, "{err}");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+/// Colour at a terminal (so the piped test above proves something), none with `NO_COLOR`.
+#[test]
+#[cfg(target_os = "linux")]
+fn logs_are_coloured_only_at_a_terminal_and_no_color_is_respected() {
+    let cache = TestCache::new();
+    std::fs::create_dir_all(cache.dir().join("compiled.key")).unwrap();
+    let dir = cache.dir();
+    let args = [
+        "run",
+        "--cache-dir",
+        dir.to_str().unwrap(),
+        contract_wasm().to_str().unwrap(),
+        "basics",
+    ];
+    let coloured = on_a_terminal(&args, &[]);
+    assert!(coloured.contains("compiled.key"), "{coloured}");
+    assert!(coloured.contains('\x1b'), "no colour at a terminal:\n{coloured:?}");
+    let plain = on_a_terminal(&args, &[("NO_COLOR", "1")]);
+    assert!(plain.contains("compiled.key"), "{plain}");
+    assert_no_escape_codes(&plain);
+}
+
+#[test]
+fn verify_exits_1_when_it_found_damage_and_2_on_an_error() {
+    let cache = TestCache::new();
+    cache.contract(&["--namespace", "one"], &["put", "s1", "3000"]);
+    cache.contract(&["--namespace", "one"], &["put", "s2", "3000"]);
+    let clean = cache.cli("verify", &[]);
+    assert_eq!(clean.status.code(), Some(0), "{}", stderr(&clean));
+
+    let path = cache.entry_file("one", "s2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let damaged = cache.cli("verify", &[]);
+    assert_eq!(damaged.status.code(), Some(1), "{}", stderr(&damaged));
+    assert!(stdout(&damaged).contains("1 corrupt (removed)"), "{}", stdout(&damaged));
+    assert!(!path.exists());
+    // The damage is gone: the next check is clean.
+    let again = cache.cli("verify", &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", stdout(&again));
+
+    // A cache that cannot be checked at all is an error, not an answer.
+    let file = cache.tmp.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let error = filecache().args(["verify", "--cache-dir"]).arg(&file).output().unwrap();
+    assert_eq!(error.status.code(), Some(2), "{}", stderr(&error));
+    assert!(stderr(&error).starts_with("error: "), "{}", stderr(&error));
+
+    let help = filecache().args(["verify", "--help"]).output().unwrap();
+    assert_success(&help, "verify --help");
+    assert!(
+        stdout(&help).contains("Exit status: 0 if every entry passed; 1 if damaged entries were found"),
+        "{}",
+        stdout(&help)
+    );
+}
+
+#[test]
+fn counts_read_in_the_singular_and_long_namespace_names_keep_the_columns() {
+    let cache = TestCache::new();
+    let long = "a-namespace-name-much-longer-than-thirty-two-characters-0123456"; // 63
+    let flags = ["--no-compile-cache", "--namespace", long];
+    cache.contract(&flags, &["put", "s1", "1000"]);
+    assert_success(&cache.cli("kv", &["--namespace", long, "set", "k", "v"]), "kv set");
+    assert_success(&cache.cli("compile", &[contract_wasm().to_str().unwrap()]), "compile");
+    let out = cache.cli("stats", &[]);
+    assert_success(&out, "stats");
+    let text = stdout(&out);
+    assert!(text.contains("compiled code: 1 artifact ("), "{text}");
+    assert!(text.contains("0 loads from the cache, 1 compile,"), "{text}");
+    assert!(text.contains(&format!("key-value data of {long}: 1 key (")), "{text}");
+
+    // Header, the namespace's row and the total: the entries column ends at one place.
+    let table: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("namespace ") || l.starts_with(long) || l.starts_with("total "))
+        .collect();
+    assert_eq!(table.len(), 3, "{text}");
+    let entries_end = |l: &str| {
+        let name_end = if l.starts_with(long) {
+            long.len()
+        } else {
+            l.find(' ').unwrap()
+        };
+        let rest = l[name_end..].trim_start();
+        let column_start = l.len() - rest.len();
+        column_start + rest.find(' ').unwrap_or(rest.len())
+    };
+    let ends: Vec<usize> = table.iter().map(|l| entries_end(l)).collect();
+    assert!(ends.iter().all(|&e| e == ends[0]), "columns shifted: {ends:?}\n{text}");
+    assert!(table[1].starts_with(&format!("{long} ")), "{text}");
+}
+
+#[test]
+fn gc_and_verify_count_one_entry_in_the_singular() {
+    let cache = TestCache::new();
+    cache.contract(&["--no-compile-cache"], &["put", "s1", "1000"]);
+    let verify = cache.cli("verify", &[]);
+    assert_success(&verify, "verify");
+    assert!(
+        stdout(&verify).starts_with("checked 1 entry: 1 ok"),
+        "{}",
+        stdout(&verify)
+    );
+    let gc = cache.cli("gc", &["--max-size", "0"]);
+    assert_success(&gc, "gc");
+    assert!(
+        stdout(&gc).starts_with("removed 1 entry (") && stdout(&gc).contains("reclaimed 0 temporary files"),
+        "{}",
+        stdout(&gc)
+    );
+}
+
+/// At a terminal, `verify` and `gc` draw a bar with the real total, never `0/0`.
+#[test]
+#[cfg(target_os = "linux")]
+fn progress_bars_never_show_an_empty_total() {
+    let cache = TestCache::new();
+    for i in 0..3 {
+        cache.contract(&["--no-compile-cache"], &["put", &format!("s{i}"), "1000"]);
+    }
+    let dir = cache.dir();
+    let dir = dir.to_str().unwrap();
+    let verify = on_a_terminal(&["verify", "--cache-dir", dir], &[]);
+    assert!(verify.contains("checked 3 entries"), "{verify}");
+    assert!(verify.contains("verify ["), "no bar drawn at a terminal:\n{verify:?}");
+    assert!(!verify.contains("0/0"), "an empty bar was drawn:\n{verify:?}");
+    let gc = on_a_terminal(&["gc", "--cache-dir", dir, "--max-size", "0"], &[]);
+    assert!(gc.contains("removed 3 entries"), "{gc}");
+    assert!(!gc.contains("0/0"), "an empty bar was drawn:\n{gc:?}");
+}
+
+/// Every error exits 2, so that 1 stays an answer: `kv get` of a missing key is 1, a failure 2.
+#[test]
+fn errors_exit_2_and_a_missing_key_exits_1() {
+    let cache = TestCache::new();
+    assert_success(&cache.cli("kv", &["set", "k", "v"]), "kv set");
+    let missing = cache.cli("kv", &["get", "nothing-here"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    let error = cache.cli("kv", &["--namespace", "Not.Valid", "get", "k"]);
+    assert_eq!(error.status.code(), Some(2), "{}", stderr(&error));
+    assert!(stderr(&error).starts_with("error: "), "{}", stderr(&error));
+    // Usage errors (clap's own) are 2 as well.
+    let usage = cache.cli("gc", &["--max-size", "lots"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+}
