@@ -1,7 +1,8 @@
-//! `filecache verify`: check every entry and remove the ones that fail.
+//! `filecache verify`: check every entry and every key-value row, and remove the ones that fail.
 
 use anyhow::Result;
 use clap::Args;
+use filecache_host::kv::maintenance;
 
 use crate::common::{CacheDirArg, progress_bar};
 
@@ -22,6 +23,27 @@ impl VerifyCommand {
             "checked {} entries: {} ok, {} corrupt (removed)",
             report.checked, report.ok, report.removed
         );
+        let buckets = maintenance::verify(&cache).map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
+        let (mut ok, mut removed) = (0, 0);
+        for (ns, r) in &buckets {
+            for (key, reason) in &r.damaged {
+                println!("corrupt (removed): {ns}/kv:{key:?}: {reason}");
+            }
+            if let Some(message) = &r.database {
+                println!(
+                    "damaged key-value database of namespace {ns}: {message}; its data cannot be read: \
+                     remove it with `filecache clear --include-kv --namespace {ns}`"
+                );
+            }
+            ok += r.ok;
+            removed += r.damaged.len() as u64;
+        }
+        if !buckets.is_empty() {
+            println!(
+                "checked {} key-value rows: {ok} ok, {removed} corrupt (removed)",
+                ok + removed
+            );
+        }
         Ok(())
     }
 }

@@ -112,8 +112,9 @@ impl Namespace {
         Ok(scan)
     }
 
-    /// Removes every entry and key-value record (and leftover temporary file). Returns how many
-    /// entries and records were removed.
+    /// Removes every entry (and leftover temporary file). Returns how many entries were removed.
+    /// Data charged beside the entries ([`data_bytes`](Self::data_bytes)) is not the store's to
+    /// remove, and stays charged.
     pub fn clear(&self) -> Result<u64> {
         let w = self.writable()?;
         let Some(dir) = self.dir() else { return Ok(0) };
@@ -131,7 +132,6 @@ impl Namespace {
                 Err(e) => return Err(Error::io("cannot remove an entry", e)),
             }
         }
-        removed += self.kv_clear(dir, &lk)?;
         lk.store_used(self.scan(0)?.used)?;
         drop(lk);
         *w.candidates.lock().unwrap_or_else(|p| p.into_inner()) = Candidates::default();
@@ -144,8 +144,7 @@ impl Namespace {
     pub fn scan(&self, keep_oldest: usize) -> Result<Scan> {
         let mut scan = Scan {
             used: 0,
-            kv_records: 0,
-            kv_bytes: 0,
+            data_bytes: 0,
             entries: 0,
             oldest: Vec::new(),
             truncated: false,
@@ -165,9 +164,9 @@ impl Namespace {
             }
             Ok(())
         })?;
-        // Key-value records count against the quota but are never eviction candidates.
-        (scan.kv_records, scan.kv_bytes) = self.kv_usage()?;
-        scan.used += scan.kv_bytes;
+        // Data charged beside the entries counts against the quota but is never evicted.
+        scan.data_bytes = self.data_bytes()?;
+        scan.used += scan.data_bytes;
         scan.oldest = heap
             .into_sorted_vec()
             .into_iter()
