@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every platform the libraries promise, from this x86-64 Linux machine:
-#   1. `cargo check` of the libraries (filecache-store, filecache-host; every feature) for Windows
+#   1. `cargo check` of the libraries (filecache-store, filecache-kv, filecache-host; every feature) for Windows
 #      (x86_64-pc-windows-gnu) and aarch64 Linux, and of the store, which needs no C, for macOS
 #      (aarch64-apple-darwin);
 #   2. the store's own test suite run on Windows, under Wine.
@@ -45,7 +45,7 @@ if [ "$what" = all ] || [ "$what" = check ]; then
     # x86-64 Linux is the workspace's own build, checked by clippy and the tests.
     for target in x86_64-pc-windows-gnu aarch64-unknown-linux-gnu; do
         step "cargo check of the libraries for $target"
-        timed cargo check --quiet --lib -p filecache-store -p filecache-host --target "$target" \
+        timed cargo check --quiet --lib -p filecache-store -p filecache-kv -p filecache-host --target "$target" \
             --features filecache-store/remote,filecache-host/remote,filecache-host/incremental
     done
     # No C compiler or SDK for macOS here: the store must need none (wasmtime's `cache` feature,

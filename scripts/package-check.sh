@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 # and reuses when an extraction of that name and version exists, even if the package has changed
 # since: a second run from the same path would verify stale sources. Remove ours first.
 rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/filecache-*
-cargo package --locked -p filecache-store -p filecache-host -p filecache-cli -p filecache-guest "$@"
+cargo package --locked -p filecache-store -p filecache-kv -p filecache-host -p filecache-cli -p filecache-guest "$@"

@@ -1,5 +1,6 @@
 //! `wasi:keyvalue` from a guest, against the stores it can be served from: this crate's
-//! (`filecache_host::keyvalue`, files on disk, checked, atomic across processes), wasmtime's own
+//! (`filecache_host::keyvalue` over `filecache-kv`: SQLite per namespace, a CRC per row checked
+//! on every read, quota charged, atomic across processes), wasmtime's own
 //! `wasmtime-wasi-keyvalue` (a `HashMap` in memory, per instance, nothing persisted), and SQLite
 //! through `rusqlite` (the way Spin persists its key-value store; WAL, `synchronous=NORMAL`, one
 //! table keyed by (store, key), increment in an immediate transaction).
@@ -13,7 +14,7 @@
 //! chooses where the on-disk stores live (default: the system's temporary directory).
 
 use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
-use filecache_host::store::kv::Bucket;
+use filecache_host::kv::Bucket;
 use filecache_host::{FileCache, NamespaceOptions};
 use wasmtime::component::{Component, HasData, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store};
@@ -168,7 +169,15 @@ mod sqlite {
                 .collect())
         }
         fn set_many(&mut self, _b: Resource<SqliteBucket>, kvs: Vec<(String, Vec<u8>)>) -> R<()> {
-            Ok(kvs.iter().try_for_each(|(k, v)| View::set(self, k, v)))
+            // One transaction for the batch, as filecache's is.
+            let tx = match self.conn.unchecked_transaction() {
+                Ok(tx) => tx,
+                Err(e) => return Ok(Err(err(e))),
+            };
+            if let Err(e) = kvs.iter().try_for_each(|(k, v)| View::set(self, k, v)) {
+                return Ok(Err(e));
+            }
+            Ok(tx.commit().map_err(err))
         }
         fn delete_many(&mut self, b: Resource<SqliteBucket>, keys: Vec<String>) -> R<()> {
             for k in keys {
@@ -301,13 +310,22 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let bench = Bench::new();
     let cases: &[(&str, &str, &str)] = if quick {
-        &[("get", "1024", "10"), ("set", "1024", "10"), ("increment", "0", "10")]
+        &[
+            ("get", "1024", "10"),
+            ("first-get", "1024", "10"),
+            ("set", "1024", "10"),
+            ("set-many", "1024", "100"),
+            ("increment", "0", "10"),
+        ]
     } else {
         &[
+            ("set-distinct", "1024", "10000"),
+            ("first-get", "1024", "10000"),
             ("get", "1024", "20000"),
             ("get", "65536", "5000"),
             ("set", "1024", "5000"),
             ("set", "65536", "2000"),
+            ("set-many", "1024", "10000"),
             ("increment", "0", "5000"),
         ]
     };

@@ -133,8 +133,12 @@ pub mod compiled;
 pub mod keyvalue;
 
 pub use bindings::{
-    BuildError, CacheError, FileCacheCtx, FileCacheCtxBuilder, FileCacheView, add_to_linker, add_to_linker_async,
+    BuildError, CacheError, FileCacheCtx, FileCacheCtxBuilder, FileCacheView, HandleBudget, add_to_linker,
+    add_to_linker_async,
 };
+/// Key-value buckets ([`filecache_kv`], re-exported): the engine `wasi:keyvalue` serves.
+#[cfg(feature = "keyvalue")]
+pub use filecache_kv as kv;
 /// The store this crate serves: [`filecache_store`], re-exported.
 pub use filecache_store as store;
 #[cfg(feature = "remote")]

@@ -27,7 +27,8 @@
 //! guest cannot make the host allocate more than that per `read`.
 //!
 //! The handle limit ([`FileCacheCtxBuilder::max_handles`]) counts the readers and writers held
-//! through one [`FileCacheCtx`]. wasmtime cannot tell a host function which instance called it, so
+//! through one [`FileCacheCtx`], and the buckets and cas handles of a `wasi:keyvalue` context
+//! given the same [`HandleBudget`] ([`FileCacheCtx::handle_budget`]). wasmtime cannot tell a host function which instance called it, so
 //! instances that share a `Store` (and so its data and context) share one budget; give each
 //! instance its own `Store`, as usual, and the limit is per instance.
 
@@ -127,7 +128,7 @@ pub enum CacheError {
     #[error(transparent)]
     Store(#[from] crate::Error),
     /// The context already holds as many readers and writers as it may (`too-many-handles`).
-    #[error("too many handles: at most {max} readers and writers may be open at once")]
+    #[error("too many handles: at most {max} handles (readers, writers, buckets, cas) may be open at once")]
     TooManyHandles {
         /// The limit.
         max: usize,
@@ -235,14 +236,64 @@ pub enum BuildError {
 /// [`Store`]), and how many handles are open.
 pub struct FileCacheCtx {
     store: Arc<dyn Store>,
-    max_handles: usize,
-    open_handles: AtomicUsize,
+    handles: HandleBudget,
+}
+
+/// How many handles an instance may hold at once, and how many it holds: shared by the
+/// interfaces it imports (this one's readers and writers, `wasi:keyvalue`'s buckets and cas
+/// handles: see [`crate::keyvalue::KeyValueCtxBuilder::handle_budget`]), so that the limit is
+/// one per instance. Cheap to clone; clones share the count.
+#[derive(Debug, Clone)]
+pub struct HandleBudget(Arc<BudgetInner>);
+
+#[derive(Debug)]
+struct BudgetInner {
+    max: usize,
+    open: AtomicUsize,
+}
+
+impl HandleBudget {
+    /// A budget of at most `max` handles.
+    pub fn new(max: usize) -> HandleBudget {
+        HandleBudget(Arc::new(BudgetInner {
+            max,
+            open: AtomicUsize::new(0),
+        }))
+    }
+
+    /// The most handles that may be held at once.
+    pub fn max(&self) -> usize {
+        self.0.max
+    }
+
+    /// How many are held now.
+    pub fn open(&self) -> usize {
+        self.0.open.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot; `false` when every slot is taken.
+    pub fn take(&self) -> bool {
+        self.0
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.0.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a slot back.
+    pub fn give(&self) {
+        let _ = self
+            .0
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
 }
 
 impl std::fmt::Debug for FileCacheCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileCacheCtx")
-            .field("max_handles", &self.max_handles)
+            .field("max_handles", &self.max_handles())
             .field("open_handles", &self.open_handles())
             .finish_non_exhaustive()
     }
@@ -254,30 +305,36 @@ impl FileCacheCtx {
         FileCacheCtxBuilder::new()
     }
 
-    /// How many readers and writers are held through this context now.
+    /// How many handles are held through this context's budget now (readers and writers, and
+    /// the key-value handles of a context sharing the budget).
     pub fn open_handles(&self) -> usize {
-        self.open_handles.load(Ordering::Relaxed)
+        self.handles.open()
     }
 
-    /// The most readers and writers that may be held through this context at once.
+    /// The most handles that may be held through this context's budget at once.
     pub fn max_handles(&self) -> usize {
-        self.max_handles
+        self.handles.max()
+    }
+
+    /// The handle budget, to share with the instance's other interfaces (give it to
+    /// [`crate::keyvalue::KeyValueCtxBuilder::handle_budget`]).
+    pub fn handle_budget(&self) -> HandleBudget {
+        self.handles.clone()
     }
 
     /// Takes a handle slot, or answers `too-many-handles`.
     fn take_slot(&self) -> Result<(), CacheError> {
-        self.open_handles
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.max_handles).then_some(n + 1)
+        if self.handles.take() {
+            Ok(())
+        } else {
+            Err(CacheError::TooManyHandles {
+                max: self.handles.max(),
             })
-            .map(drop)
-            .map_err(|_| CacheError::TooManyHandles { max: self.max_handles })
+        }
     }
 
     fn give_slot(&self) {
-        let _ = self
-            .open_handles
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        self.handles.give();
     }
 }
 
@@ -465,8 +522,7 @@ impl FileCacheCtxBuilder {
         };
         Ok(FileCacheCtx {
             store,
-            max_handles: self.max_handles,
-            open_handles: AtomicUsize::new(0),
+            handles: HandleBudget::new(self.max_handles),
         })
     }
 }

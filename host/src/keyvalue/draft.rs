@@ -77,6 +77,7 @@ macro_rules! host_impl {
 
             $($kw)* fn drop(&mut self, b: Resource<BucketHandle>) -> wasmtime::Result<()> {
                 self.table.delete(b)?;
+                self.ctx.handles.give();
                 Ok(())
             }
         }
@@ -94,7 +95,8 @@ macro_rules! host_impl {
                 keys: Vec<String>,
             ) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
                 let bucket = self.bucket(&b)?;
-                $run!(move || work::get_many(&bucket, keys))
+                let max = self.ctx.max_call_bytes;
+                $run!(move || work::get_many(&bucket, keys, max))
             }
 
             $($kw)* fn set_many(&mut self, b: Resource<BucketHandle>, key_values: Vec<(String, Vec<u8>)>) -> Result<(), Error> {

@@ -78,6 +78,7 @@ macro_rules! host_impl {
 
             $($kw)* fn drop(&mut self, b: Resource<BucketHandle>) -> wasmtime::Result<()> {
                 self.table.delete(b)?;
+                self.ctx.handles.give();
                 Ok(())
             }
         }
@@ -85,20 +86,30 @@ macro_rules! host_impl {
         impl $g::wasi::keyvalue::atomics::HostCas for KeyValueView<'_> {
             $($kw)* fn new(&mut self, b: Resource<BucketHandle>, key: String) -> Result<Resource<CasHandle>, Error> {
                 let bucket = self.bucket(&b)?;
+                // Read for its version only: the handle never holds the value.
                 let handle = $run!(move || {
-                    let cas = bucket.cas(&key)?;
-                    Ok(CasHandle { bucket, cas })
+                    let cas = work::cas_read(&bucket, &key)?;
+                    Ok(CasHandle { version: cas.version(), bucket, key })
                 })?;
-                Ok(self.table.push(handle)?)
+                self.push(handle)
             }
 
-            /// The value as read when the `cas` was made: what `swap` compares against.
+            /// The value now. When it is no longer the version the handle holds, the handle takes
+            /// the new version: `swap` then succeeds only if the value is still the one returned
+            /// here.
             $($kw)* fn current(&mut self, c: Resource<CasHandle>) -> Result<Option<Vec<u8>>, Error> {
-                Ok(self.table.get(&c)?.cas.current().map(<[u8]>::to_vec))
+                let (bucket, key) = {
+                    let h = self.table.get(&c)?;
+                    (h.bucket.clone(), h.key.clone())
+                };
+                let cas = $run!(move || work::cas_read(&bucket, &key))?;
+                self.table.get_mut(&c)?.version = cas.version();
+                Ok(cas.current().map(<[u8]>::to_vec))
             }
 
             $($kw)* fn drop(&mut self, c: Resource<CasHandle>) -> wasmtime::Result<()> {
                 self.table.delete(c)?;
+                self.ctx.handles.give();
                 Ok(())
             }
         }
@@ -114,14 +125,21 @@ macro_rules! host_impl {
                 value: Vec<u8>,
             ) -> wasmtime::Result<Result<(), $g::wasi::keyvalue::atomics::CasError>> {
                 use $g::wasi::keyvalue::atomics::CasError;
-                let CasHandle { bucket, cas } = self.table.delete(c)?;
-                let b2 = bucket.clone();
-                let swapped = $run!(move || Ok(b2.swap(&cas, &value)?));
+                let CasHandle { bucket, key, version } = match self.remove(c) {
+                    Ok(h) => h,
+                    Err(Error::Trap(e)) => return Err(e),
+                    Err(e) => return Ok(Err(CasError::StoreError(to_wit_error!($g, e)?))),
+                };
+                let (b2, k2) = (bucket.clone(), key.clone());
+                let swapped = $run!(move || Ok(b2.engine().swap(&k2, version, &value)?));
                 match swapped {
                     Ok(Ok(())) => Ok(Ok(())),
-                    Ok(Err(fresh)) => {
-                        let handle = self.table.push(CasHandle { bucket, cas: fresh })?;
-                        Ok(Err(CasError::CasFailed(handle)))
+                    Ok(Err(now)) => {
+                        let handle = CasHandle { bucket, key, version: now.map(|(_, v)| v) };
+                        match self.push(handle) {
+                            Ok(handle) => Ok(Err(CasError::CasFailed(handle))),
+                            Err(e) => Ok(Err(CasError::StoreError(to_wit_error!($g, e)?))),
+                        }
                     }
                     Err(e) => Ok(Err(CasError::StoreError(to_wit_error!($g, e)?))),
                 }
@@ -135,7 +153,8 @@ macro_rules! host_impl {
                 keys: Vec<String>,
             ) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
                 let bucket = self.bucket(&b)?;
-                $run!(move || work::get_many(&bucket, keys))
+                let max = self.ctx.max_call_bytes;
+                $run!(move || work::get_many(&bucket, keys, max))
             }
 
             $($kw)* fn set_many(&mut self, b: Resource<BucketHandle>, key_values: Vec<(String, Vec<u8>)>) -> Result<(), Error> {

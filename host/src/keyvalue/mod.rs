@@ -1,6 +1,6 @@
-//! The wasmtime host implementation of `wasi:keyvalue`, over the store's key-value buckets
-//! ([`filecache_store::kv`]): persistent, integrity-checked, quota-bounded, with `increment` and
-//! compare-and-swap atomic across processes.
+//! The wasmtime host implementation of `wasi:keyvalue`, over [`filecache_kv`]'s buckets (SQLite,
+//! one database per namespace): persistent, integrity-checked, quota-bounded, with `increment`,
+//! compare-and-swap and the batch operations atomic across processes.
 //!
 //! Two versions of the proposal are served side by side, each its own import (wasmtime never
 //! treats two pre-release versions as compatible): `wasi:keyvalue@0.2.0-draft` (as wasmtime 48
@@ -21,9 +21,15 @@
 //! other failure (a value over the limit, a full quota, a damaged record, which is removed, an
 //! I/O error) is `other` with a message that says what happened.
 //!
+//! Limits per instance: buckets and cas handles count against the instance's handle budget
+//! ([`KeyValueCtxBuilder::handle_budget`]: share the cache interface's, and one limit covers
+//! every handle); one `get-many` gathers at most [`KeyValueCtxBuilder::max_call_bytes`] bytes of
+//! values (past it, `other`); a cas handle holds its key and the version it read, never the
+//! value, which `current` reads again.
+//!
 //! ```no_run
 //! use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
-//! use filecache_host::store::kv::Bucket;
+//! use filecache_host::kv::Bucket;
 //! use filecache_host::{FileCache, NamespaceOptions};
 //! use wasmtime::component::{Linker, ResourceTable};
 //! use wasmtime::{Engine, Store};
@@ -53,7 +59,9 @@
 
 use std::collections::HashMap;
 
-use filecache_store::kv::{self, Bucket};
+use filecache_kv::{self as kv, Bucket};
+
+use crate::bindings::HandleBudget;
 use wasmtime::component::{HasData, Linker, ResourceTable, ResourceTableError};
 
 // How the bindings of both drafts run store work: inline (`run_sync`), or off the async
@@ -97,12 +105,18 @@ pub const PAGE_SIZE: usize = kv::MAX_PAGE;
 #[doc(hidden)]
 pub struct BucketHandle(Bucket);
 
-/// A `cas` resource (`wasi:keyvalue@0.2.0-draft2`): the value read and the write it came from.
+/// A `cas` resource (`wasi:keyvalue@0.2.0-draft2`): the key and the version of its value that
+/// the guest last saw (not the value: `current` reads it again, so that a handle holds no more
+/// than its key).
 #[doc(hidden)]
 pub struct CasHandle {
     bucket: Bucket,
-    cas: kv::Cas,
+    key: String,
+    version: Option<kv::Version>,
 }
+
+/// The most bytes of values one `get-many` gathers by default.
+pub const DEFAULT_MAX_CALL_BYTES: u64 = 64 << 20;
 
 /// The store error of `wasi:keyvalue`, or a trap. (Public only because the generated bindings
 /// name it.)
@@ -138,10 +152,13 @@ impl From<kv::Error> for Error {
     }
 }
 
-/// The state `wasi:keyvalue` keeps per instance: its own bucket and the buckets granted to it.
+/// The state `wasi:keyvalue` keeps per instance: its own bucket, the buckets granted to it, and
+/// its limits.
 pub struct KeyValueCtx {
     own: Option<Bucket>,
     granted: HashMap<String, Bucket>,
+    handles: HandleBudget,
+    max_call_bytes: u64,
 }
 
 impl KeyValueCtx {
@@ -160,13 +177,44 @@ impl KeyValueCtx {
         // exists.
         found.cloned().ok_or(Error::AccessDenied)
     }
+
+    /// The handle budget this context counts its buckets and cas handles against.
+    pub fn handle_budget(&self) -> &HandleBudget {
+        &self.handles
+    }
+
+    /// Takes a handle slot, or answers `other` (the interface has no error of its own for it).
+    fn take_slot(&self) -> Result<(), Error> {
+        if self.handles.take() {
+            Ok(())
+        } else {
+            Err(Error::Other(format!(
+                "too many handles: at most {} handles (buckets, cas handles, cache readers and writers) may be open at once; drop some",
+                self.handles.max()
+            )))
+        }
+    }
 }
 
 /// Builds a [`KeyValueCtx`].
-#[derive(Default)]
 pub struct KeyValueCtxBuilder {
     own: Option<Bucket>,
     granted: HashMap<String, Bucket>,
+    handles: Option<HandleBudget>,
+    max_handles: usize,
+    max_call_bytes: u64,
+}
+
+impl Default for KeyValueCtxBuilder {
+    fn default() -> Self {
+        KeyValueCtxBuilder {
+            own: None,
+            granted: HashMap::new(),
+            handles: None,
+            max_handles: crate::bindings::DEFAULT_MAX_HANDLES,
+            max_call_bytes: DEFAULT_MAX_CALL_BYTES,
+        }
+    }
 }
 
 impl KeyValueCtxBuilder {
@@ -189,11 +237,36 @@ impl KeyValueCtxBuilder {
         self
     }
 
+    /// Counts buckets and cas handles against `budget` (the cache interface's:
+    /// [`crate::FileCacheCtx::handle_budget`]), so that one limit covers every handle of the
+    /// instance. Without it, the context has a budget of its own of
+    /// [`max_handles`](Self::max_handles).
+    pub fn handle_budget(mut self, budget: HandleBudget) -> Self {
+        self.handles = Some(budget);
+        self
+    }
+
+    /// The most buckets and cas handles held at once when no shared budget is given (default
+    /// [`DEFAULT_MAX_HANDLES`](crate::bindings::DEFAULT_MAX_HANDLES)).
+    pub fn max_handles(mut self, max: usize) -> Self {
+        self.max_handles = max;
+        self
+    }
+
+    /// The most bytes of values one `get-many` gathers (default [`DEFAULT_MAX_CALL_BYTES`]):
+    /// past it the call answers `other`, so that a guest cannot make the host hold more.
+    pub fn max_call_bytes(mut self, bytes: u64) -> Self {
+        self.max_call_bytes = bytes;
+        self
+    }
+
     /// Builds the context.
     pub fn build(self) -> KeyValueCtx {
         KeyValueCtx {
             own: self.own,
             granted: self.granted,
+            handles: self.handles.unwrap_or_else(|| HandleBudget::new(self.max_handles)),
+            max_call_bytes: self.max_call_bytes,
         }
     }
 }
@@ -260,24 +333,25 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, Error> + Send
 mod work {
     use super::*;
 
-    pub fn get_many(bucket: &Bucket, keys: Vec<String>) -> Result<KeyValues, Error> {
-        keys.into_iter().map(|k| Ok(bucket.get(&k)?.map(|v| (k, v)))).collect()
+    /// At most `max_bytes` bytes of values in all (past it: `other`).
+    pub fn get_many(bucket: &Bucket, keys: Vec<String>, max_bytes: u64) -> Result<KeyValues, Error> {
+        let values = bucket.get_many(&keys, max_bytes)?;
+        Ok(keys.into_iter().zip(values).map(|(k, v)| v.map(|v| (k, v))).collect())
     }
 
-    /// Each key's write is atomic; the batch is not (the proposal allows it): a failure stops
-    /// the batch, leaving the keys before it written.
+    /// All or nothing: one transaction.
     pub fn set_many(bucket: &Bucket, key_values: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
-        for (k, v) in key_values {
-            bucket.set(&k, &v)?;
-        }
-        Ok(())
+        Ok(bucket.set_many(&key_values)?)
     }
 
+    /// All or nothing: one transaction.
     pub fn delete_many(bucket: &Bucket, keys: Vec<String>) -> Result<(), Error> {
-        for k in keys {
-            bucket.delete(&k)?;
-        }
-        Ok(())
+        Ok(bucket.delete_many(&keys)?)
+    }
+
+    /// The value of a cas handle's key now, and its version.
+    pub fn cas_read(bucket: &Bucket, key: &str) -> Result<kv::Cas, Error> {
+        Ok(bucket.cas(key)?)
     }
 
     /// The draft2 string cursor: 16 lowercase hex digits (the draft's `u64` position).
@@ -302,11 +376,27 @@ mod work {
 impl KeyValueView<'_> {
     fn open_bucket(&mut self, identifier: &str) -> Result<wasmtime::component::Resource<BucketHandle>, Error> {
         let bucket = self.ctx.open(identifier)?;
-        Ok(self.table.push(BucketHandle(bucket))?)
+        self.push(BucketHandle(bucket))
     }
 
     fn bucket(&self, b: &wasmtime::component::Resource<BucketHandle>) -> Result<Bucket, Error> {
         Ok(self.table.get(b)?.0.clone())
+    }
+
+    /// Puts a new handle in the table, taking a slot of the budget for it.
+    fn push<H: Send + 'static>(&mut self, handle: H) -> Result<wasmtime::component::Resource<H>, Error> {
+        self.ctx.take_slot()?;
+        self.table.push(handle).map_err(|e| {
+            self.ctx.handles.give();
+            Error::Other(format!("cannot hold another handle: {e}"))
+        })
+    }
+
+    /// Removes a handle from the table and gives its slot back.
+    fn remove<H: 'static>(&mut self, r: wasmtime::component::Resource<H>) -> Result<H, Error> {
+        let h = self.table.delete(r)?;
+        self.ctx.handles.give();
+        Ok(h)
     }
 }
 

@@ -10,8 +10,8 @@ fn open_answers_access_denied_for_anything_not_granted() {
     let own = Bucket::new(cache.namespace("own", NamespaceOptions::default()).unwrap());
     let other = Bucket::new(cache.namespace("other", NamespaceOptions::default()).unwrap());
     let ctx = KeyValueCtx::builder().bucket(own).grant("other", other).build();
-    assert_eq!(ctx.open("").unwrap().namespace().name(), "own");
-    assert_eq!(ctx.open("other").unwrap().namespace().name(), "other");
+    assert!(format!("{:?}", ctx.open("").unwrap()).contains("\"own\""));
+    assert!(format!("{:?}", ctx.open("other").unwrap()).contains("\"other\""));
     for id in ["own", "default", "..", "a/b", ".compiled", "OTHER"] {
         assert!(matches!(ctx.open(id), Err(Error::AccessDenied)), "{id:?}");
     }

@@ -302,11 +302,12 @@ pub enum Op {
         /// Whether every later one fails too.
         persistent: bool,
     },
-    /// `Bucket::set` of a value of the given length (key `key<k>`).
+    /// A key-value write of a value of the given length (key `key<k>`), as the key-value crate
+    /// charges it: [`Namespace::charge_data`] from the old value's size to the new one's.
     KvSet(u8, u16),
-    /// `Bucket::get`.
+    /// Checks the data charge ([`Namespace::data_bytes`]) against the records held.
     KvGet(u8),
-    /// `Bucket::delete`.
+    /// A key-value delete: the charge of record `k` given back.
     KvDelete(u8),
 }
 
@@ -524,7 +525,8 @@ pub fn check_ops(ops: &[Op]) -> Result<(), String> {
     };
     let ns_dir = dir.path().join("model");
     let mut ns = open()?;
-    let mut bucket = crate::kv::Bucket::new(ns.clone());
+    // What the key-value crate would hold: the charged size of each record.
+    let mut records: HashMap<u8, u64> = HashMap::new();
     let mut model = Model::default();
     for (step, op) in ops.iter().enumerate() {
         let salt = step as u64;
@@ -560,26 +562,38 @@ pub fn check_ops(ops: &[Op]) -> Result<(), String> {
                 );
             }
             Op::Reopen => {
-                drop((ns, bucket));
+                drop(ns);
                 ns = open()?;
-                bucket = crate::kv::Bucket::new(ns.clone());
             }
             Op::KvSet(k, len) => {
                 let v = value(k, len, salt);
-                let r = bucket.set(&kv_key(k), &v);
+                let (old, new) = (
+                    records.get(&k).copied().unwrap_or(0),
+                    (kv_key(k).len() + v.len()) as u64,
+                );
+                let r = ns.charge_data(old, new, || Ok::<_, Error>(()));
+                if r.is_ok() {
+                    records.insert(k, new);
+                }
                 ensure!(r.is_ok() == model.kv_set(k, v), "step {step} {op:?}: {r:?}");
             }
             Op::KvGet(k) => {
-                let got = bucket.get(&kv_key(k)).map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                let got = ns.data_bytes().map_err(|e| format!("step {step} {op:?}: {e}"))?;
                 ensure!(
-                    got.as_ref() == model.records.get(&k),
-                    "step {step} {op:?}: wrong answer"
+                    got == model.records_used(),
+                    "step {step} {op:?}: data charge {got}, records hold {}",
+                    model.records_used()
+                );
+                ensure!(
+                    records.get(&k).copied() == model.records.get(&k).map(|v| (kv_key(k).len() + v.len()) as u64),
+                    "step {step} {op:?}: wrong record"
                 );
             }
             Op::KvDelete(k) => {
-                bucket
-                    .delete(&kv_key(k))
-                    .map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                if let Some(old) = records.remove(&k) {
+                    ns.charge_data(old, 0, || Ok::<_, Error>(()))
+                        .map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                }
                 model.records.remove(&k);
             }
             Op::Faulty {

@@ -6,8 +6,9 @@
 //! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`Store`].
 //!
 //! - [`entry`]: the format of one entry file (header, checked content).
-//! - [`kv`]: a namespace as a key-value bucket (what `wasi:keyvalue` guests get): records that
-//!   count against the quota but are never evicted, atomic increment and compare-and-swap.
+//! - Data charged beside the entries ([`Namespace::charge_data`]): what the key-value crate
+//!   (`filecache-kv`, SQLite) stores in a namespace counts against its quota, and is never
+//!   evicted (cache entries are evicted to make room for it instead).
 //! - `remote` (feature `remote`): a shared tier in Redis for a fleet of hosts.
 //! - [`size`]: parsing sizes such as `64MiB` (for command lines and configuration).
 //!
@@ -34,10 +35,7 @@
 //!   is free at once, and the file goes when its reader closes it. Replacing an entry is one
 //!   atomic rename where Windows can rename over an open file (POSIX semantics: Windows 10 1809
 //!   and later, on NTFS); elsewhere (older Windows, Wine) an entry a reader holds open is moved
-//!   aside first, and a reader that looks in between misses. A key-value record is data, not
-//!   cache, so there a miss is not acceptable: a reader that finds a record missing while the
-//!   bucket's generation says a change is under way waits for it to end and reads again
-//!   (`kv::tests::readers_on_other_handles_follow_concurrent_increments`, under Wine). Everywhere,
+//!   aside first, and a reader that looks in between misses. Everywhere,
 //!   a reader keeps reading the bytes it opened, and never sees a torn entry.
 //! - **Access times**: on Linux entries are opened with `O_NOATIME`, so a hit writes the inode
 //!   once (the modification time, which is recency). Elsewhere a hit may also update the access
@@ -47,13 +45,6 @@
 //! - **[`Durability::Sync`]**: the entry is flushed before it is published everywhere; its
 //!   directory is fsynced after the rename on Unix only (Windows cannot flush a directory handle;
 //!   NTFS journals the rename).
-//! - **The key-value generation** (read before every cached key-value `get`): on Linux through a
-//!   shared mapping of its file, with no system call. The first such mapping installs a
-//!   process-wide `SIGBUS` handler, chained to the one before it (std's, wasmtime's), so that a
-//!   truncation of the mapped file makes that handle read the file again instead of killing the
-//!   process; an embedder that later installs its own `SIGBUS` handler without chaining to the
-//!   one it replaces takes that protection away (as it would wasmtime's). Elsewhere one `pread`
-//!   or `ReadFile` per `get`.
 //! - **Planted FIFOs** are opened with `O_NONBLOCK` on Unix (they cannot be planted in a Windows
 //!   directory).
 //!
@@ -73,7 +64,6 @@ mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 mod key;
-pub mod kv;
 #[cfg(feature = "remote")]
 pub mod remote;
 pub mod size;

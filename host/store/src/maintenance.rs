@@ -18,12 +18,15 @@ pub struct NamespaceStats {
     pub entries: u64,
     /// What the entries are charged against the quota: each entry file's size (64-byte header,
     /// content, block table) rounded up to 4 KiB, what it takes on disk (see
-    /// [`entry::charge_for_file`](crate::entry::charge_for_file)). Key-value records are not
-    /// included: see `kv_keys` and `kv_bytes`.
+    /// [`entry::charge_for_file`](crate::entry::charge_for_file)). Key-value data is not
+    /// included: see `kv_bytes`.
     pub bytes: u64,
-    /// Key-value records (`wasi:keyvalue` data, never evicted).
+    /// Key-value records (`wasi:keyvalue` data, never evicted). The store does not keep them
+    /// (the key-value crate does, in its own database): 0 here, filled in by whoever reads them
+    /// (`filecache stats`).
     pub kv_keys: u64,
-    /// Bytes of key and value of those records. The quota counts `bytes + kv_bytes`.
+    /// Bytes of data charged beside the entries: the keys and values of the namespace's
+    /// key-value buckets ([`Namespace::data_bytes`]). The quota counts `bytes + kv_bytes`.
     pub kv_bytes: u64,
     /// Hits, misses and other events recorded by the processes that used it.
     #[serde(flatten)]
@@ -103,9 +106,9 @@ impl FileCache {
                     reserved: name.starts_with('.'),
                     name,
                     entries: scan.entries,
-                    bytes: scan.used - scan.kv_bytes,
-                    kv_keys: scan.kv_records,
-                    kv_bytes: scan.kv_bytes,
+                    bytes: scan.used - scan.data_bytes,
+                    kv_keys: 0,
+                    kv_bytes: scan.data_bytes,
                     counts: ns.counts(),
                 })
             })
@@ -114,7 +117,7 @@ impl FileCache {
 
     /// Evicts least recently used entries, across all namespaces, until the whole cache takes
     /// at most `max_size` bytes; reclaims temporary files of dead writers. Key-value records
-    /// count toward the size but are never removed.
+    /// (data charged beside the entries) count toward the size but are never removed.
     pub fn gc(&self, max_size: u64, progress: &mut dyn FnMut(Progress)) -> Result<GcReport> {
         let mut report = GcReport::default();
         let mut all: Vec<(usize, EntryInfo)> = Vec::new();
@@ -175,20 +178,6 @@ impl FileCache {
             })?;
             work.push((ns, keys));
         }
-        // Key-value records: read and checked whole, as entries are.
-        for (ns, _) in &work {
-            let (ok, damaged) = crate::kv::Bucket::new(ns.clone()).verify()?;
-            report.checked += ok + damaged.len() as u64;
-            report.ok += ok;
-            for (digest, reason) in damaged {
-                report.removed += 1;
-                report.damaged.push(DamagedEntry {
-                    namespace: ns.name().to_string(),
-                    key: format!("kv/{digest}"),
-                    reason,
-                });
-            }
-        }
         let total = report.checked + work.iter().map(|(_, k)| k.len() as u64).sum::<u64>();
         for (ns, keys) in work {
             for key in keys {
@@ -213,8 +202,8 @@ impl FileCache {
         Ok(report)
     }
 
-    /// Removes every entry and key-value record of one namespace, or of all of them (reserved
-    /// ones included). Returns how many were removed.
+    /// Removes every entry of one namespace, or of all of them (reserved ones included). Returns
+    /// how many were removed. Key-value data is not touched (the key-value crate clears it).
     pub fn clear(&self, namespace: Option<&str>) -> Result<u64> {
         let names = match namespace {
             Some(name) => {

@@ -189,39 +189,6 @@ fn a_hit_refreshes_recency_only_past_the_granularity() {
     );
 }
 
-/// Found by the model test: a key-value write, which drops a namespace handle while it holds the
-/// namespace lock, deadlocked when the namespace had uses counted in memory (the dropped handle
-/// waited for the lock to flush them). Uses are now flushed by a handle dropped under the lock
-/// only if the lock is free, else later; none are lost.
-#[test]
-fn a_key_value_write_after_cache_uses_does_not_deadlock() {
-    let (_d, cache) = cache();
-    let ns = ns(&cache);
-    let key = Key::digest(b"used");
-    ns.add(&key, b"content").unwrap();
-    assert!(ns.get(&key).unwrap().is_some());
-    assert!(ns.get(&Key::digest(b"missing")).unwrap().is_none());
-    let bucket = crate::kv::Bucket::new(ns.clone());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        bucket.set("k", b"v").unwrap();
-        bucket.set("k", b"w").unwrap();
-        let got = bucket.get("k").unwrap();
-        // Dropped before answering: a handle dropped while the test's own is alive flushes the
-        // uses itself, and the test must not read the counters file halfway through that.
-        drop(bucket);
-        tx.send(got).unwrap();
-    });
-    let got = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the key-value writes finish");
-    assert_eq!(got.as_deref(), Some(&b"w"[..]));
-    // The uses are counted, once each, whichever handle flushed them.
-    drop(ns);
-    let counts = cache.namespace("test", NamespaceOptions::default()).unwrap().counts();
-    assert_eq!((counts.hits, counts.misses), (1, 1));
-}
-
 /// The granularity is the namespace's own (`NamespaceOptions::recency`): the compiled cache
 /// uses an hour.
 #[test]

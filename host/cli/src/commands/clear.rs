@@ -1,7 +1,9 @@
-//! `filecache clear`: remove all entries, of one namespace or of all.
+//! `filecache clear`: remove the cache entries of one namespace or of all; with `--include-kv`,
+//! their key-value data too.
 
 use anyhow::Result;
 use clap::Args;
+use filecache_host::kv::maintenance;
 
 use crate::common::CacheDirArg;
 
@@ -12,15 +14,50 @@ pub struct ClearCommand {
     /// Only this namespace
     #[arg(long, value_name = "NAME")]
     namespace: Option<String>,
+    /// Also remove key-value data (`wasi:keyvalue` buckets), which is data, not cache: without
+    /// this flag it is kept
+    #[arg(long)]
+    include_kv: bool,
 }
 
 impl ClearCommand {
     pub fn execute(self) -> Result<()> {
         let (_, cache) = self.cache.open()?;
         let removed = cache.clear(self.namespace.as_deref())?;
+        let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         match &self.namespace {
-            Some(ns) => println!("removed {removed} entries from namespace {ns}"),
-            None => println!("removed {removed} entries"),
+            Some(ns) => println!(
+                "removed {} from namespace {ns}",
+                plural(removed, "cache entry", "cache entries")
+            ),
+            None => println!("removed {}", plural(removed, "cache entry", "cache entries")),
+        }
+        if self.include_kv {
+            let cleared = maintenance::clear(&cache, self.namespace.as_deref())
+                .map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
+            if cleared.is_empty() {
+                println!("no key-value data to remove");
+            }
+            for (ns, keys) in cleared {
+                println!(
+                    "removed the key-value bucket of namespace {ns} ({})",
+                    plural(keys, "key", "keys")
+                );
+            }
+        } else {
+            let kept = maintenance::stats(&cache).map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
+            let kept: Vec<_> = kept
+                .into_iter()
+                .filter(|(ns, _)| self.namespace.as_deref().is_none_or(|n| n == ns))
+                .collect();
+            if !kept.is_empty() {
+                let keys: u64 = kept.iter().map(|(_, u)| u.keys).sum();
+                println!(
+                    "kept key-value data: {} in {} (remove it with --include-kv)",
+                    plural(keys, "key", "keys"),
+                    plural(kept.len() as u64, "namespace", "namespaces")
+                );
+            }
         }
         Ok(())
     }

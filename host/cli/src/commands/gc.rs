@@ -18,6 +18,9 @@ pub struct GcCommand {
 impl GcCommand {
     pub fn execute(self) -> Result<()> {
         let (_, cache) = self.cache.open()?;
+        // Key-value data counts toward the size with its exact figure (a crash may have left a
+        // namespace's charge too high).
+        filecache_host::kv::maintenance::recount(&cache).map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
         let report = cache.gc(self.max_size, &mut progress_bar("gc"))?;
         println!(
             "removed {} ({}); {} remain; reclaimed {}",

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use filecache_host::NamespaceOptions;
+use filecache_host::kv::Bucket;
 use filecache_host::store::DEFAULT_NAMESPACE;
-use filecache_host::store::kv::Bucket;
 
 use crate::common::CacheDirArg;
 
@@ -68,7 +68,7 @@ impl KvCommand {
             .namespace(&self.namespace, options)
             .with_context(|| format!("cannot open namespace {:?} in {}", self.namespace, dir.display()))?;
         let bucket = Bucket::new(ns);
-        let fail = |e: filecache_host::store::kv::Error| anyhow::anyhow!("{}", e.full_message());
+        let fail = |e: filecache_host::kv::Error| anyhow::anyhow!("{}", e.full_message());
         match self.op {
             KvOp::Get { key } => match bucket.get(&key).map_err(fail)? {
                 Some(v) => {

@@ -10,9 +10,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use filecache_host::compiled::{CompiledOptions, ComponentCache};
 use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
+use filecache_host::kv::Bucket;
 use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore, read_fleet_key};
 use filecache_host::size::parse_size;
-use filecache_host::store::kv::Bucket;
 use filecache_host::store::{DEFAULT_NAMESPACE, validate_namespace_name};
 use filecache_host::{Durability, FileCacheCtx, FileCacheView, NamespaceOptions};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -345,9 +345,12 @@ impl RunCommand {
             Some(remote) => cache_ctx.store(Arc::new(TieredStore::new(namespace, remote)?)),
             None => cache_ctx.namespace(namespace),
         };
+        let cache_ctx = cache_ctx.max_handles(args.max_handles).build()?;
+        // One handle budget for the instance: cache readers and writers, buckets, cas handles.
+        let kv = kv.handle_budget(cache_ctx.handle_budget());
         let host = Host {
             wasi: wasi.build(),
-            cache: cache_ctx.max_handles(args.max_handles).build()?,
+            cache: cache_ctx,
             kv: kv.build(),
             table: ResourceTable::new(),
         };

@@ -19,7 +19,16 @@ pub struct StatsCommand {
 impl StatsCommand {
     pub fn execute(self) -> Result<()> {
         let (dir, cache) = self.cache.open()?;
-        let stats = cache.stats()?;
+        let mut stats = cache.stats()?;
+        // The store counts key-value bytes (they are charged to the quota); the keys are the
+        // key-value crate's.
+        let buckets =
+            filecache_host::kv::maintenance::stats(&cache).map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
+        for (name, usage) in buckets {
+            if let Some(s) = stats.iter_mut().find(|s| s.name == name) {
+                s.kv_keys = usage.keys;
+            }
+        }
         let (entries, bytes) = stats.iter().fold((0, 0), |(e, b), s| (e + s.entries, b + s.bytes));
         if self.json {
             let out = serde_json::json!({

@@ -1,9 +1,10 @@
-//! `filecache verify`: check every entry and remove the ones that fail.
+//! `filecache verify`: check every entry and every key-value row, and remove the ones that fail.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use filecache_host::kv::maintenance;
 
 use crate::common::{CacheDirArg, count, progress_bar};
 
@@ -32,8 +33,31 @@ impl VerifyCommand {
             report.ok,
             report.removed
         );
+        let buckets = maintenance::verify(&cache).map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
+        let (mut ok, mut removed) = (0, 0);
+        for (ns, r) in &buckets {
+            for (key, reason) in &r.damaged {
+                println!("corrupt (removed): {ns}/kv:{key:?}: {reason}");
+            }
+            if let Some(message) = &r.database {
+                println!(
+                    "damaged key-value database of namespace {ns}: {message}; its data cannot be read: \
+                     remove it with `filecache clear --include-kv --namespace {ns}`"
+                );
+            }
+            ok += r.ok;
+            removed += r.damaged.len() as u64;
+        }
+        if !buckets.is_empty() {
+            println!(
+                "checked {}: {ok} ok, {removed} corrupt (removed)",
+                count(ok + removed, "key-value row", "key-value rows")
+            );
+        }
         // Damage is news a script must not miss, even though it has been dealt with.
-        let damaged = report.removed > 0 || !report.damaged.is_empty();
+        let damaged = report.removed > 0
+            || !report.damaged.is_empty()
+            || buckets.iter().any(|(_, r)| !r.damaged.is_empty() || r.database.is_some());
         Ok(if damaged { ExitCode::from(1) } else { ExitCode::SUCCESS })
     }
 }

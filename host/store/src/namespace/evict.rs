@@ -96,11 +96,11 @@ impl Namespace {
             drop(candidates);
             let scan = self.rescan(w)?;
             used = scan.used;
-            old = if rel.starts_with("kv/") {
-                charged_at(dir, rel)
-            } else {
-                entry_charged_at(dir, rel)
-            };
+            // The entry being replaced may have changed meanwhile; data charged beside the
+            // entries (`rel` is then the data file) replaces nothing.
+            if rel != super::data::DATA_FILE {
+                old = entry_charged_at(dir, rel);
+            }
             lk.store_used(used)?;
             scanned = true;
         }
@@ -116,8 +116,9 @@ impl Namespace {
         Ok(scan)
     }
 
-    /// Removes every entry and key-value record (and leftover temporary file). Returns how many
-    /// entries and records were removed.
+    /// Removes every entry (and leftover temporary file). Returns how many entries were removed.
+    /// Data charged beside the entries ([`data_bytes`](Self::data_bytes)) is not the store's to
+    /// remove, and stays charged.
     pub fn clear(&self) -> Result<u64> {
         let w = self.writable()?;
         let Some(dir) = self.dir() else { return Ok(0) };
@@ -135,7 +136,6 @@ impl Namespace {
                 Err(e) => return Err(Error::io("cannot remove an entry", e)),
             }
         }
-        removed += self.kv_clear(dir, &lk)?;
         lk.store_used(self.scan(0)?.used)?;
         drop(lk);
         *w.candidates.lock().unwrap_or_else(|p| p.into_inner()) = Candidates::default();
@@ -148,8 +148,7 @@ impl Namespace {
     pub fn scan(&self, keep_oldest: usize) -> Result<Scan> {
         let mut scan = Scan {
             used: 0,
-            kv_records: 0,
-            kv_bytes: 0,
+            data_bytes: 0,
             entries: 0,
             oldest: Vec::new(),
             truncated: false,
@@ -170,9 +169,9 @@ impl Namespace {
             }
             Ok(())
         })?;
-        // Key-value records count against the quota but are never eviction candidates.
-        (scan.kv_records, scan.kv_bytes) = self.kv_usage()?;
-        scan.used += scan.kv_bytes;
+        // Data charged beside the entries counts against the quota but is never evicted.
+        scan.data_bytes = self.data_bytes()?;
+        scan.used += scan.data_bytes;
         scan.oldest = heap
             .into_sorted_vec()
             .into_iter()

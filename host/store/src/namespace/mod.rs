@@ -4,7 +4,7 @@
 //! <namespace>/
 //!   state          usage counter (bytes charged), and the lock that serialises publishing
 //!   counters       hits, misses and other events, for `filecache stats`
-//!   kv-generation  the key-value bucket generation, for the read cache (see `kv`)
+//!   data-bytes     bytes of data charged beside the entries (key-value buckets; see `data`)
 //!   tmp/           entries being written, each locked by its writer while it lives
 //!   00/ … ff/      entries, named by their key in hex
 //! ```
@@ -111,8 +111,6 @@ struct Inner {
     /// quota (a write past it answers `QuotaExceeded`), given back when a writer commits or is
     /// dropped.
     uncommitted: AtomicU64,
-    /// The key-value generation file and read cache (see [`kv`]).
-    kv: kv::KvShared,
 }
 
 /// The default granularity of recency ([`NamespaceOptions::recency`](crate::NamespaceOptions::recency)): a hit refreshes an entry's modification time only when it was set
@@ -200,13 +198,11 @@ impl RawEntry {
 #[doc(hidden)]
 #[non_exhaustive]
 pub struct Scan {
-    /// What every entry (its file, rounded up to 4 KiB) and key-value record (its key and value)
-    /// seen counts against the quota: what the usage counter holds.
+    /// What every entry seen (its file, rounded up to 4 KiB) and the data charged beside them
+    /// count against the quota: what the usage counter holds.
     pub used: u64,
-    /// Key-value records seen (not in `entries`).
-    pub kv_records: u64,
-    /// Bytes of key-value records (included in `used`).
-    pub kv_bytes: u64,
+    /// Bytes of data charged beside the entries (included in `used`; see [`Namespace::data_bytes`]).
+    pub data_bytes: u64,
     /// Entries seen.
     pub entries: u64,
     /// The oldest entries, oldest first, at most the limit asked for.
@@ -234,20 +230,6 @@ fn now() -> SystemTime {
 
 fn mtime_of(meta: &cap_std::fs::Metadata) -> Option<SystemTime> {
     meta.modified().ok().map(|t| t.into_std())
-}
-
-/// What a key-value record file counts against the quota: its key and value (the header is not
-/// counted).
-fn charged(meta: &cap_std::fs::Metadata) -> u64 {
-    meta.len().saturating_sub(HEADER_LEN as u64)
-}
-
-/// What the key-value record file at `rel` counts against the quota; 0 when there is none.
-fn charged_at(dir: &Dir, rel: &str) -> u64 {
-    match dir.symlink_metadata(rel) {
-        Ok(m) if m.file_type().is_file() => charged(&m),
-        _ => 0,
-    }
 }
 
 /// What an entry of `content_len` bytes of content counts against the quota (see
@@ -344,8 +326,8 @@ impl<T> Lookup<T> {
     }
 }
 
+mod data;
 mod evict;
-pub(crate) mod kv;
 mod lock;
 mod read;
 mod uses;
@@ -401,7 +383,6 @@ impl Namespace {
                 reclaimed_at_open: AtomicU64::new(0),
                 uses: uses::Uses::default(),
                 uncommitted: AtomicU64::new(0),
-                kv: kv::KvShared::default(),
             }),
         };
         let reclaimed = ns.reclaim_temporary_files()?;
@@ -431,6 +412,14 @@ impl Namespace {
     /// The options it was opened with.
     pub fn options(&self) -> &NamespaceOptions {
         &self.inner.options
+    }
+
+    /// The namespace's directory handle (`None` for a read-only namespace that does not exist
+    /// on disk), for a crate that keeps its own files in it beside the entries (the key-value
+    /// crate's database). Names of two hex digits, `tmp`, `state`, `counters` and `data-bytes`
+    /// are the store's.
+    pub fn directory(&self) -> Option<&Dir> {
+        self.inner.dir.as_ref()
     }
 
     fn writable(&self) -> Result<&Writable> {

@@ -9,7 +9,6 @@
 //! | opening a planted FIFO must not hang | `O_NONBLOCK` | nothing needed: named pipes do not live in directories |
 //! | a hit writes the inode once | `O_NOATIME` (Linux, the file's owner only) | nothing (NTFS updates access times lazily, if at all) |
 //! | fsync of a directory after a rename | `fsync` of the directory | nothing: Windows cannot flush a directory handle; NTFS journals the rename |
-//! | a word other processes change in place, read often (the key-value generation) | a shared mapping of its page (Linux; a `SIGBUS` handler turns a truncation into a lost mapping: [`mapped`]); `pread` elsewhere | `ReadFile` at an offset |
 //! | file identity, hard-link count | `st_dev`/`st_ino`/`st_nlink` | `GetFileInformationByHandle` (volume serial, file index, links) |
 //!
 //! Every function takes what the namespace already holds (an open file, a directory handle),
@@ -19,8 +18,6 @@
 mod unix;
 #[cfg(unix)]
 pub(crate) use unix::*;
-
-pub(crate) mod mapped;
 
 #[cfg(windows)]
 mod windows;

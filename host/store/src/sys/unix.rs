@@ -17,10 +17,6 @@ const NOATIME: OFlags = OFlags::empty();
 /// may be refused (`PermissionDenied`): then open again without.
 pub(crate) const READ_EXTRA_MAY_BE_REFUSED: bool = !NOATIME.is_empty();
 
-/// Whether replacing a file can leave its name briefly absent (see [`rename_replacing`] on
-/// Windows): never here, `rename` replaces atomically.
-pub(crate) const REPLACE_MAY_HIDE: bool = false;
-
 pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     file.read_at(buf, offset)
 }

@@ -19,10 +19,6 @@ use windows_sys::Win32::System::IO::OVERLAPPED;
 /// user's file): then open again without.
 pub(crate) const READ_EXTRA_MAY_BE_REFUSED: bool = true;
 
-/// Whether replacing a file can leave its name briefly absent: yes where a file open by a reader
-/// cannot be renamed over and is moved aside first (see [`rename_replacing`]).
-pub(crate) const REPLACE_MAY_HIDE: bool = true;
-
 /// Where the lock byte lies: far past the end of any file the store writes, so that a held lock
 /// (which Windows enforces on reads and writes of its range) never stands in a reader's way.
 const LOCK_OFFSET: u64 = 1 << 62;

@@ -15,7 +15,8 @@ use bindings::wasi::keyvalue::atomics::{self, Cas, CasError};
 use bindings::wasi::keyvalue::batch;
 use bindings::wasi::keyvalue::store::{self, Bucket, Error};
 
-const USAGE: &str = "keyvalue-draft2 SCENARIO; scenarios: basics | open ID | cas-loop KEY TIMES | list | get KEY";
+const USAGE: &str = "keyvalue-draft2 SCENARIO; scenarios: basics | open ID | cas-loop KEY TIMES | list | get KEY | \
+    get-many-same KEY N | hold-cas KEY N | hold-buckets N";
 
 fn describe(e: &Error) -> String {
     match e {
@@ -144,6 +145,45 @@ fn main() {
                 }
             }
             println!("retries {retries}");
+        }
+        "get-many-same" => {
+            // One get-many asking for KEY N times: how many values came back, or the error.
+            let keys = vec![arg(&args, 1).to_string(); arg(&args, 2).parse().unwrap()];
+            match batch::get_many(&open(), &keys) {
+                Ok(values) => println!("ok {}", values.iter().flatten().count()),
+                Err(e) => println!("{}", describe(&e)),
+            }
+        }
+        "hold-cas" => {
+            // N cas handles on KEY held at once: how many were made before an error.
+            let bucket = open();
+            let n: usize = arg(&args, 2).parse().unwrap();
+            let mut held = Vec::new();
+            for _ in 0..n {
+                match Cas::new(&bucket, arg(&args, 1)) {
+                    Ok(c) => held.push(c),
+                    Err(e) => {
+                        println!("held {} then {}", held.len(), describe(&e));
+                        return;
+                    }
+                }
+            }
+            println!("held {}", held.len());
+        }
+        "hold-buckets" => {
+            // N buckets held at once: how many were opened before an error.
+            let n: usize = arg(&args, 1).parse().unwrap();
+            let mut held = Vec::new();
+            for _ in 0..n {
+                match store::open("") {
+                    Ok(b) => held.push(b),
+                    Err(e) => {
+                        println!("held {} then {}", held.len(), describe(&e));
+                        return;
+                    }
+                }
+            }
+            println!("held {}", held.len());
         }
         _ => panic!("usage: {USAGE}"),
     }

@@ -195,6 +195,19 @@ fn main() {
             let value = vec![7u8; size];
             bucket.set("bench", &value).unwrap();
             let keys: Vec<String> = (0..100).map(|i| format!("bench-{i}")).collect();
+            if op == "first-get" {
+                // ITERS distinct keys written (untimed), then each read once.
+                for i in 0..iters {
+                    bucket.set(&format!("first-{i}"), &value).unwrap();
+                }
+                let start = std::time::Instant::now();
+                for i in 0..iters {
+                    let got = bucket.get(&format!("first-{i}")).unwrap();
+                    assert_eq!(got.map(|v| v.len()), Some(size));
+                }
+                println!("{}", start.elapsed().as_nanos() / u128::from(iters.max(1)));
+                return;
+            }
             let start = std::time::Instant::now();
             match op {
                 "get" => {
@@ -213,7 +226,20 @@ fn main() {
                         atomics::increment(&bucket, "bench-counter", 1).unwrap();
                     }
                 }
-                _ => panic!("bench OP: get | set | increment"),
+                "set-distinct" => {
+                    for i in 0..iters {
+                        bucket.set(&format!("distinct-{i}"), &value).unwrap();
+                    }
+                }
+                "set-many" => {
+                    // Batches of 100 distinct keys; the time printed is per key.
+                    for b in 0..iters.div_ceil(100) {
+                        let pairs: Vec<(String, Vec<u8>)> =
+                            (0..100).map(|i| (format!("many-{b}-{i}"), value.clone())).collect();
+                        batch::set_many(&bucket, &pairs).unwrap();
+                    }
+                }
+                _ => panic!("bench OP: get | first-get | set | set-distinct | set-many | increment"),
             }
             println!("{}", start.elapsed().as_nanos() / u128::from(iters.max(1)));
         }
