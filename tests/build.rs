@@ -9,7 +9,11 @@ use std::process::Command;
 
 /// (package, extra cargo arguments, binaries it produces)
 const GUESTS: &[(&str, &[&str], &[&str])] = &[
-    ("filecache-guest", &["--features", "demo"], &["brotli-assets"]),
+    (
+        "filecache-guest",
+        &["--features", "demo http-example"],
+        &["brotli-assets", "http-hello"],
+    ),
     (
         "filecache-test-programs",
         &[],
@@ -20,6 +24,8 @@ const GUESTS: &[(&str, &[&str], &[&str])] = &[
             "bench",
             "keyvalue",
             "keyvalue-draft2",
+            "http-keyvalue",
+            "http-cache",
         ],
     ),
 ];

@@ -46,3 +46,19 @@ pub fn demo_assets_dir() -> &'static Path {
 pub fn bench_wasm() -> &'static Path {
     Path::new(env!("FILECACHE_WASM_BENCH"))
 }
+
+/// A `wasi:http` handler using only `wasi:keyvalue@0.2.0-draft`, as written for `wasmtime serve
+/// -S keyvalue`: a counter, values, a plain route, a trapping route.
+pub fn http_keyvalue_wasm() -> &'static Path {
+    Path::new(env!("FILECACHE_WASM_HTTP_KEYVALUE"))
+}
+
+/// A `wasi:http` handler using `filecache:cache` and a granted bucket, with misbehaving routes.
+pub fn http_cache_wasm() -> &'static Path {
+    Path::new(env!("FILECACHE_WASM_HTTP_CACHE"))
+}
+
+/// The Rust kit's HTTP handler example (`guest/src/bin/http-hello.rs`).
+pub fn http_hello_wasm() -> &'static Path {
+    Path::new(env!("FILECACHE_WASM_HTTP_HELLO"))
+}

@@ -26,6 +26,9 @@ struct Cli {
 enum Cmd {
     /// Run a wasi:cli command component with WASI and the cache linked in
     Run(commands::run::RunCommand),
+    /// Serve a wasi:http handler component over HTTP, a fresh instance per request, with WASI,
+    /// the cache and key-value linked in
+    Serve(commands::serve::ServeCommand),
     /// Compile a component (or core module) into the cache ahead of time, as `run` would
     Compile(commands::compile::CompileCommand),
     /// Show entries, bytes, hits and misses per namespace (compiled code under .compiled)
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(c) => c.execute(),
+        Cmd::Serve(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Compile(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Stats(c) => c.execute().map(|()| ExitCode::SUCCESS),
         Cmd::Gc(c) => c.execute().map(|()| ExitCode::SUCCESS),

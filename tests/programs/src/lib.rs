@@ -328,3 +328,5 @@ mod tests {
         assert_eq!(key_for(&"00".repeat(32)), vec![0; 32]);
     }
 }
+
+pub mod http;

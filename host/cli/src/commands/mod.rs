@@ -4,6 +4,8 @@ pub mod clear;
 pub mod compile;
 pub mod gc;
 pub mod kv;
+pub mod plugin;
 pub mod run;
+pub mod serve;
 pub mod stats;
 pub mod verify;

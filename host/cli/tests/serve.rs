@@ -1,0 +1,430 @@
+//! `filecache serve` end to end: the real binary, real TCP on 127.0.0.1 (a port the kernel
+//! picks, read from the start-up line), the handler test programs `http-keyvalue` (written for
+//! `wasmtime serve -S keyvalue`, nothing of filecache) and `http-cache` (the cache, a granted
+//! bucket, and routes that misbehave).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use common::*;
+use filecache_tests::{http_cache_wasm, http_keyvalue_wasm};
+
+/// A running `filecache serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    /// Everything it wrote on stderr so far.
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// `filecache serve --cache-dir DIR --addr 127.0.0.1:0 FLAGS... WASM`, once it listens.
+    fn start(cache_dir: &Path, wasm: &Path, flags: &[&str]) -> Server {
+        let mut child = filecache()
+            .env("FILECACHE_LOG", "info")
+            .arg("serve")
+            .arg("--cache-dir")
+            .arg(cache_dir)
+            .args(["--addr", "127.0.0.1:0"])
+            .args(flags)
+            .arg(wasm)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn({
+            let log = Arc::clone(&log);
+            move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.strip_prefix("Serving HTTP on http://") {
+                        let _ = tx.send(rest.trim_end_matches('/').parse::<SocketAddr>().unwrap());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("serve did not start ({status:?}):\n{}", log.lock().unwrap());
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn get(&self, path: &str) -> Response {
+        request(self.addr, "GET", path, b"")
+    }
+
+    fn post(&self, path: &str, body: &[u8]) -> Response {
+        request(self.addr, "POST", path, body)
+    }
+
+    /// Sends `signal` and waits (at most `within`) for the process to end.
+    fn signal_and_wait(&mut self, signal: i32, within: Duration) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "serve still running {within:?} after signal {signal}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a new connection (`Connection: close`), and its whole response.
+fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    Response { status, headers, body }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap().trim(), 16).unwrap();
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+/// A cache directory whose `.compiled` already holds both test handlers' code as `serve`
+/// compiles it, made once: the tests copy it instead of each compiling.
+fn warm_cache() -> PathBuf {
+    static WARM: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, dir) = WARM.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        for wasm in [http_keyvalue_wasm(), http_cache_wasm()] {
+            let server = Server::start(&dir, wasm, &["--namespace", "warmup"]);
+            assert_eq!(server.get("/plain").status, 200);
+        }
+        (tmp, dir)
+    });
+    dir.clone()
+}
+
+/// A fresh cache directory with the handlers' compiled code in it.
+fn cache_with_code() -> TestCache {
+    let cache = TestCache::new();
+    copy_dir(&warm_cache().join(".compiled"), &cache.dir().join(".compiled"));
+    for file in std::fs::read_dir(warm_cache()).unwrap() {
+        let file = file.unwrap();
+        if file.file_type().unwrap().is_file() {
+            std::fs::copy(file.path(), cache.dir().join(file.file_name())).unwrap();
+        }
+    }
+    cache
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn stats_json(cache: &TestCache) -> serde_json::Value {
+    let out = cache.cli("stats", &["--json"]);
+    assert_success(&out, "stats --json");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn namespace_stats<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    stats["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no namespace {name} in {stats:#}"))
+}
+
+#[test]
+fn an_unmodified_wasmtime_keyvalue_handler_keeps_its_state_and_counts_exactly() {
+    let cache = cache_with_code();
+    let server = Server::start(&cache.dir(), http_keyvalue_wasm(), &[]);
+    let plain = server.get("/plain");
+    assert_eq!((plain.status, plain.text().as_str()), (200, "hello\n"));
+    assert_eq!(server.get("/kv/get/greeting").status, 404);
+    let set = request(server.addr, "PUT", "/kv/set/greeting", b"hi there");
+    assert_eq!((set.status, set.text().as_str()), (200, "stored 8 bytes\n"));
+    let got = server.get("/kv/get/greeting");
+    assert_eq!((got.status, got.text().as_str()), (200, "hi there"));
+
+    // 8 clients x 50 increments of one key, each on its own connection: every count is handed
+    // out exactly once.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|_| {
+                        let r = request(addr, "POST", "/kv/incr/hits", b"");
+                        assert_eq!(r.status, 200, "{}", r.text());
+                        r.text().trim().parse::<u64>().unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut counts: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=400).collect::<Vec<_>>());
+    assert_eq!(server.post("/kv/incr/hits", b"").text(), "401\n");
+
+    // One line per request at FILECACHE_LOG=info: method, path, status, time.
+    let log = server.log();
+    assert!(log.contains("GET /kv/get/greeting 404 "), "{log}");
+    assert!(log.contains("PUT /kv/set/greeting 200 "), "{log}");
+    assert_eq!(log.matches("POST /kv/incr/hits 200 ").count(), 401, "{log}");
+}
+
+#[test]
+fn what_a_response_said_was_stored_survives_kill_9_and_the_code_is_not_recompiled() {
+    let cache = cache_with_code();
+    let compiles = |c: &TestCache| namespace_stats(&stats_json(c), ".compiled")["misses"].clone();
+    let compiled_before = compiles(&cache);
+    let mut server = Server::start(&cache.dir(), http_cache_wasm(), &["--bucket", "shared"]);
+    let put = request(server.addr, "PUT", "/cache/put/kept", b"cached bytes");
+    assert_eq!((put.status, put.text().as_str()), (200, "stored 12 bytes\n"));
+    for n in 1..=3 {
+        assert_eq!(server.post("/bucket/shared/incr/visits", b"").text(), format!("{n}\n"));
+    }
+    let status = server.signal_and_wait(libc::SIGKILL, Duration::from_secs(10));
+    assert!(!status.success());
+
+    let server = Server::start(&cache.dir(), http_cache_wasm(), &["--bucket", "shared"]);
+    let read = server.get("/cache/read/kept");
+    assert_eq!((read.status, read.text().as_str()), (200, "cached bytes"));
+    assert_eq!(server.post("/bucket/shared/incr/visits", b"").text(), "4\n");
+    drop(server);
+    // Both starts loaded the compiled code from the cache: no compile.
+    assert_eq!(compiles(&cache), compiled_before);
+}
+
+#[test]
+fn failures_answer_5xx_and_the_server_goes_on() {
+    let cache = cache_with_code();
+    let server = Server::start(
+        &cache.dir(),
+        http_cache_wasm(),
+        &[
+            "--request-timeout",
+            "1s",
+            "--max-memory-size",
+            "32MiB",
+            "--max-resources",
+            "100",
+        ],
+    );
+    let check = |path: &str, status: u16, says: &str| {
+        let r = server.get(path);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(r.text().contains(says), "{path}: {:?} does not say {says:?}", r.text());
+        // The server goes on.
+        assert_eq!(server.get("/plain").text(), "hello\n");
+    };
+    check("/trap", 500, "the handler failed");
+    let start = Instant::now();
+    check("/spin", 504, "--request-timeout");
+    check("/sleep/5000", 504, "--request-timeout");
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    check("/alloc/64", 500, "--max-memory-size");
+    check("/alloc/4", 200, "");
+    check("/resources/1000", 500, "--max-resources");
+    check("/resources/10", 200, "held 10");
+    check("/bucket/not-granted/incr/x", 403, "access-denied");
+    let log = server.log();
+    assert!(log.contains("GET /trap 500 "), "{log}");
+    assert!(log.contains("GET /spin 504 "), "{log}");
+}
+
+#[test]
+fn a_64k_cache_route_hits_after_its_first_miss_and_stats_sees_it() {
+    let cache = cache_with_code();
+    let mut server = Server::start(&cache.dir(), http_cache_wasm(), &["--namespace", "web"]);
+    let expected = filecache_test_programs::content("http 65536", 65536);
+    let first = server.get("/cache/get/65536");
+    assert_eq!((first.status, first.header("x-cache")), (200, Some("miss")));
+    assert_eq!(first.body, expected);
+    for _ in 0..3 {
+        let again = server.get("/cache/get/65536");
+        assert_eq!((again.status, again.header("x-cache")), (200, Some("hit")));
+        assert_eq!(again.body, expected);
+    }
+    // While it runs (counts are written every second) and after it stops.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = stats_json(&cache);
+        let web = namespace_stats(&stats, "web");
+        if web["hits"] == 3 {
+            assert_eq!(web["misses"], 1);
+            assert_eq!(web["entries"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "stats never saw the hits: {stats:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(server.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)).success());
+}
+
+#[test]
+fn a_component_that_is_not_an_http_handler_is_refused_before_anything_opens() {
+    let cache = TestCache::new();
+    let out = cache.cli("serve", &["--addr", "127.0.0.1:0", contract_wasm().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("is a wasi:cli command"), "{err}");
+    assert!(err.contains("wasi:http/incoming-handler"), "{err}");
+    assert!(err.contains("filecache run"), "{err}");
+    assert!(!err.contains("Serving HTTP"), "{err}");
+    assert!(!cache.dir().exists(), "a refused serve created the cache directory");
+
+    // And the other way round: `run` says a handler is one, and to serve it.
+    let out = cache.run(http_keyvalue_wasm(), &[], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("is a wasi:http handler"), "{err}");
+    assert!(err.contains("filecache serve"), "{err}");
+    assert!(!cache.dir().exists(), "a refused run created the cache directory");
+}
+
+#[test]
+fn shutdown_finishes_the_requests_in_flight_and_a_gone_client_costs_nothing() {
+    let cache = cache_with_code();
+    let mut server = Server::start(&cache.dir(), http_cache_wasm(), &[]);
+
+    // Clients that send half a body and go, many times: the server answers the next request.
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        write!(
+            stream,
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{}",
+            "x".repeat(1000)
+        )
+        .unwrap();
+        drop(stream);
+    }
+    assert_eq!(server.post("/echo", &[7u8; 300_000]).text(), "300000\n");
+
+    // A request in flight when SIGTERM comes is answered; the process then exits cleanly.
+    let addr = server.addr;
+    let in_flight = std::thread::spawn(move || request(addr, "GET", "/sleep/1500", b""));
+    std::thread::sleep(Duration::from_millis(500));
+    let status = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    let answered = in_flight.join().unwrap();
+    assert_eq!((answered.status, answered.text().as_str()), (200, "slept\n"));
+    assert!(TcpStream::connect(addr).is_err(), "still listening after shutdown");
+}
+
+#[test]
+fn the_rust_kit_http_example_caches_its_pages_and_counts_visits_in_a_bucket() {
+    let cache = TestCache::new();
+    let server = Server::start(
+        &cache.dir(),
+        filecache_tests::http_hello_wasm(),
+        &["--bucket", "visits"],
+    );
+    let first = server.get("/hello/ada");
+    assert_eq!((first.status, first.header("x-cache")), (200, Some("miss")));
+    assert_eq!(first.text(), "<h1>Hello, ada!</h1>\n");
+    let again = server.get("/hello/ada");
+    assert_eq!((again.status, again.header("x-cache")), (200, Some("hit")));
+    assert_eq!(again.text(), first.text());
+    assert_eq!(server.post("/visit", b"").text(), "1\n");
+    assert_eq!(server.post("/visit", b"").text(), "2\n");
+    assert_eq!(server.get("/nowhere").status, 404);
+}
