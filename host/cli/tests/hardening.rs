@@ -36,6 +36,8 @@ fn stats_show_exact_hits_and_misses_of_a_plugin_namespace() {
 /// through the hostile guest (`stream-big`: 1 MiB writes, reads of `u64::MAX` bytes).
 fn peak_rss_of_stream_big(cache: &TestCache, size: &str) -> u64 {
     let out = cache.tmp.path().join(format!("stream-big-{size}.out"));
+    // Reaped by wait4 below, which also gives its resource usage.
+    #[allow(clippy::zombie_processes)]
     let child = filecache()
         .arg("run")
         .arg("--cache-dir")

@@ -380,7 +380,7 @@ fn writers_killed_at_random_points_leave_whole_entries_or_nothing() {
         // Half the kills are aimed: that writer stops halfway through one of its first three
         // multi-MiB streamed entries and is killed there, so that at least half the kills land
         // mid-write whatever the machine's speed. The others land wherever the clock says.
-        let aim = |child: usize| (round + child) % 2 == 0;
+        let aim = |child: usize| (round + child).is_multiple_of(2);
         let children: Vec<_> = (0..2)
             .map(|child| {
                 let mut cmd = Command::new(std::env::current_exe().unwrap());
