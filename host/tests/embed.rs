@@ -131,13 +131,20 @@ fn many_instances_share_one_namespace_concurrently() {
     let mut linker = Linker::<Host>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
     filecache_host::add_to_linker(&mut linker, view).unwrap();
+    // Released together; each run's start and end are recorded, to prove that the two threads'
+    // instances did run at the same time.
+    let start = std::sync::Barrier::new(2);
+    let runs = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for t in 0..2 {
             let (ns, engine, component, linker) = (ns.clone(), &engine, &component, &linker);
+            let (start, runs) = (&start, &runs);
             s.spawn(move || {
+                start.wait();
                 for i in 0..3 {
                     let seed = format!("t{t}-{i}");
                     for args in [["put", &seed, "300000"], ["check", &seed, "300000"]] {
+                        let began = std::time::Instant::now();
                         let ctx = FileCacheCtx::builder().namespace(ns.clone()).build().unwrap();
                         let stdout = MemoryOutputPipe::new(1 << 16);
                         let mut store = Store::new(engine, host(ctx, &args, &stdout));
@@ -145,9 +152,19 @@ fn many_instances_share_one_namespace_concurrently() {
                             wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, component, linker)
                                 .unwrap();
                         assert_eq!(command.wasi_cli_run().call_run(&mut store).unwrap(), Ok(()));
+                        runs.lock().unwrap().push((t, began, std::time::Instant::now()));
                     }
                 }
             });
         }
     });
+    let runs = runs.into_inner().unwrap();
+    let overlapping = runs
+        .iter()
+        .filter(|a| runs.iter().any(|b| b.0 != a.0 && b.1 < a.2 && a.1 < b.2))
+        .count();
+    assert!(
+        overlapping >= 2,
+        "only {overlapping} of 12 runs overlapped one of the other thread's"
+    );
 }

@@ -17,8 +17,10 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// How long each remote operation waits for the silent server.
-const STALL: Duration = Duration::from_millis(300);
+/// How long each remote operation waits for the silent server. A blocked worker stalls the
+/// ticker for at least this long; the async runs must keep every gap under half of it, a margin
+/// (300 ms) that a loaded machine's scheduling does not reach.
+const STALL: Duration = Duration::from_millis(600);
 
 struct Host {
     wasi: WasiCtx,
@@ -198,7 +200,7 @@ async fn a_guest_waiting_on_a_silent_remote_does_not_block_the_executor() {
     let (gap, took) = run_with_ticker(&setup, 4, 2).await;
     eprintln!("async: longest tick gap {gap:?}, guests took {took:?}");
     assert!(took >= 2 * STALL, "the remote did not stall the guests ({took:?})");
-    assert!(gap < Duration::from_millis(100), "the ticker stalled for {gap:?}");
+    assert!(gap < STALL / 2, "the ticker stalled for {gap:?}");
     #[cfg(feature = "remote")]
     assert_eq!(setup.local.counts().remote_errors, 8);
 }

@@ -88,7 +88,10 @@ fn copy_dir(from: &Path, to: &Path) {
 type Damage = Box<dyn Fn(&mut Vec<u8>)>;
 
 /// Every file the compiled cache keeps (artifact, remembered digest, their namespaces' state
-/// and counters, the secret), flipped or truncated, one at a time: the next run still passes.
+/// and counters, the secret), flipped or truncated, one at a time: the next run still passes;
+/// a damaged artifact, or a damaged secret (under which no artifact authenticates), is rejected
+/// (a warning says so, or the store found the entry damaged) and the component compiled afresh,
+/// and damage to any other file recompiles nothing.
 #[test]
 fn every_file_of_the_compiled_cache_damaged_the_next_run_is_still_right() {
     let pristine = TestCache::new();
@@ -103,6 +106,13 @@ fn every_file_of_the_compiled_cache_damaged_the_next_run_is_still_right() {
         .filter(|p| p.parent().unwrap().file_name().unwrap().len() == 2)
         .count();
     assert_eq!(artifacts, 2, "one artifact and one remembered digest: {files:?}");
+    let artifact = files
+        .iter()
+        .find(|p| p.starts_with(root.join(".compiled")) && p.parent().unwrap().file_name().unwrap().len() == 2)
+        .unwrap()
+        .strip_prefix(&root)
+        .unwrap()
+        .to_path_buf();
 
     for file in &files {
         let rel = file.strip_prefix(&root).unwrap();
@@ -122,9 +132,32 @@ fn every_file_of_the_compiled_cache_damaged_the_next_run_is_still_right() {
             }
             damage(&mut bytes);
             std::fs::write(&target, &bytes).unwrap();
+            let before = std::fs::read(cache.dir().join(&artifact)).unwrap();
             let out = cache.run(contract_wasm(), &[], &["absent", "x"]);
             assert_success(&out, &format!("run after {what} of {}", rel.display()));
             assert!(stdout(&out).contains("ok absent"));
+            // Compiled afresh: the artifact file holds other bytes (a damaged one is replaced by
+            // a whole one, one under a damaged secret by one under the new secret).
+            let (is_artifact, is_secret) = (rel == artifact, rel == Path::new("compiled.key"));
+            let recompiled = std::fs::read(cache.dir().join(&artifact)).unwrap() != before;
+            assert_eq!(
+                recompiled,
+                is_artifact || is_secret,
+                "recompiled after {what} of {}: {}",
+                rel.display(),
+                stderr(&out)
+            );
+            // Rejected by its authentication (a truncated artifact is refused by the store first,
+            // as a damaged entry, which the recompile shows).
+            let rejected = warnings(&out).iter().any(|w| w.contains("compiled artifact rejected"));
+            let truncated_artifact = is_artifact && *what == "truncate to half";
+            assert_eq!(
+                rejected,
+                is_secret || (is_artifact && !truncated_artifact),
+                "rejection after {what} of {}: {}",
+                rel.display(),
+                stderr(&out)
+            );
             // And the run after that is a hit again (the cache repaired itself).
             let (entries, hits_before, ..) = compiled_counts(&cache);
             assert_eq!(entries, 1, "after {what} of {}", rel.display());

@@ -275,6 +275,8 @@ fn crash_content(i: usize, size: usize) -> Vec<u8> {
 /// Not a test: the body of the writer processes that
 /// `writers_killed_at_random_points_leave_whole_entries_or_nothing` starts and kills. It runs
 /// only when that test asks for it (`--ignored --exact`, with `FILECACHE_CRASH_CHILD` set).
+/// With `FILECACHE_CRASH_PAUSE=N` it stops halfway through its Nth streamed multi-MiB entry
+/// (counting from 0), says `mid-write`, and waits there to be killed.
 #[test]
 #[ignore = "the child process of writers_killed_at_random_points_leave_whole_entries_or_nothing"]
 fn crash_child_process() {
@@ -296,6 +298,7 @@ fn crash_child_process() {
             NamespaceOptions::default().quota(CRASH_QUOTA).durability(durability),
         )
         .unwrap();
+    let mut pause_at: Option<usize> = std::env::var("FILECACHE_CRASH_PAUSE").ok().map(|n| n.parse().unwrap());
     crash_content(0, 16);
     println!("ready");
     std::io::stdout().flush().unwrap();
@@ -308,8 +311,25 @@ fn crash_child_process() {
             ns.add(&key, &data).unwrap();
         } else {
             let mut w = ns.create(&key).unwrap();
-            for chunk in data.chunks(64 << 10) {
+            let chunks = data.chunks(64 << 10);
+            let half = chunks.len() / 2;
+            let pause_here = size >= 3 << 20
+                && match &mut pause_at {
+                    Some(0) => true,
+                    Some(n) => {
+                        *n -= 1;
+                        false
+                    }
+                    None => false,
+                };
+            for (c, chunk) in chunks.enumerate() {
                 w.write(chunk).unwrap();
+                if pause_here && c == half {
+                    println!("mid-write");
+                    std::io::stdout().flush().unwrap();
+                    std::thread::sleep(Duration::from_secs(600));
+                    panic!("not killed while paused mid-write");
+                }
             }
             w.commit().unwrap();
         }
@@ -355,47 +375,95 @@ fn writers_killed_at_random_points_leave_whole_entries_or_nothing() {
     let mut published = 0;
     let mut reclaimed_by_open = 0;
     let mut reclaimed_by_gc = 0;
+    let (mut aimed, mut mid_write, mut counter_high) = (0, 0, 0);
     for round in 0..16 {
+        // Half the kills are aimed: that writer stops halfway through one of its first three
+        // multi-MiB streamed entries and is killed there, so that at least half the kills land
+        // mid-write whatever the machine's speed. The others land wherever the clock says.
+        let aim = |child: usize| (round + child).is_multiple_of(2);
         let children: Vec<_> = (0..2)
             .map(|child| {
-                Command::new(std::env::current_exe().unwrap())
-                    .args([
-                        "--ignored",
-                        "--exact",
-                        "crash_child_process",
-                        "--nocapture",
-                        "--test-threads=1",
-                    ])
-                    .env("FILECACHE_CRASH_CHILD", format!("{}:{child}", dir.display()))
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
+                let mut cmd = Command::new(std::env::current_exe().unwrap());
+                cmd.args([
+                    "--ignored",
+                    "--exact",
+                    "crash_child_process",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("FILECACHE_CRASH_CHILD", format!("{}:{child}", dir.display()))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+                if aim(child) {
+                    cmd.env("FILECACHE_CRASH_PAUSE", rng.below(3).to_string());
+                }
+                cmd.spawn().unwrap()
             })
             .collect();
-        for mut child in children {
+        for (c, mut child) in children.into_iter().enumerate() {
             // Once it is writing, somewhere in its first ~40 entries.
             let stdout = child.stdout.take().unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 // libtest prints `test crash_child_process ... ` before the test's own output.
-                let ready = std::io::BufReader::new(stdout)
-                    .lines()
-                    .any(|l| l.is_ok_and(|l| l.ends_with("ready")));
-                let _ = tx.send(ready);
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
             });
-            if rx.recv_timeout(Duration::from_secs(120)) != Ok(true) {
+            let wait_for = |what: &str| loop {
+                match rx.recv_timeout(Duration::from_secs(120)) {
+                    Ok(line) if line.ends_with(what) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            };
+            if !wait_for("ready") {
                 let _ = child.kill();
                 panic!("round {round}: the writer did not start");
             }
-            std::thread::sleep(Duration::from_millis(rng.below(120)));
+            if aim(c) {
+                if !wait_for("mid-write") {
+                    let _ = child.kill();
+                    panic!("round {round}: the writer did not reach its pause");
+                }
+                aimed += 1;
+            } else {
+                std::thread::sleep(Duration::from_millis(rng.below(120)));
+            }
+            let pid = child.id();
             child.kill().unwrap(); // SIGKILL
             let status = child.wait().unwrap();
             assert!(
                 status.code().is_none(),
                 "a writer ended by itself ({status}): it failed"
             );
+            // Killed mid-write: its temporary file (named with its pid) is left.
+            let left = tmp_listing(&dir, CRASH_NS)
+                .iter()
+                .any(|name| name.to_string_lossy().contains(&format!(".{pid}.")));
+            assert!(left || !aim(c), "round {round}: an aimed kill left no temporary file");
+            mid_write += usize::from(left);
         }
+        // The usage counter, as the killed writers left it, against the bytes present (each
+        // entry file charged its size less the header): it may be too high (a writer killed
+        // between counting its entry and renaming it into place), never too low.
+        let state = std::fs::read(dir.join(CRASH_NS).join("state")).unwrap();
+        let stored = u64::from_le_bytes(state[8..16].try_into().unwrap());
+        let present: u64 = std::fs::read_dir(dir.join(CRASH_NS))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().len() == 2 && p.is_dir())
+            .flat_map(|shard| files_under(&shard))
+            .map(|f| std::fs::metadata(f).unwrap().len() - HEADER_LEN as u64)
+            .sum();
+        assert!(
+            stored >= present,
+            "round {round}: usage counter {stored}, below the {present} bytes present"
+        );
+        counter_high += usize::from(stored > present);
         let leftover = std::fs::read_dir(dir.join(CRASH_NS).join("tmp"))
             .map(|d| d.count())
             .unwrap_or(0);
@@ -438,8 +506,9 @@ fn writers_killed_at_random_points_leave_whole_entries_or_nothing() {
     let out = cache.cli("verify", &[]);
     assert!(stdout(&out).contains(" 0 corrupt"), "{}", stdout(&out));
     eprintln!(
-        "{published} whole entries seen; temporary files reclaimed: {reclaimed_by_open} by open, {reclaimed_by_gc} by gc"
+        "{published} whole entries seen; {mid_write} of 32 kills mid-write ({aimed} aimed); counter left high in {counter_high} of 16 rounds; temporary files reclaimed: {reclaimed_by_open} by open, {reclaimed_by_gc} by gc"
     );
+    assert_eq!(aimed, 16, "half the kills are aimed mid-write");
     // Otherwise the kills all came too early to test anything.
     assert!(published > 0, "no writer ever published an entry");
     assert!(

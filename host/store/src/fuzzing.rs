@@ -11,10 +11,11 @@
 //! - [`store_ops`]: a sequence of operations (add, get, open, streamed and abandoned writes,
 //!   delete, contains, reopen, writes during which an injected disk fault strikes, and the
 //!   key-value records of the same namespace: set, get, delete) is run against a namespace and
-//!   against [`Model`], which must agree after every step.
+//!   against [`Model`], which must agree after every step. The model test adds operations the
+//!   fuzz input does not encode: damage to an entry file, `verify`, `gc`, `clear`, and writes
+//!   and reads through a second handle on the namespace with a smaller entry-size limit.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
 use crate::entry::{HEADER_LEN, Header, Layout};
@@ -267,6 +268,8 @@ pub const QUOTA: u64 = 6 * 4096;
 pub const KEYS: u8 = 6;
 /// The longest content an operation writes.
 pub const MAX_LEN: u16 = 9000;
+/// The entry-size limit of the second handle ([`Op::Second`], [`Op::SecondGet`]).
+pub const SECOND_LIMIT: u64 = 1200;
 
 /// One operation on the store. Keys are `0..KEYS`, lengths `0..MAX_LEN`.
 #[derive(Debug, Clone)]
@@ -309,6 +312,20 @@ pub enum Op {
     KvGet(u8),
     /// A key-value delete: the charge of record `k` given back.
     KvDelete(u8),
+    /// Flips the byte at this position (modulo the file's length) of the key's entry file, if
+    /// it has one, as a damaged disk would.
+    Damage(u8, u16),
+    /// `FileCache::verify`.
+    Verify,
+    /// `FileCache::gc` down to this many bytes.
+    Gc(u16),
+    /// `Namespace::clear`.
+    Clear,
+    /// A write through a second handle on the namespace (another process's, with an entry-size
+    /// limit of [`SECOND_LIMIT`]): `add` for chunk 0, else streamed in chunks of that size.
+    Second(u8, u16, u16),
+    /// `get` through the second handle.
+    SecondGet(u8),
 }
 
 /// Decodes a fuzz input into operations (at most 64).
@@ -361,6 +378,10 @@ pub struct Model {
     entries: HashMap<u8, Vec<u8>>,
     order: Vec<u8>,
     records: HashMap<u8, Vec<u8>>,
+    /// Entries whose file was damaged ([`Op::Damage`]), each with whether its header is still
+    /// whole (so that `contains`, which reads only the header, still finds it). A damaged
+    /// entry keeps its place and size until a read finds the damage and removes it.
+    damaged: HashMap<u8, bool>,
 }
 
 /// The key-value key of record `k`.
@@ -439,8 +460,37 @@ impl Model {
             return false;
         }
         self.entries.insert(k, v);
+        self.damaged.remove(&k);
         self.touch(k);
         true
+    }
+    /// A read of the whole entry (`get`, `open`): its content, or `None` on a miss or when
+    /// the entry is damaged (which the read removes).
+    fn read(&mut self, k: u8) -> Option<Vec<u8>> {
+        if self.damaged.contains_key(&k) {
+            self.delete(k);
+            return None;
+        }
+        self.get(k)
+    }
+    /// `contains`: reads the header only; a damaged header is found (and removed).
+    fn contains(&mut self, k: u8) -> bool {
+        match self.damaged.get(&k) {
+            Some(false) => {
+                self.delete(k);
+                false
+            }
+            _ => self.entries.contains_key(&k),
+        }
+    }
+    /// `gc` down to `max` bytes: the oldest entries go until what remains fits (records stay).
+    fn gc(&mut self, max: u64) {
+        let mut excess = self.used().saturating_sub(max);
+        while excess > 0 {
+            let Some(&oldest) = self.order.first() else { break };
+            excess = excess.saturating_sub(cost(self.entries[&oldest].len() as u64));
+            self.delete(oldest);
+        }
     }
     /// A hit refreshes an entry's recency only when its last refresh is older than the store's
     /// recency granularity (an hour in test and fuzzing builds, longer than any run): never here.
@@ -449,6 +499,7 @@ impl Model {
     }
     fn delete(&mut self, k: u8) {
         self.entries.remove(&k);
+        self.damaged.remove(&k);
         self.order.retain(|&x| x != k);
     }
 }
@@ -477,14 +528,14 @@ fn stored_counter(dir: &Path) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(8..16)?.try_into().ok()?))
 }
 
-fn read_all(ns: &Namespace, k: u8, chunk: u16) -> Result<Option<Vec<u8>>, String> {
-    let Some(mut r) = ns.open(&key(k)).map_err(|e| format!("open: {e}"))? else {
+fn read_all(ns: &Namespace, k: u8, chunk: u16) -> crate::Result<Option<Vec<u8>>> {
+    let Some(mut r) = ns.open(&key(k))? else {
         return Ok(None);
     };
     let mut v = Vec::new();
     let mut buf = vec![0u8; chunk as usize];
     loop {
-        let n = r.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        let n = r.read_into(&mut buf)?;
         if n == 0 {
             return Ok(Some(v));
         }
@@ -523,10 +574,16 @@ pub fn check_ops(ops: &[Op]) -> Result<(), String> {
             .and_then(|c| c.namespace("model", options))
             .map_err(|e| format!("reopen: {e}"))
     };
+    let open_second = || {
+        FileCache::open(dir.path())
+            .and_then(|c| c.namespace("model", options.max_entry_size(SECOND_LIMIT)))
+            .map_err(|e| format!("reopen: {e}"))
+    };
     let ns_dir = dir.path().join("model");
     let mut ns = open()?;
     // What the key-value crate would hold: the charged size of each record.
     let mut records: HashMap<u8, u64> = HashMap::new();
+    let mut second = open_second()?;
     let mut model = Model::default();
     for (step, op) in ops.iter().enumerate() {
         let salt = step as u64;
@@ -539,11 +596,20 @@ pub fn check_ops(ops: &[Op]) -> Result<(), String> {
             }
             Op::Get(k) => {
                 let got = ns.get(&key(k)).map_err(|e| format!("step {step} {op:?}: {e}"))?;
-                ensure!(got == model.get(k), "step {step} {op:?}: wrong answer");
+                ensure!(got == model.read(k), "step {step} {op:?}: wrong answer");
             }
             Op::Open(k, chunk) => {
-                let got = read_all(&ns, k, chunk).map_err(|e| format!("step {step} {op:?}: {e}"))?;
-                ensure!(got == model.get(k), "step {step} {op:?}: wrong answer");
+                let damaged = model.damaged.get(&k).copied();
+                let expected = model.read(k);
+                match read_all(&ns, k, chunk) {
+                    Ok(got) => ensure!(
+                        got == expected && damaged != Some(true),
+                        "step {step} {op:?}: wrong answer"
+                    ),
+                    // Damage behind a whole header is found by reading the content.
+                    Err(Error::Corrupt { .. }) if damaged == Some(true) => {}
+                    Err(e) => return Err(format!("step {step} {op:?}: {e}")),
+                }
             }
             Op::AbandonedStream(k, len) => {
                 let mut w = ns.create(&key(k)).map_err(|e| format!("step {step}: {e}"))?;
@@ -556,14 +622,92 @@ pub fn check_ops(ops: &[Op]) -> Result<(), String> {
             }
             Op::Contains(k) => {
                 let got = ns.contains(&key(k)).map_err(|e| format!("step {step} {op:?}: {e}"))?;
-                ensure!(
-                    got == model.entries.contains_key(&k),
-                    "step {step} {op:?}: wrong answer"
-                );
+                ensure!(got == model.contains(k), "step {step} {op:?}: wrong answer");
             }
             Op::Reopen => {
-                drop(ns);
+                drop((ns, second));
                 ns = open()?;
+                second = open_second()?;
+            }
+            Op::Damage(k, pos) => {
+                let hex = key(k).to_string();
+                let path = ns_dir.join(&hex[..2]).join(&hex);
+                if model.entries.contains_key(&k) {
+                    let mut file = std::fs::read(&path).map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                    let at = pos as usize % file.len();
+                    file[at] ^= 0x20;
+                    // Rewritten in place, as a disk's damage is: same file, same size and time.
+                    let mtime = std::fs::metadata(&path).and_then(|m| m.modified());
+                    std::fs::write(&path, &file)
+                        .and_then(|()| std::fs::File::options().write(true).open(&path)?.set_modified(mtime?))
+                        .map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                    // Judged by the independent check of the format (a second flip of the same
+                    // byte makes the entry whole again).
+                    if valid_content(&file, &key(k)).is_some() {
+                        model.damaged.remove(&k);
+                    } else {
+                        model.damaged.insert(k, header_fools_contains(&file, &key(k)));
+                    }
+                }
+            }
+            Op::Verify => {
+                let report = FileCache::open(dir.path())
+                    .and_then(|c| c.verify(&mut |_| {}))
+                    .map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                let damaged: Vec<u8> = model.damaged.keys().copied().collect();
+                ensure!(
+                    report.removed == damaged.len() as u64 && report.checked == model.entries.len() as u64,
+                    "step {step} {op:?}: {report:?}, model {model:?}"
+                );
+                for k in damaged {
+                    model.delete(k);
+                }
+            }
+            Op::Gc(max) => {
+                FileCache::open(dir.path())
+                    .and_then(|c| c.gc(u64::from(max), &mut |_| {}))
+                    .map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                model.gc(u64::from(max));
+            }
+            Op::Clear => {
+                let removed = ns.clear().map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                ensure!(
+                    removed == model.entries.len() as u64,
+                    "step {step} {op:?}: {removed} removed"
+                );
+                // Key-value data is not the store's to clear: it stays, and stays charged.
+                model = Model {
+                    records: std::mem::take(&mut model.records),
+                    ..Model::default()
+                };
+            }
+            Op::Second(k, len, chunk) => {
+                let v = value(k, len, salt);
+                let r = write(&second, k, &v, (chunk > 0).then_some(chunk));
+                if u64::from(len) > SECOND_LIMIT {
+                    ensure!(
+                        matches!(r, Err(Error::TooLarge { limit: SECOND_LIMIT })),
+                        "step {step} {op:?}: past the limit: {r:?}"
+                    );
+                } else {
+                    ensure!(r.is_ok() == model.add(k, v), "step {step} {op:?}: {r:?}");
+                }
+            }
+            Op::SecondGet(k) => {
+                let r = second.get(&key(k));
+                let too_large = model.entries.get(&k).is_some_and(|v| v.len() as u64 > SECOND_LIMIT);
+                // An entry past this handle's limit is not read (not even to check it): too
+                // large, unless its header is damaged (then it is removed).
+                if too_large && model.damaged.get(&k) != Some(&false) {
+                    ensure!(
+                        matches!(r, Err(Error::TooLarge { .. })),
+                        "step {step} {op:?}: past the limit: {:?}",
+                        r.map(|o| o.map(|v| v.len()))
+                    );
+                } else {
+                    let got = r.map_err(|e| format!("step {step} {op:?}: {e}"))?;
+                    ensure!(got == model.read(k), "step {step} {op:?}: wrong answer");
+                }
             }
             Op::KvSet(k, len) => {
                 let v = value(k, len, salt);
@@ -643,14 +787,21 @@ pub fn check_ops(ops: &[Op]) -> Result<(), String> {
 /// may have evicted first (the oldest, in order) may be gone, nothing else. A failed write of the
 /// usage counter leaves it too high, which the next scan corrects (here, at once).
 fn after_fault(ns: &Namespace, model: &mut Model, k: u8, len: u16, hits: &[fault::Hit]) -> Result<(), String> {
-    let old = model.entries.get(&k).cloned();
+    let old = model.read(k);
     let got = ns.get(&key(k)).map_err(|e| e.to_string())?;
     ensure!(got == old, "the key's old entry changed");
-    model.get(k);
-    let victims = model.victims(k, u64::from(len)).unwrap_or_default();
+    // An entry with a damaged header is absent whether the write evicted it or `contains`
+    // below finds the damage (and removes it): it is left out of the order of eviction.
+    let header_damaged: Vec<u8> = model.damaged.iter().filter(|d| !*d.1).map(|d| *d.0).collect();
+    let victims: Vec<u8> = model.victims(k, u64::from(len)).unwrap_or_default();
+    let victims: Vec<u8> = victims.into_iter().filter(|x| !header_damaged.contains(x)).collect();
     let mut gone = Vec::new();
-    for &x in &model.order {
-        if !ns.contains(&key(x)).map_err(|e| e.to_string())? {
+    for x in model.order.clone() {
+        let present = ns.contains(&key(x)).map_err(|e| e.to_string())?;
+        if header_damaged.contains(&x) {
+            ensure!(!present, "an entry with a damaged header was found");
+            model.delete(x);
+        } else if !present {
             gone.push(x);
         }
     }

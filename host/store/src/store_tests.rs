@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::entry::HEADER_LEN;
 use crate::namespace::RECENCY;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn cache() -> (tempfile::TempDir, FileCache) {
     let dir = tempfile::tempdir().unwrap();
@@ -266,23 +266,102 @@ fn quota_evicts_least_recently_used_and_a_hit_refreshes() {
     assert_eq!(cache.stats().unwrap()[0].entries, 1);
 }
 
+/// When each worker's operations ran: proof that concurrent workers did overlap (a test of
+/// concurrency whose workers ran one after the other proves nothing).
+#[derive(Default)]
+struct Timeline(std::sync::Mutex<Vec<(usize, Instant, Instant)>>);
+
+impl Timeline {
+    /// Runs `f` as an operation of `worker`, recording when it ran.
+    fn run<T>(&self, worker: usize, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        let end = Instant::now();
+        self.0.lock().unwrap().push((worker, start, end));
+        out
+    }
+
+    /// How many operations ran (in part) while an operation of another worker was running.
+    fn overlapping(&self) -> usize {
+        let ops = self.0.lock().unwrap();
+        ops.iter()
+            .filter(|a| ops.iter().any(|b| b.0 != a.0 && b.1 < a.2 && a.1 < b.2))
+            .count()
+    }
+}
+
 #[test]
 fn quota_holds_across_two_handles_on_one_namespace() {
-    // Two opens of the namespace stand for two processes: they share the usage counter on disk.
-    let (_d, cache) = cache();
+    // Two opens of the namespace stand for two processes: they share the usage counter on disk,
+    // each with its own eviction queue and uncommitted total. Two threads, released together
+    // for each round, add at the same time; the quota is checked between rounds.
+    let (d, cache) = cache();
+    let quota = 10 * 4096;
     let opts = NamespaceOptions {
-        quota: 10 * 4096,
+        quota,
         ..Default::default()
     };
-    let a = cache.namespace("shared", opts).unwrap();
-    let b = cache.namespace("shared", opts).unwrap();
-    for i in 0..50u32 {
-        let ns = if i % 2 == 0 { &a } else { &b };
-        ns.add(&Key::digest(i.to_le_bytes()), &[1; 1000]).unwrap();
-        let s = &cache.stats().unwrap()[0];
-        assert!(s.bytes <= 10 * 4096, "over quota after {i}: {}", s.bytes);
+    let handles = [
+        cache.namespace("shared", opts).unwrap(),
+        cache.namespace("shared", opts).unwrap(),
+    ];
+    let (start, checked) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // A failure is recorded, not panicked on, so that the other thread is not left waiting.
+    let failure = std::sync::Mutex::new(None::<String>);
+    let timeline = Timeline::default();
+    std::thread::scope(|s| {
+        for (t, ns) in handles.iter().enumerate() {
+            let (start, checked, done, failure, timeline, cache) =
+                (&start, &checked, &done, &failure, &timeline, &cache);
+            s.spawn(move || {
+                for round in 0u32.. {
+                    start.wait();
+                    if done.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = Key::digest((round * 2 + t as u32).to_le_bytes());
+                    if let Err(e) = timeline.run(t, || ns.add(&key, &[1; 1000])) {
+                        *failure.lock().unwrap() = Some(format!("round {round}: {e}"));
+                    }
+                    checked.wait();
+                    if t == 0 {
+                        let mut failure = failure.lock().unwrap();
+                        match cache.stats().map(|s| s[0].bytes) {
+                            Ok(bytes) if bytes > quota => {
+                                *failure = Some(format!("over quota after round {round}: {bytes}"))
+                            }
+                            Ok(_) => {}
+                            Err(e) => *failure = Some(format!("stats: {e}")),
+                        }
+                        // At least 64 rounds, and enough of them run at once (on a loaded
+                        // machine a thread may not get a core in every round).
+                        let enough = round >= 63 && round % 8 == 7 && timeline.overlapping() >= 10;
+                        let stop = enough || failure.is_some() || round >= 1000;
+                        done.store(stop, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(failure) = failure.into_inner().unwrap() {
+        panic!("{failure}");
     }
-    assert_eq!(cache.stats().unwrap()[0].entries, 10);
+    let overlapping = timeline.overlapping();
+    assert!(
+        overlapping >= 10,
+        "the two handles' adds never overlapped enough ({overlapping} in 1000 rounds)"
+    );
+    let s = &cache.stats().unwrap()[0];
+    // Ten entries of 1000 bytes fit (each charged its file, rounded up to 4 KiB), an eleventh
+    // does not.
+    assert_eq!((s.entries, s.bytes), (10, 10 * crate::entry::charge(1000)));
+    let state = std::fs::read(d.path().join("cache/shared/state")).unwrap();
+    assert_eq!(
+        u64::from_le_bytes(state[8..16].try_into().unwrap()),
+        10 * crate::entry::charge(1000),
+        "the shared usage counter"
+    );
 }
 
 #[test]
@@ -782,13 +861,17 @@ fn concurrent_writers_of_one_key_never_tear() {
     let (_d, cache) = cache();
     let ns = ns(&cache);
     let key = Key::digest(b"contended");
+    let start = std::sync::Barrier::new(4);
+    let timeline = Timeline::default();
     std::thread::scope(|s| {
         for t in 0..4u8 {
             let ns = ns.clone();
+            let (start, timeline) = (&start, &timeline);
             s.spawn(move || {
+                start.wait();
                 for _ in 0..50 {
-                    ns.add(&key, &vec![t; 50_000]).unwrap();
-                    let got = ns.get(&key).unwrap();
+                    timeline.run(t as usize, || ns.add(&key, &vec![t; 50_000])).unwrap();
+                    let got = timeline.run(t as usize, || ns.get(&key)).unwrap();
                     // Where Windows cannot rename over an open file (Wine; Windows before 10
                     // 1809), replacing an entry a reader holds is two renames, and a reader in
                     // between misses (see the crate's Platforms docs). Never torn bytes.
@@ -803,6 +886,13 @@ fn concurrent_writers_of_one_key_never_tear() {
             });
         }
     });
+    // Proof that writers and readers did run at once: 400 operations, most of them overlapping
+    // another thread's.
+    let overlapping = timeline.overlapping();
+    assert!(
+        overlapping >= 40,
+        "only {overlapping} of 400 operations overlapped another thread's"
+    );
     let s = &cache.stats().unwrap()[0];
     assert_eq!((s.entries, s.bytes), (1, crate::entry::charge(50_000)));
 }
@@ -863,11 +953,19 @@ fn verify_and_stats_do_not_count_as_use() {
         )
         .unwrap();
     let keys: Vec<Key> = (0..9u8).map(|i| Key::digest([i])).collect();
-    for k in &keys[..8] {
+    let path = |k: &Key| entry_path(_d.path(), "lru", k);
+    let mtime = |k: &Key| std::fs::metadata(path(k)).unwrap().modified().unwrap();
+    for (i, k) in keys[..8].iter().enumerate() {
         ns.add(k, &[0; 100]).unwrap();
+        // Older than the recency granularity (an hour in tests), keys[0] the oldest: a read that
+        // counted as a use would refresh them, as a hit does.
+        age(&path(k), RECENCY * 2 + Duration::from_secs(100 - i as u64));
     }
+    let before: Vec<_> = keys[..8].iter().map(mtime).collect();
     cache.verify(&mut |_| {}).unwrap();
     cache.stats().unwrap();
+    let after: Vec<_> = keys[..8].iter().map(mtime).collect();
+    assert_eq!(after, before, "verify or stats refreshed an entry's recency");
     ns.add(&keys[8], &[0; 100]).unwrap();
     assert!(
         !ns.contains(&keys[0]).unwrap(),

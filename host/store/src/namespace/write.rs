@@ -152,7 +152,7 @@ impl Namespace {
             .context(|| "cannot set a temporary file's time".into())?;
         if self.inner.options.durability == Durability::Sync {
             fault::check(Point::SyncFile)
-                .and_then(|()| file.sync_all())
+                .and_then(|()| sys::sync_file(file))
                 .context(|| "cannot fsync a new entry".into())?;
         }
         let mut lk = self.lock()?;
@@ -172,7 +172,11 @@ impl Namespace {
         let before = lk.used.unwrap_or(used);
         lk.store_used(projected)?;
         if let Err(e) = self.rename_into_place(w, dir, tmp_name, &hk) {
-            let _ = lk.store_used(before);
+            // A rename may happen and still report an error: then the entry is there, and the
+            // counter must not go below it.
+            if w.tmp.symlink_metadata(tmp_name).is_ok() {
+                let _ = lk.store_used(before);
+            }
             return Err(e);
         }
         // Durable mode promises that a committed entry survives power loss; when that cannot be
@@ -391,7 +395,7 @@ struct TmpFile(File);
 impl Write for TmpFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         fault::check(Point::Write)?;
-        self.0.write(buf)
+        self.0.write(&buf[..fault::len(Point::Write, buf.len())?])
     }
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()

@@ -17,15 +17,78 @@
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
+use unix as platform;
+#[cfg(unix)]
 pub(crate) use unix::*;
 
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
+use windows as platform;
+#[cfg(windows)]
 pub(crate) use windows::*;
 
 use std::fs::File;
 use std::io;
+
+use cap_std::fs::Dir;
+
+use crate::fault::{self, Point};
+
+// The operations below carry the fault-injection hooks (`crate::fault`; nothing in a normal
+// build), once for every platform: they shadow the platform module's functions of the same name.
+
+/// Reads into `buf` at `offset`, returning how many bytes (0 at the end).
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let n = fault::len(Point::Read, buf.len())?;
+    platform::read_at(file, &mut buf[..n], offset)
+}
+
+/// Writes some of `buf` at `offset`, returning how many bytes.
+pub(crate) fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    let n = fault::len(Point::Write, buf.len())?;
+    platform::write_at(file, &buf[..n], offset)
+}
+
+/// Reads into `buf`'s spare capacity at `offset` (no zeroing first), returning how many bytes.
+pub(crate) fn read_spare(file: &File, buf: &mut Vec<u8>, offset: u64) -> io::Result<usize> {
+    let spare = buf.capacity() - buf.len();
+    match fault::len(Point::Read, spare)? {
+        n if n < spare => platform::read_spare_upto(file, buf, offset, n),
+        _ => platform::read_spare(file, buf, offset),
+    }
+}
+
+/// Reads at most `max` bytes into `buf`'s spare capacity at `offset`, returning how many.
+pub(crate) fn read_spare_upto(file: &File, buf: &mut Vec<u8>, offset: u64, max: usize) -> io::Result<usize> {
+    let max = fault::len(Point::Read, max.min(buf.capacity() - buf.len()))?;
+    platform::read_spare_upto(file, buf, offset, max)
+}
+
+/// fsyncs an open file, data and metadata.
+pub(crate) fn sync_file(file: &File) -> io::Result<()> {
+    fault::after(Point::SyncFile, file.sync_all())
+}
+
+/// fsyncs the directory `rel` of `dir` where the platform can (see the table above).
+pub(crate) fn sync_dir(dir: &Dir, rel: &str) -> io::Result<()> {
+    fault::after(Point::SyncDir, platform::sync_dir(dir, rel))
+}
+
+/// Removes the file (or symlink) `rel` of `dir`; `scratch` is where Windows moves it first.
+pub(crate) fn remove_file(dir: &Dir, rel: &str, scratch: &Dir) -> io::Result<()> {
+    fault::check(Point::RemoveFile)?;
+    fault::after(Point::RemoveFile, platform::remove_file(dir, rel, scratch))
+}
+
+/// Renames `from` in `from_dir` to `to` in `to_dir`, atomically replacing what is there, even
+/// while it is open (see the platform's version).
+pub(crate) fn rename_replacing(from_dir: &Dir, from: &str, to_dir: &Dir, to: &str, scratch: &Dir) -> io::Result<()> {
+    fault::after(
+        Point::Rename,
+        platform::rename_replacing(from_dir, from, to_dir, to, scratch),
+    )
+}
 
 /// Reads exactly `buf.len()` bytes of `file` at `offset`.
 pub(crate) fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
