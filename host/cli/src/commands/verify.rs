@@ -57,7 +57,9 @@ impl VerifyCommand {
         // Damage is news a script must not miss, even though it has been dealt with.
         let damaged = report.removed > 0
             || !report.damaged.is_empty()
-            || buckets.iter().any(|(_, r)| !r.damaged.is_empty() || r.database.is_some());
+            || buckets
+                .iter()
+                .any(|(_, r)| !r.damaged.is_empty() || r.database.is_some());
         Ok(if damaged { ExitCode::from(1) } else { ExitCode::SUCCESS })
     }
 }
