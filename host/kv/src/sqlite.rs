@@ -489,12 +489,11 @@ impl SqliteEngine {
 
     fn remove(&self, tx: &Transaction<'_>, key: &str) -> Result<u64> {
         let size = self.size_of(tx, key)?;
-        if size > 0 {
-            let mut stmt = tx
-                .prepare_cached("DELETE FROM kv WHERE key = ?1")
-                .map_err(|e| self.db(e))?;
-            stmt.execute([key.as_bytes()]).map_err(|e| self.db(e))?;
-        }
+        // Always deleted: a row of 0 bytes (the empty key with an empty value) is a row too.
+        let mut stmt = tx
+            .prepare_cached("DELETE FROM kv WHERE key = ?1")
+            .map_err(|e| self.db(e))?;
+        stmt.execute([key.as_bytes()]).map_err(|e| self.db(e))?;
         Ok(size)
     }
 

@@ -675,3 +675,21 @@ fn clear_removes_every_key_and_gives_the_bytes_back() {
     assert_eq!(b.get("kept").unwrap().as_deref(), Some(&b"v"[..]));
     assert_eq!(ns.data_bytes().unwrap(), 5);
 }
+
+/// Found by the model test: a row of 0 bytes (the empty key with an empty value) was never
+/// deleted (the delete skipped rows whose size was 0), by `delete` and `delete_many` alike.
+#[test]
+fn the_empty_key_with_an_empty_value_can_be_deleted() {
+    let (_d, cache) = cache();
+    let b = bucket(&cache);
+    b.set("", b"").unwrap();
+    assert!(b.exists("").unwrap());
+    b.delete("").unwrap();
+    assert!(!b.exists("").unwrap());
+    assert!(b.keys().unwrap().is_empty());
+    b.set("", b"").unwrap();
+    b.delete_many(&["".into()]).unwrap();
+    assert!(!b.exists("").unwrap());
+    assert_eq!(b.usage().unwrap(), Usage::default());
+    assert_eq!(ns_of(&cache).data_bytes().unwrap(), 0);
+}
