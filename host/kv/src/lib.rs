@@ -465,4 +465,6 @@ pub(crate) fn overflow(key: &str, value: impl ToString, delta: impl ToString) ->
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
