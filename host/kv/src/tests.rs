@@ -1,5 +1,6 @@
 //! Tests of key-value buckets against real SQLite databases in temporary directories.
 
+use filecache_store::entry::charge;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -234,30 +235,35 @@ fn a_planted_symlink_is_refused() {
 #[test]
 fn data_counts_against_the_quota_and_evicts_cache_entries_never_itself() {
     let (_d, cache) = cache();
-    let options = NamespaceOptions::default().quota(1000);
+    // A cache entry is charged its file rounded up to 4 KiB: `small` for 400 bytes of content,
+    // `large` (two blocks of 4 KiB) for 5000. The quota holds three small entries.
+    let (small, large) = (charge(400), charge(5000));
+    assert_eq!(large, 2 * small);
+    let options = NamespaceOptions::default().quota(3 * small);
     let ns = cache.namespace("test", options).unwrap();
     let b = Bucket::new(ns.clone());
     let (k1, k2) = (Key::digest(b"1"), Key::digest(b"2"));
     ns.add(&k1, &[1; 400]).unwrap();
     ns.add(&k2, &[2; 400]).unwrap();
-    // 1 + 500 bytes: the oldest entry goes to make room.
-    b.set("v", &[7; 500]).unwrap();
+    // 1 + 4500 bytes of data: the oldest entry goes to make room.
+    b.set("v", &[7; 4500]).unwrap();
     assert!(ns.get(&k1).unwrap().is_none());
     assert!(ns.get(&k2).unwrap().is_some());
-    assert_eq!(ns.data_bytes().unwrap(), 501);
-    // Data never makes room for entries: only 499 bytes are free for them.
+    assert_eq!(ns.data_bytes().unwrap(), 4501);
+    // Data never makes room for entries: even with k2 evicted, a large entry does not fit
+    // beside the data.
     assert!(matches!(
-        ns.add(&k1, &[1; 600]),
+        ns.add(&k1, &[1; 5000]),
         Err(filecache_store::Error::QuotaExceeded { .. })
     ));
     // Nor for more data than the quota holds, even with every entry gone.
-    let err = b.set("w", &[8; 600]).unwrap_err();
+    let err = b.set("w", &[8; 8000]).unwrap_err();
     assert!(
         matches!(err, Error::Store(filecache_store::Error::QuotaExceeded { .. })),
         "{err:?}"
     );
     assert!(b.get("w").unwrap().is_none());
-    assert_eq!(b.get("v").unwrap().unwrap().len(), 500);
+    assert_eq!(b.get("v").unwrap().unwrap().len(), 4500);
     // Replacing a value is charged the difference; deleting gives its bytes back.
     b.set("v", &[7; 100]).unwrap();
     assert_eq!(ns.data_bytes().unwrap(), 101);
@@ -266,8 +272,8 @@ fn data_counts_against_the_quota_and_evicts_cache_entries_never_itself() {
     assert_eq!(
         ns.scan(0).unwrap().used,
         ns.scan(0).unwrap().data_bytes
-            + 400 * u64::from(ns.get(&k2).unwrap().is_some())
-            + 600 * u64::from(ns.get(&k1).unwrap().is_some())
+            + small * u64::from(ns.get(&k2).unwrap().is_some())
+            + large * u64::from(ns.get(&k1).unwrap().is_some())
     );
     // Over the entry size limit: refused, nothing stored.
     let small = Bucket::new(
