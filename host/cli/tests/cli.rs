@@ -251,7 +251,7 @@ fn maintenance_commands() {
     let out = cache.cli("clear", &["--namespace", "two"]);
     assert_success(&out, "clear");
     assert!(
-        stdout(&out).contains("removed 1 entries from namespace two"),
+        stdout(&out).contains("removed 1 cache entry from namespace two"),
         "{}",
         stdout(&out)
     );

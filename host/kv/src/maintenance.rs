@@ -78,12 +78,15 @@ pub fn clear(cache: &FileCache, namespace: Option<&str>) -> Result<Vec<(String, 
 /// high), so that `gc` and eviction work with true figures.
 pub fn recount(cache: &FileCache) -> Result<()> {
     for name in names(cache)? {
-        let ns = cache.namespace(&name, options(false))?;
-        let Some(dir) = ns.directory() else { continue };
-        if dir.symlink_metadata(crate::DATABASE_FILE).is_err() {
-            continue;
+        // Looked for through a read-only handle first: a writable open reclaims the namespace's
+        // dead writers' temporary files, which `gc`, run next, counts and reports itself.
+        let has_database = cache
+            .namespace(&name, options(true))?
+            .directory()
+            .is_some_and(|dir| dir.symlink_metadata(crate::DATABASE_FILE).is_ok());
+        if has_database {
+            crate::SqliteEngine::new(cache.namespace(&name, options(false))?).recount_charge()?;
         }
-        crate::SqliteEngine::new(ns).recount_charge()?;
     }
     Ok(())
 }

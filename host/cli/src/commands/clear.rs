@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use filecache_host::kv::maintenance;
 
-use crate::common::CacheDirArg;
+use crate::common::{CacheDirArg, count};
 
 #[derive(Args)]
 pub struct ClearCommand {
@@ -24,13 +24,12 @@ impl ClearCommand {
     pub fn execute(self) -> Result<()> {
         let (_, cache) = self.cache.open()?;
         let removed = cache.clear(self.namespace.as_deref())?;
-        let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         match &self.namespace {
             Some(ns) => println!(
                 "removed {} from namespace {ns}",
-                plural(removed, "cache entry", "cache entries")
+                count(removed, "cache entry", "cache entries")
             ),
-            None => println!("removed {}", plural(removed, "cache entry", "cache entries")),
+            None => println!("removed {}", count(removed, "cache entry", "cache entries")),
         }
         if self.include_kv {
             let cleared = maintenance::clear(&cache, self.namespace.as_deref())
@@ -41,7 +40,7 @@ impl ClearCommand {
             for (ns, keys) in cleared {
                 println!(
                     "removed the key-value bucket of namespace {ns} ({})",
-                    plural(keys, "key", "keys")
+                    count(keys, "key", "keys")
                 );
             }
         } else {
@@ -54,8 +53,8 @@ impl ClearCommand {
                 let keys: u64 = kept.iter().map(|(_, u)| u.keys).sum();
                 println!(
                     "kept key-value data: {} in {} (remove it with --include-kv)",
-                    plural(keys, "key", "keys"),
-                    plural(kept.len() as u64, "namespace", "namespaces")
+                    count(keys, "key", "keys"),
+                    count(kept.len() as u64, "namespace", "namespaces")
                 );
             }
         }
