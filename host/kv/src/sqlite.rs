@@ -497,6 +497,22 @@ impl SqliteEngine {
         Ok(size)
     }
 
+    /// Both increments: the value read as a decimal integer of `T` (a missing key is 0), `delta`
+    /// added with overflow checked, the sum written back as decimal, in one transaction.
+    fn increment<T>(&self, key: &str, delta: T, checked_add: fn(T, T) -> Option<T>) -> Result<T>
+    where
+        T: Copy + Default + ToString + std::str::FromStr<Err = std::num::ParseIntError>,
+    {
+        self.update(key, |cur| {
+            let value = match cur {
+                None => T::default(),
+                Some((b, _)) => parse::<T>(key, b)?,
+            };
+            let sum = checked_add(value, delta).ok_or_else(|| overflow(key, value, delta))?;
+            Ok(Outcome::Write(sum.to_string().into_bytes(), sum))
+        })
+    }
+
     /// Reads, checks and (if `f` says so) rewrites `key` in one `BEGIN IMMEDIATE` transaction.
     fn update<R>(&self, key: &str, f: impl FnOnce(Option<(&[u8], Version)>) -> Result<Outcome<R>>) -> Result<R> {
         self.writing(|conn| {
@@ -666,25 +682,11 @@ impl Engine for SqliteEngine {
     }
 
     fn increment_u64(&self, key: &str, delta: u64) -> Result<u64> {
-        self.update(key, |cur| {
-            let value = match cur {
-                None => 0,
-                Some((b, _)) => parse::<u64>(key, b)?,
-            };
-            let sum = value.checked_add(delta).ok_or_else(|| overflow(key, value, delta))?;
-            Ok(Outcome::Write(sum.to_string().into_bytes(), sum))
-        })
+        self.increment(key, delta, u64::checked_add)
     }
 
     fn increment_i64(&self, key: &str, delta: i64) -> Result<i64> {
-        self.update(key, |cur| {
-            let value = match cur {
-                None => 0,
-                Some((b, _)) => parse::<i64>(key, b)?,
-            };
-            let sum = value.checked_add(delta).ok_or_else(|| overflow(key, value, delta))?;
-            Ok(Outcome::Write(sum.to_string().into_bytes(), sum))
-        })
+        self.increment(key, delta, i64::checked_add)
     }
 
     fn swap(&self, key: &str, expected: Option<Version>, value: &[u8]) -> Result<Result<(), Option<Versioned>>> {
