@@ -145,7 +145,6 @@ pub use filecache_store as store;
 pub use filecache_store::remote;
 pub use filecache_store::{Durability, Error, FileCache, Key, Namespace, NamespaceOptions, Result, Store, entry, size};
 
-/// The README's Rust examples, compiled as doctests so that they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
+/// The Rust examples of the README and of `docs/`, compiled as doctests so that they stay true.
+#[cfg(any(test, doctest))]
+mod doctests;

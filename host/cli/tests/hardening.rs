@@ -65,7 +65,7 @@ fn peak_rss_of_stream_big(cache: &TestCache, size: &str) -> u64 {
     usage.ru_maxrss as u64
 }
 
-/// README, Hostile guests: "no read makes it allocate more than 1 MiB: streaming a 1 GiB entry
+/// docs/guarantees.md, Hostile guests: "no read makes it allocate more than 1 MiB: streaming a 1 GiB entry
 /// in and out costs the host 0.3 MiB more than streaming 16 MiB". The guest checks that no read
 /// returns more than 1 MiB; this checks the host's side, by its peak memory: streaming an entry
 /// six times larger costs it a few MiB more at most (holding the entry once would cost 80 MiB).

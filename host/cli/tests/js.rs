@@ -415,7 +415,7 @@ fn quickjs_without_component_model_async_needs_the_sync_runtime() {
 fn using_the_cache_in_top_level_code_fails_the_build_clearly() {
     example(Engine::SpiderMonkey); // the tools are installed
     let app = tempfile::tempdir().unwrap();
-    // A plugin of its own, with a copy of the kit beside it, as the README describes.
+    // A plugin of its own, with a copy of the kit beside it, as docs/kits/javascript.md describes.
     std::fs::copy(
         root().join("guest/js/src/filecache.js"),
         app.path().join("filecache.js"),

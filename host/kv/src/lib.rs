@@ -468,3 +468,8 @@ pub(crate) fn overflow(key: &str, value: impl ToString, delta: impl ToString) ->
 mod model_tests;
 #[cfg(test)]
 mod tests;
+
+/// The crate README's example, compiled as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -5,7 +5,7 @@
 //! Two versions of the proposal are served side by side, each its own import (wasmtime never
 //! treats two pre-release versions as compatible): `wasi:keyvalue@0.2.0-draft` (as wasmtime 48
 //! vendors it; `wasmtime run -S keyvalue` and wasmCloud speak it) and
-//! `wasi:keyvalue@0.2.0-draft2` (the proposal's main branch; Spin speaks it, see the README for
+//! `wasi:keyvalue@0.2.0-draft2` (the proposal's main branch; Spin speaks it, see `docs/keyvalue.md` for
 //! where Spin's copy differs). Their WIT is vendored under `wit/deps/`.
 //!
 //! Shaped like wasmtime's `wasmtime-wasi-keyvalue`: the per-instance state is a plain

@@ -1,5 +1,5 @@
 //! Regression tests for the findings of the adversarial review (issue 11), each named after
-//! its finding; the README's Guarantees list what each proves.
+//! its finding; docs/guarantees.md lists what each proves.
 
 use super::*;
 
