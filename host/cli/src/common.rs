@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use filecache_host::FileCache;
 use filecache_host::compiled::IncrementalCache;
-use filecache_host::store::Progress;
+use filecache_host::store::{Progress, validate_namespace_name};
 use wasmtime::{Config, Engine};
 
 use crate::wasm_features::{self, Switch};
@@ -38,6 +38,58 @@ impl CacheDirArg {
         let cache = open_cache(&dir)?;
         Ok((dir, cache))
     }
+
+    /// Opens the cache for a command that only looks (or removes): one that does not exist is an
+    /// error that says so, and nothing is created (no directory, no `CACHEDIR.TAG`).
+    pub fn open_existing(&self) -> Result<(PathBuf, FileCache)> {
+        let dir = self.resolve()?;
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!(
+                "{} is not a directory: give the cache directory with --cache-dir or FILECACHE_DIR",
+                dir.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "there is no cache at {}: nothing has been stored there (give the cache directory with \
+                 --cache-dir or FILECACHE_DIR)",
+                dir.display()
+            ),
+            Err(e) => bail!("cannot open cache directory {}: {e}", dir.display()),
+        }
+        let root = cap_std::fs::Dir::open_ambient_dir(&dir, cap_std::ambient_authority())
+            .with_context(|| format!("cannot open cache directory {}", dir.display()))?;
+        Ok((dir, FileCache::from_dir(root)))
+    }
+
+    /// Whether the cache directory and its namespace `name` exist (checked without creating
+    /// either; a bad name is an error).
+    pub fn exists_namespace(&self, name: &str) -> Result<bool> {
+        validate_namespace_name(name)?;
+        Ok(self.resolve()?.join(name).is_dir())
+    }
+}
+
+/// Refuses a namespace that does not exist (a typo, most likely) with a message that lists the
+/// ones that do; creates nothing.
+pub fn require_namespace(cache: &FileCache, dir: &Path, name: &str) -> Result<()> {
+    if !name.starts_with('.') {
+        validate_namespace_name(name)?;
+    }
+    let names = cache.namespace_names()?;
+    if names.iter().any(|n| n == name) {
+        return Ok(());
+    }
+    let present: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| validate_namespace_name(n).is_ok())
+        .collect();
+    let present = if present.is_empty() {
+        "it has none".to_string()
+    } else {
+        format!("it has {}", present.join(", "))
+    };
+    bail!("there is no namespace {name:?} in {} ({present})", dir.display())
 }
 
 /// `-W`: the engine's WebAssembly features, shared by `run` and `compile` so that `compile`
