@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod common;
+mod limits;
 mod wasm_features;
 
 /// Run WebAssembly components with a persistent, sandboxed cache.

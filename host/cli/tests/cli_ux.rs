@@ -390,3 +390,144 @@ fn commands_that_only_look_create_nothing() {
     assert!(stdout(&clear).contains("nothing to remove"), "{}", stdout(&clear));
     assert_eq!(listing(&dir), before);
 }
+
+/// Item 5: a text file named .wasm is neither a component nor a module: one line, no parser
+/// error, no backtrace even with RUST_BACKTRACE=1.
+#[test]
+fn a_text_file_named_wasm_is_said_to_be_neither_component_nor_module() {
+    let cache = TestCache::new();
+    let text = cache.tmp.path().join("readme.wasm");
+    std::fs::write(&text, "(this is not wasm)\n").unwrap();
+    for sub in ["run", "compile"] {
+        let out = filecache()
+            .env("RUST_BACKTRACE", "1")
+            .arg(sub)
+            .arg("--cache-dir")
+            .arg(cache.dir())
+            .arg(&text)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(
+                "is not a valid WebAssembly component: it is neither a component nor a core module, it is text"
+            ),
+            "{sub}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{sub}: {err}");
+        assert!(!cache.dir().exists(), "{sub} created the cache");
+    }
+}
+
+/// Item 5: `compile` of a component that `run` cannot link compiles it and warns, naming what is
+/// missing and what to use.
+#[test]
+fn compile_warns_about_components_run_cannot_run() {
+    let cache = TestCache::new();
+    let out = cache.cli("compile", &[filecache_tests::http_hello_wasm().to_str().unwrap()]);
+    assert_success(&out, "compile an HTTP handler");
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("warning: compiled, but `filecache run` will refuse it:") && err.contains("filecache serve"),
+        "{err}"
+    );
+    // A component that imports an interface nobody provides.
+    let wat = cache.tmp.path().join("needs-more.wat");
+    std::fs::write(
+        &wat,
+        r#"(component
+            (import "example:missing/api" (instance (export "f" (func))))
+        )"#,
+    )
+    .unwrap();
+    let out = cache.cli("compile", &[wat.to_str().unwrap()]);
+    assert_success(&out, "compile a component with an unknown import");
+    let err = stderr(&out);
+    assert!(
+        err.contains("`filecache run` cannot run") && err.contains("example:missing/api"),
+        "{err}"
+    );
+    // A command run can run: no warning.
+    let out = cache.cli("compile", &[contract_wasm().to_str().unwrap()]);
+    assert_success(&out, "compile the contract guest");
+    assert_eq!(stderr(&out), "");
+}
+
+/// Item 6: `-W max-memory-size`, `-W timeout`, `-W fuel` are enforced by wasmtime and say which
+/// limit stopped the run; `-W help` lists them.
+#[test]
+fn w_limits_stop_a_run_that_exceeds_them_with_a_clear_message() {
+    let cache = TestCache::new();
+    let hostile = filecache_tests::hostile_wasm();
+    // Within the limit, and without one, the guest takes its 32 MiB.
+    let fine = cache.run(hostile, &["-W", "max-memory-size=128MiB"], &["grow-memory", "32MiB"]);
+    assert_success(&fine, "grow-memory under the limit");
+    let over = cache.run(hostile, &["-W", "max-memory-size=16MiB"], &["grow-memory", "32MiB"]);
+    assert_eq!(over.status.code(), Some(134), "{}", stderr(&over));
+    assert!(
+        stderr(&over).contains("was stopped: it asked for")
+            && stderr(&over).contains("over -W max-memory-size (16777216 bytes"),
+        "{}",
+        stderr(&over)
+    );
+
+    let start = std::time::Instant::now();
+    let timeout = cache.run(hostile, &["-W", "timeout=300ms"], &["spin"]);
+    assert_eq!(timeout.status.code(), Some(134), "{}", stderr(&timeout));
+    assert!(
+        stderr(&timeout).contains("ran longer than -W timeout (300ms)"),
+        "{}",
+        stderr(&timeout)
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+
+    let fuel = cache.run(hostile, &["-W", "fuel=5000000"], &["spin"]);
+    assert_eq!(fuel.status.code(), Some(134), "{}", stderr(&fuel));
+    assert!(
+        stderr(&fuel).contains("used up its fuel (-W fuel=5000000)"),
+        "{}",
+        stderr(&fuel)
+    );
+    // Enough fuel for a short task: it runs.
+    let enough = cache.run(
+        hostile,
+        &["-W", "fuel=10000000000,timeout=60s"],
+        &["grow-memory", "1MiB"],
+    );
+    assert_success(&enough, "grow-memory with fuel and a timeout to spare");
+
+    let help = filecache().args(["run", "-W", "help"]).output().unwrap();
+    assert_success(&help, "-W help");
+    for listed in [
+        "-W max-memory-size=SIZE",
+        "-W timeout=DURATION",
+        "-W fuel=N",
+        "-W threads[=y|n]",
+    ] {
+        assert!(stdout(&help).contains(listed), "{listed}: {}", stdout(&help));
+    }
+    let unknown = filecache()
+        .args(["run", "-W", "fuel-limit=3", "x.wasm"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("`-W help` lists"), "{}", stderr(&unknown));
+}
+
+/// Item 6: `--quota -1` and `--quota 0` are refused with a message that says what to do.
+#[test]
+fn a_negative_or_zero_quota_is_refused_with_a_useful_message() {
+    let cache = TestCache::new();
+    let negative = cache.run(contract_wasm(), &["--quota", "-1"], &["basics"]);
+    assert_eq!(negative.status.code(), Some(2), "{}", stderr(&negative));
+    assert!(
+        stderr(&negative).contains("a quota cannot be negative"),
+        "{}",
+        stderr(&negative)
+    );
+    let zero = cache.run(contract_wasm(), &["--quota", "0"], &["basics"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
+    assert!(stderr(&zero).contains("--read-only"), "{}", stderr(&zero));
+    assert!(!cache.dir().exists());
+}
