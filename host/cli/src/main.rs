@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod common;
+mod limits;
 mod wasm_features;
 
 /// Run WebAssembly components with a persistent, sandboxed cache.
@@ -37,7 +38,7 @@ enum Cmd {
     Gc(commands::gc::GcCommand),
     /// Check every entry and remove the ones that fail
     Verify(commands::verify::VerifyCommand),
-    /// Remove all entries and key-value data, of one namespace or of all
+    /// Remove the cache entries of one namespace or of all (key-value data only with --include-kv)
     Clear(commands::clear::ClearCommand),
     /// Get, set, delete or list the wasi:keyvalue data of a namespace
     Kv(commands::kv::KvCommand),

@@ -227,3 +227,307 @@ fn errors_exit_2_and_a_missing_key_exits_1() {
     let usage = cache.cli("gc", &["--max-size", "lots"]);
     assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
 }
+
+/// Every file and directory below `dir`, relative, sorted: what a command must leave as it was.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            if p.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Item 2: `kv list` prints every key on one line, escaped, and never stops half-way; `kv get`,
+/// `set` and `delete` take the form it prints.
+#[test]
+fn kv_list_escapes_control_characters_and_the_other_commands_read_that_form() {
+    let cache = TestCache::new();
+    // Keys written by a guest (the empty key, NUL inside, a 4096-byte one, unicode) ...
+    let out = cache.run(filecache_tests::keyvalue_wasm(), &[], &["odd-keys"]);
+    assert_success(&out, "odd-keys");
+    // ... and by the shell: a newline, a backslash, an escape character.
+    for (key, value) in [("two\\nlines", "n"), ("back\\\\slash", "b"), ("esc\\u{1b}[0m", "e")] {
+        assert_success(&cache.cli("kv", &["set", key, value]), &format!("kv set {key}"));
+    }
+    let list = cache.cli("kv", &["list"]);
+    assert_eq!(list.status.code(), Some(0), "{}", stderr(&list));
+    let text = stdout(&list);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 13, "one line per key:\n{text:?}");
+    for expected in [
+        "two\\nlines",
+        "back\\\\slash",
+        "esc\\u{1b}[0m",
+        "nul\\0inside",
+        "",
+        "a/b",
+    ] {
+        assert!(lines.contains(&expected), "{expected:?} not listed:\n{text:?}");
+    }
+    assert!(!text.contains('\x1b') && !text.contains('\0'), "{text:?}");
+    // Every listed line names its key: `kv get` of it finds the value.
+    for line in &lines {
+        let get = cache.cli("kv", &["get", line]);
+        assert_eq!(get.status.code(), Some(0), "kv get {line:?}: {}", stderr(&get));
+    }
+    assert_eq!(stdout(&cache.cli("kv", &["get", "two\\nlines"])), "n");
+    assert_eq!(stdout(&cache.cli("kv", &["get", "back\\\\slash"])), "b");
+    // The guest sees the shell's key with its real newline.
+    assert_success(&cache.cli("kv", &["delete", "two\\nlines"]), "kv delete");
+    assert_eq!(cache.cli("kv", &["get", "two\\nlines"]).status.code(), Some(1));
+    // A backslash that starts no escape is refused, before anything is written.
+    let bad = cache.cli("kv", &["set", "C:\\path", "v"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("write a backslash itself as \\\\"),
+        "{}",
+        stderr(&bad)
+    );
+    let help = cache.cli("kv", &["list", "--help"]);
+    assert!(stdout(&help).contains("a newline \\n"), "{}", stdout(&help));
+}
+
+/// Item 4: `stats`, `kv get`, `kv list` and `verify` on a cache or namespace that does not exist
+/// say so (exit 2) and create nothing; `clear` of what does not exist succeeds and creates
+/// nothing; on an existing cache, looking leaves every file as it was (no SQLite -wal or -shm).
+#[test]
+fn commands_that_only_look_create_nothing() {
+    let cache = TestCache::new();
+    let dir = cache.dir();
+    for args in [
+        &["stats"][..],
+        &["stats", "--json"],
+        &["verify"],
+        &["kv", "get", "k"],
+        &["kv", "list"],
+    ] {
+        let out = cache.cli(args[0], &args[1..]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("there is no cache at"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!dir.exists(), "{args:?} created the cache directory");
+    }
+    for args in [&["clear"][..], &["clear", "--namespace", "a"], &["kv", "delete", "k"]] {
+        let out = cache.cli(args[0], &args[1..]);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!dir.exists(), "{args:?} created the cache directory");
+    }
+    // A refused run creates nothing either: a text file named .wasm.
+    let text = cache.tmp.path().join("notes.wasm");
+    std::fs::write(&text, "hello\n").unwrap();
+    assert_eq!(cache.run(&text, &[], &[]).status.code(), Some(2));
+    assert!(!dir.exists());
+
+    // An existing cache: a namespace with entries and no database, one with a database (closed,
+    // its -wal and -shm gone), one that is an empty directory.
+    cache.contract(&["--no-compile-cache", "--namespace", "plain"], &["put", "s1", "1000"]);
+    assert_success(&cache.cli("kv", &["--namespace", "data", "set", "k", "v"]), "kv set");
+    std::fs::create_dir(dir.join("empty")).unwrap();
+    let before = listing(&dir);
+    assert!(before.contains(&"data/kv.sqlite3".to_string()), "{before:?}");
+    assert!(
+        !before.iter().any(|f| f.ends_with("-wal") || f.ends_with("-shm")),
+        "{before:?}"
+    );
+    for ns in ["plain", "data", "empty"] {
+        for args in [
+            &["stats"][..],
+            &["stats", "--json"],
+            &["kv", "--namespace", ns, "get", "k"],
+            &["kv", "--namespace", ns, "list"],
+        ] {
+            let out = cache.cli(args[0], &args[1..]);
+            assert!(out.status.code() != Some(2), "{args:?}: {}", stderr(&out));
+            assert_eq!(listing(&dir), before, "{args:?} changed the cache directory");
+        }
+    }
+    assert_eq!(stdout(&cache.cli("kv", &["--namespace", "data", "get", "k"])), "v");
+    // `verify` may remove damage, but creates no database and no namespace.
+    let out = cache.cli("verify", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let after = listing(&dir);
+    assert!(
+        after.iter().all(|f| before.contains(f) || f.starts_with("empty/")),
+        "verify created {:?}",
+        after.iter().filter(|f| !before.contains(f)).collect::<Vec<_>>()
+    );
+    assert!(
+        !after
+            .iter()
+            .any(|f| f.contains("kv.sqlite3") && !f.starts_with("data/")),
+        "{after:?}"
+    );
+    assert!(
+        !after.iter().any(|f| f.ends_with("-wal") || f.ends_with("-shm")),
+        "{after:?}"
+    );
+    let before = after;
+    // A namespace that does not exist: an error for looking, nothing to do for clearing.
+    let missing = cache.cli("kv", &["--namespace", "typo", "list"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("there is no namespace \"typo\"") && stderr(&missing).contains("data, empty, plain"),
+        "{}",
+        stderr(&missing)
+    );
+    assert_eq!(
+        cache.cli("kv", &["--namespace", "typo", "get", "k"]).status.code(),
+        Some(2)
+    );
+    let clear = cache.cli("clear", &["--namespace", "typo"]);
+    assert_success(&clear, "clear a missing namespace");
+    assert!(stdout(&clear).contains("nothing to remove"), "{}", stdout(&clear));
+    assert_eq!(listing(&dir), before);
+}
+
+/// Item 5: a text file named .wasm is neither a component nor a module: one line, no parser
+/// error, no backtrace even with RUST_BACKTRACE=1.
+#[test]
+fn a_text_file_named_wasm_is_said_to_be_neither_component_nor_module() {
+    let cache = TestCache::new();
+    let text = cache.tmp.path().join("readme.wasm");
+    std::fs::write(&text, "(this is not wasm)\n").unwrap();
+    for sub in ["run", "compile"] {
+        let out = filecache()
+            .env("RUST_BACKTRACE", "1")
+            .arg(sub)
+            .arg("--cache-dir")
+            .arg(cache.dir())
+            .arg(&text)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(
+                "is not a valid WebAssembly component: it is neither a component nor a core module, it is text"
+            ),
+            "{sub}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{sub}: {err}");
+        assert!(!cache.dir().exists(), "{sub} created the cache");
+    }
+}
+
+/// Item 5: `compile` of a component that `run` cannot link compiles it and warns, naming what is
+/// missing and what to use.
+#[test]
+fn compile_warns_about_components_run_cannot_run() {
+    let cache = TestCache::new();
+    let out = cache.cli("compile", &[filecache_tests::http_hello_wasm().to_str().unwrap()]);
+    assert_success(&out, "compile an HTTP handler");
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("warning: compiled, but `filecache run` will refuse it:") && err.contains("filecache serve"),
+        "{err}"
+    );
+    // A component that imports an interface nobody provides.
+    let wat = cache.tmp.path().join("needs-more.wat");
+    std::fs::write(
+        &wat,
+        r#"(component
+            (import "example:missing/api" (instance (export "f" (func))))
+        )"#,
+    )
+    .unwrap();
+    let out = cache.cli("compile", &[wat.to_str().unwrap()]);
+    assert_success(&out, "compile a component with an unknown import");
+    let err = stderr(&out);
+    assert!(
+        err.contains("`filecache run` cannot run") && err.contains("example:missing/api"),
+        "{err}"
+    );
+    // A command run can run: no warning.
+    let out = cache.cli("compile", &[contract_wasm().to_str().unwrap()]);
+    assert_success(&out, "compile the contract guest");
+    assert_eq!(stderr(&out), "");
+}
+
+/// Item 6: `-W max-memory-size`, `-W timeout`, `-W fuel` are enforced by wasmtime and say which
+/// limit stopped the run; `-W help` lists them.
+#[test]
+fn w_limits_stop_a_run_that_exceeds_them_with_a_clear_message() {
+    let cache = TestCache::new();
+    let hostile = filecache_tests::hostile_wasm();
+    // Within the limit, and without one, the guest takes its 32 MiB.
+    let fine = cache.run(hostile, &["-W", "max-memory-size=128MiB"], &["grow-memory", "32MiB"]);
+    assert_success(&fine, "grow-memory under the limit");
+    let over = cache.run(hostile, &["-W", "max-memory-size=16MiB"], &["grow-memory", "32MiB"]);
+    assert_eq!(over.status.code(), Some(134), "{}", stderr(&over));
+    assert!(
+        stderr(&over).contains("was stopped: it asked for")
+            && stderr(&over).contains("over -W max-memory-size (16777216 bytes"),
+        "{}",
+        stderr(&over)
+    );
+
+    let start = std::time::Instant::now();
+    let timeout = cache.run(hostile, &["-W", "timeout=300ms"], &["spin"]);
+    assert_eq!(timeout.status.code(), Some(134), "{}", stderr(&timeout));
+    assert!(
+        stderr(&timeout).contains("ran longer than -W timeout (300ms)"),
+        "{}",
+        stderr(&timeout)
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+
+    let fuel = cache.run(hostile, &["-W", "fuel=5000000"], &["spin"]);
+    assert_eq!(fuel.status.code(), Some(134), "{}", stderr(&fuel));
+    assert!(
+        stderr(&fuel).contains("used up its fuel (-W fuel=5000000)"),
+        "{}",
+        stderr(&fuel)
+    );
+    // Enough fuel for a short task: it runs.
+    let enough = cache.run(
+        hostile,
+        &["-W", "fuel=10000000000,timeout=60s"],
+        &["grow-memory", "1MiB"],
+    );
+    assert_success(&enough, "grow-memory with fuel and a timeout to spare");
+
+    let help = filecache().args(["run", "-W", "help"]).output().unwrap();
+    assert_success(&help, "-W help");
+    for listed in [
+        "-W max-memory-size=SIZE",
+        "-W timeout=DURATION",
+        "-W fuel=N",
+        "-W threads[=y|n]",
+    ] {
+        assert!(stdout(&help).contains(listed), "{listed}: {}", stdout(&help));
+    }
+    let unknown = filecache()
+        .args(["run", "-W", "fuel-limit=3", "x.wasm"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("`-W help` lists"), "{}", stderr(&unknown));
+}
+
+/// Item 6: `--quota -1` and `--quota 0` are refused with a message that says what to do.
+#[test]
+fn a_negative_or_zero_quota_is_refused_with_a_useful_message() {
+    let cache = TestCache::new();
+    let negative = cache.run(contract_wasm(), &["--quota", "-1"], &["basics"]);
+    assert_eq!(negative.status.code(), Some(2), "{}", stderr(&negative));
+    assert!(
+        stderr(&negative).contains("a quota cannot be negative"),
+        "{}",
+        stderr(&negative)
+    );
+    let zero = cache.run(contract_wasm(), &["--quota", "0"], &["basics"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
+    assert!(stderr(&zero).contains("--read-only"), "{}", stderr(&zero));
+    assert!(!cache.dir().exists());
+}

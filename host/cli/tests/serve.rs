@@ -331,6 +331,32 @@ fn failures_answer_5xx_and_the_server_goes_on() {
     assert!(log.contains("GET /spin 504 "), "{log}");
 }
 
+/// `-W` limits (issue 26 item 6) apply to each request as `run` applies them to a run, through
+/// the same limiter; with --max-memory-size the smaller wins.
+#[test]
+fn w_limits_apply_to_each_request() {
+    let cache = TestCache::new();
+    let server = Server::start(
+        &cache.dir(),
+        http_cache_wasm(),
+        &[
+            "-W",
+            "fuel=100000000,max-memory-size=32MiB",
+            "--max-memory-size",
+            "1GiB",
+        ],
+    );
+    let r = server.get("/spin");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("used up its fuel"), "{}", r.text());
+    let r = server.get("/alloc/64");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("over -W max-memory-size"), "{}", r.text());
+    // Within both, a request is served.
+    assert_eq!(server.get("/plain").text(), "hello\n");
+    assert_eq!(server.get("/alloc/4").status, 200);
+}
+
 #[test]
 fn a_64k_cache_route_hits_after_its_first_miss_and_stats_sees_it() {
     let cache = cache_with_code();

@@ -270,13 +270,17 @@ impl SqliteEngine {
                 std::io::Error::other("the namespace directory was moved"),
             ));
         }
-        let mut flags = OpenFlags::SQLITE_OPEN_NOFOLLOW | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        flags |= if read_only {
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-        } else {
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-        };
+        // A read-only namespace still opens the file for writing where it may (SQLite falls back to
+        // reading only where it may not), and refuses writes with `query_only`: a connection
+        // opened SQLITE_OPEN_READ_ONLY creates the -wal and -shm files a WAL database needs and,
+        // unable to checkpoint, leaves them behind; this one, the last to close, removes them, so
+        // that looking at a bucket (`filecache kv get`, `stats`) leaves no file behind.
+        let flags =
+            OpenFlags::SQLITE_OPEN_NOFOLLOW | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_READ_WRITE;
         let conn = Connection::open_with_flags(path.join(DATABASE_FILE), flags).map_err(|e| self.db(e))?;
+        if read_only {
+            conn.pragma_update(None, "query_only", true).map_err(|e| self.db(e))?;
+        }
         // Checked again now that it is open: nothing was swapped in meanwhile.
         self.check_files(dir)?;
         if !crate::path::is_same_dir(dir, &path) {

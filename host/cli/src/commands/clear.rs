@@ -5,6 +5,8 @@ use anyhow::Result;
 use clap::Args;
 use filecache_host::kv::maintenance;
 
+use filecache_host::store::validate_namespace_name;
+
 use crate::common::{CacheDirArg, count};
 
 #[derive(Args)]
@@ -22,7 +24,23 @@ pub struct ClearCommand {
 
 impl ClearCommand {
     pub fn execute(self) -> Result<()> {
-        let (_, cache) = self.cache.open()?;
+        // Clearing what does not exist is done already (a script may clear before each run): it
+        // says so, succeeds, and creates nothing.
+        if let Some(ns) = self.namespace.as_deref().filter(|n| !n.starts_with('.')) {
+            validate_namespace_name(ns)?;
+        }
+        let dir = self.cache.resolve()?;
+        if !dir.exists() {
+            println!("nothing to remove: there is no cache at {}", dir.display());
+            return Ok(());
+        }
+        let (dir, cache) = self.cache.open_existing()?;
+        if let Some(ns) = &self.namespace
+            && !cache.namespace_names()?.contains(ns)
+        {
+            println!("nothing to remove: there is no namespace {ns:?} in {}", dir.display());
+            return Ok(());
+        }
         let removed = cache.clear(self.namespace.as_deref())?;
         match &self.namespace {
             Some(ns) => println!(

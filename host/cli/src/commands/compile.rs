@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use filecache_host::compiled::{CompiledOptions, ComponentCache, Source};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
 
+use super::plugin::{Role, expect_role};
 use crate::common::{self, CacheDirArg, WasmArgs, WasmKind, invalid_component, probe};
 
 #[derive(Args)]
@@ -35,11 +39,15 @@ impl CompileCommand {
         let source = if kind == WasmKind::CoreModule {
             compiled
                 .load_module_file(path)
-                .map_err(|e| anyhow!("{e:?}"))
+                .map_err(|e| anyhow!("{e:#}"))
                 .with_context(|| format!("{} is not a valid WebAssembly module", path.display()))?
                 .1
         } else {
-            compiled.load_component_file(path).map_err(invalid_component(path))?.1
+            let (component, source) = compiled.load_component_file(path).map_err(invalid_component(path))?;
+            if let Some(why) = not_runnable(&engine, &component, path) {
+                eprintln!("warning: {why}");
+            }
+            source
         };
         let what = if kind == WasmKind::CoreModule {
             "module"
@@ -56,5 +64,27 @@ impl CompileCommand {
             _ => println!("{what} {} is already compiled in {}", path.display(), dir.display()),
         }
         Ok(())
+    }
+}
+
+/// Why `filecache run` would refuse `component`, if it would: what it is when it is not a
+/// command (an HTTP handler: `serve` it), or the import that `run` does not provide.
+fn not_runnable(engine: &Engine, component: &Component, path: &std::path::Path) -> Option<String> {
+    if let Err(e) = expect_role(Role::Command, engine, component, path) {
+        return Some(format!("compiled, but `filecache run` will refuse it: {e:#}"));
+    }
+    let linked = super::run::linker(engine).and_then(|l| {
+        l.instantiate_pre(component)
+            .and_then(CommandPre::new)
+            .map_err(|e| anyhow!("{e:#}"))
+    });
+    match linked {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "compiled, but `filecache run` cannot run {}: {e:#}. `run` provides WASI 0.2, \
+             filecache:cache/cache and wasi:keyvalue (0.2.0-draft or 0.2.0-draft2), and runs components \
+             that export wasi:cli/run; build it against those (wasm32-wasip2)",
+            path.display()
+        )),
     }
 }

@@ -15,13 +15,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use filecache_host::compiled::{CompiledOptions, ComponentCache};
-use filecache_host::keyvalue::KeyValueCtx;
+use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
 use filecache_host::kv::Bucket;
 use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore, read_fleet_key};
 use filecache_host::size::parse_size;
 use filecache_host::store::{DEFAULT_NAMESPACE, validate_namespace_name};
-use filecache_host::{Durability, FileCache, FileCacheCtx, Namespace, NamespaceOptions, Store};
-use wasmtime::component::Component;
+use filecache_host::{Durability, FileCache, FileCacheCtx, FileCacheView, Namespace, NamespaceOptions, Store};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -38,8 +38,11 @@ pub struct PluginArgs {
     /// The largest entry the component may store [default: 64MiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_entry_size: Option<u64>,
-    /// Bytes on disk the namespace may take; least recently used entries are evicted [default: 1GiB]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// What the namespace may take, counted as on disk: each cache entry its file rounded up to
+    /// 4KiB (so an empty one costs 4KiB), key-value data its keys' and values' bytes. Least
+    /// recently used cache entries are evicted to make room; key-value data never is
+    /// [default: 1GiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_quota, allow_hyphen_values = true)]
     quota: Option<u64>,
     /// The component may read the cache but not write to it
     #[arg(long)]
@@ -78,8 +81,10 @@ struct RemoteArgs {
     /// Share the cache through a Redis server: local misses are read from it, adds written to it
     #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
     remote: Option<String>,
-    /// The fleet key (a file of at least 32 random bytes) that authenticates the host's own
-    /// entries (compiled code) in the remote; without it they are neither shared nor accepted
+    /// The fleet key, a file of at least 32 random bytes, the same on every host: every value
+    /// this host publishes, of every namespace, carries an HMAC under it, and a value without a
+    /// valid one is rejected. Compiled code is shared only under a fleet key; without one, plugin
+    /// entries are checked only as local entries are (checksum, key, length)
     #[arg(long, value_name = "FILE", requires = "remote")]
     remote_key_file: Option<PathBuf>,
     /// Read from the remote but never write to it
@@ -92,6 +97,24 @@ struct RemoteArgs {
     /// the server evicts them; run it with maxmemory and maxmemory-policy allkeys-lru]
     #[arg(long, value_name = "DURATION", requires = "remote", value_parser = parse_duration)]
     remote_ttl: Option<Duration>,
+}
+
+/// Parses `--quota`: a size, at least 1 byte.
+fn parse_quota(text: &str) -> std::result::Result<u64, String> {
+    if text.trim_start().starts_with('-') {
+        return Err(format!(
+            "{text:?}: a quota cannot be negative; give the most the namespace may take, e.g. 256MiB \
+             or 10GiB (without --quota: 1GiB)"
+        ));
+    }
+    match parse_size(text)? {
+        0 => Err(
+            "0 would let the component store nothing (every write answers quota-exceeded); to forbid \
+                  writes use --read-only, else give a size such as 64MiB"
+                .into(),
+        ),
+        n => Ok(n),
+    }
 }
 
 /// Parses a duration: a whole number with a unit, `ms`, `s`, `m`, `h` or `d`.
@@ -272,8 +295,16 @@ impl Plugin {
 
     /// Makes the engine from `config` and loads the component: its compiled code from the cache
     /// when there is one (a cache that does not exist yet is created only once the component has
-    /// proved runnable, in [`open_storage`](Self::open_storage), and its code stored then).
-    pub fn load(&mut self, config: Config) -> Result<Loaded> {
+    /// proved runnable, in [`open_storage`](Self::open_storage), and its code stored then). A
+    /// component that is not what the command runs (`role`) is refused with a message that says
+    /// what it is ([`expect_role`]).
+    pub fn load(&mut self, config: Config, role: Role) -> Result<Loaded> {
+        let loaded = self.load_component(config)?;
+        expect_role(role, &loaded.engine, &loaded.component, &self.component_path)?;
+        Ok(loaded)
+    }
+
+    fn load_component(&mut self, config: Config) -> Result<Loaded> {
         let path = &self.component_path;
         let use_cache = !self.args.no_compile_cache;
         // (With a remote tier, the compiled code may come from it: the cache is needed first.)
@@ -422,6 +453,27 @@ impl Storage {
         }
         Ok(wasi)
     }
+}
+
+/// What every plugin instance's store data gives the cache and key-value bindings.
+pub trait PluginView: Send + 'static {
+    fn cache(&mut self) -> FileCacheView<'_>;
+    fn kv(&mut self) -> KeyValueView<'_>;
+}
+
+/// Links `filecache:cache` and `wasi:keyvalue` (both drafts), synchronous, as `run` calls them.
+pub fn add_to_linker_sync<T: PluginView>(linker: &mut Linker<T>) -> Result<()> {
+    filecache_host::add_to_linker(linker, T::cache)?;
+    filecache_host::keyvalue::add_to_linker(linker, T::kv)?;
+    Ok(())
+}
+
+/// Links `filecache:cache` and `wasi:keyvalue` (both drafts), asynchronous, as `serve` calls
+/// them.
+pub fn add_to_linker_async<T: PluginView>(linker: &mut Linker<T>) -> Result<()> {
+    filecache_host::add_to_linker_async(linker, T::cache)?;
+    filecache_host::keyvalue::add_to_linker_async(linker, T::kv)?;
+    Ok(())
 }
 
 /// What a component is, by what it exports.

@@ -32,7 +32,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::plugin::{PluginArgs, Role, Storage, expect_role, parse_duration};
+use super::plugin::{self, PluginArgs, PluginView, Role, Storage, parse_duration};
+use crate::limits::{Hit, MemoryLimit};
 
 /// `wasmtime serve`'s default address.
 const DEFAULT_ADDR: &str = "0.0.0.0:8080";
@@ -91,6 +92,16 @@ impl WasiView for Host {
     }
 }
 
+impl PluginView for Host {
+    fn cache(&mut self) -> FileCacheView<'_> {
+        FileCacheView::new(&self.cache, &mut self.table)
+    }
+
+    fn kv(&mut self) -> KeyValueView<'_> {
+        KeyValueView::new(&self.kv, &mut self.table)
+    }
+}
+
 impl WasiHttpView for Host {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
@@ -123,44 +134,6 @@ impl WasiHttpHooks for NoOutgoing {
     }
 }
 
-/// `--max-memory-size`, per linear memory; remembers that it stopped the handler, so the answer
-/// can say so.
-struct MemoryLimit {
-    max: Option<u64>,
-}
-
-/// The error a handler stopped by `--max-memory-size` traps with.
-#[derive(Debug)]
-struct MemoryExceeded {
-    desired: usize,
-    max: u64,
-}
-
-impl std::fmt::Display for MemoryExceeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the handler asked for {} bytes of linear memory, over --max-memory-size ({} bytes)",
-            self.desired, self.max
-        )
-    }
-}
-
-impl std::error::Error for MemoryExceeded {}
-
-impl wasmtime::ResourceLimiter for MemoryLimit {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        match self.max {
-            Some(max) if desired as u64 > max => Err(wasmtime::Error::new(MemoryExceeded { desired, max })),
-            _ => Ok(true),
-        }
-    }
-
-    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(true)
-    }
-}
-
 /// What the server shares between requests.
 struct Server {
     pre: ProxyPre<Host>,
@@ -168,6 +141,10 @@ struct Server {
     requests: Arc<tokio::sync::Semaphore>,
     request_timeout: Duration,
     max_memory_size: Option<u64>,
+    /// The flag that set `max_memory_size`, for the message when it is hit.
+    memory_flag: &'static str,
+    /// `-W fuel`, per request.
+    fuel: Option<u64>,
     max_resources: usize,
     /// Held by every connection and request task: the shutdown waits until every clone is gone.
     _running: tokio::sync::mpsc::Sender<()>,
@@ -235,10 +212,14 @@ impl Server {
             table,
             memory: MemoryLimit {
                 max: self.max_memory_size,
+                flag: self.memory_flag,
             },
         };
         let mut store = Store::new(self.pre.instance_pre().engine(), host);
         store.limiter(|h| &mut h.memory);
+        if let Some(fuel) = self.fuel {
+            store.set_fuel(fuel)?;
+        }
         // Yield to other requests at every tick; stop at the deadline (the request's task is also
         // cancelled then, which covers a handler waiting in a host call).
         store.set_epoch_deadline(1);
@@ -348,8 +329,10 @@ fn outcome(
     if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
         return Err(timed_out(limits));
     }
-    if let Some(memory) = error.downcast_ref::<MemoryExceeded>() {
-        return Err(Failure::new(500, format!("{memory}")));
+    match Hit::of(&error) {
+        Some(Hit::Memory(memory)) => return Err(Failure::new(500, format!("the handler {memory}"))),
+        Some(Hit::Fuel) => return Err(Failure::new(500, "the handler used up its fuel (-W fuel)")),
+        _ => {}
     }
     if error.chain().any(|c| {
         c.downcast_ref::<ResourceTableError>()
@@ -406,8 +389,21 @@ impl ServeCommand {
         runtime.block_on(self.serve())
     }
 
-    async fn serve(self) -> Result<()> {
+    async fn serve(mut self) -> Result<()> {
         let path = self.component.clone();
+        // `-W` limits apply to each request as `run` applies them to a run; with the flags of
+        // `serve`, the smaller wins.
+        let limits = self.plugin.wasm.limits();
+        let mut memory_flag = "--max-memory-size";
+        if let Some(w) = limits.max_memory_size
+            && self.max_memory_size.is_none_or(|m| w < m)
+        {
+            self.max_memory_size = Some(w);
+            memory_flag = "-W max-memory-size";
+        }
+        if let Some(t) = limits.timeout {
+            self.request_timeout = self.request_timeout.min(t);
+        }
         let mut plugin = self.plugin.check(&path)?;
         let mut config = plugin.config();
         config.epoch_interruption(true);
@@ -418,24 +414,17 @@ impl ServeCommand {
         // The pool reserves address space for every slot up front; where there is not enough,
         // instances are allocated on demand instead.
         let loaded = match Engine::new(&pooled) {
-            Ok(_) => plugin.load(pooled)?,
+            Ok(_) => plugin.load(pooled, Role::HttpHandler)?,
             Err(e) => {
                 tracing::info!("not using the pooling allocator: {e:#}");
-                plugin.load(config)?
+                plugin.load(config, Role::HttpHandler)?
             }
         };
         let engine = loaded.engine.clone();
-
-        // What it is, before anything else: a command under `serve` is refused with a message that
-        // says so.
-        expect_role(Role::HttpHandler, &engine, &loaded.component, &path)?;
         let mut linker = Linker::<Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        filecache_host::add_to_linker_async(&mut linker, |h: &mut Host| FileCacheView::new(&h.cache, &mut h.table))?;
-        filecache_host::keyvalue::add_to_linker_async(&mut linker, |h: &mut Host| {
-            KeyValueView::new(&h.kv, &mut h.table)
-        })?;
+        plugin::add_to_linker_async(&mut linker)?;
         let pre = linker
             .instantiate_pre(&loaded.component)
             .and_then(ProxyPre::new)
@@ -470,6 +459,8 @@ impl ServeCommand {
             requests: Arc::new(tokio::sync::Semaphore::new(self.max_concurrent_requests.max(1))),
             request_timeout: self.request_timeout,
             max_memory_size: self.max_memory_size,
+            memory_flag,
+            fuel: limits.fuel,
             max_resources: self.max_resources,
             _running: running,
         });

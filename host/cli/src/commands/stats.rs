@@ -18,7 +18,7 @@ pub struct StatsCommand {
 
 impl StatsCommand {
     pub fn execute(self) -> Result<()> {
-        let (dir, cache) = self.cache.open()?;
+        let (dir, cache) = self.cache.open_existing()?;
         let mut stats = cache.stats()?;
         // The store counts key-value bytes (they are charged to the quota); the keys are the
         // key-value crate's.

@@ -22,7 +22,7 @@ pub struct VerifyCommand {
 
 impl VerifyCommand {
     pub fn execute(self) -> Result<ExitCode> {
-        let (_, cache) = self.cache.open()?;
+        let (_, cache) = self.cache.open_existing()?;
         let report = cache.verify(&mut progress_bar("verify"))?;
         for d in &report.damaged {
             println!("corrupt (removed): {}/{}: {}", d.namespace, d.key, d.reason);

@@ -8,7 +8,7 @@ use filecache_test_programs::{
 };
 
 const USAGE: &str = "hostile SCENARIO; scenarios: many-handles | huge-add [SIZE [LIMIT]] | \
-    write-after-too-large [LIMIT] | miss-loop N | drop-all | stream-big SIZE";
+    write-after-too-large [LIMIT] | miss-loop N | drop-all | stream-big SIZE | grow-memory SIZE | spin";
 
 /// The default `--max-entry-size`.
 const DEFAULT_LIMIT: u64 = 64 * MIB;
@@ -37,6 +37,8 @@ fn main() {
             Ctx::new("hostile", "stream-big"),
             parse_size(arg(rest, 0, "stream-big SIZE")),
         ),
+        "grow-memory" => grow_memory(parse_size(arg(rest, 0, "grow-memory SIZE"))),
+        "spin" => spin(),
         other => panic!("unknown scenario {other:?}; usage: {USAGE}"),
     }
     println!("ok {scenario}");
@@ -297,4 +299,24 @@ fn stream_big(cx: Ctx, size: u64) {
     }
     cx.check("length", pos == size, format_args!("read {pos} of {size} bytes"));
     cx.ok("delete", delete(&key));
+}
+
+/// Takes SIZE bytes of linear memory, touching every page (for `-W max-memory-size`).
+fn grow_memory(size: u64) {
+    let mut held = Vec::new();
+    let mut taken = 0;
+    while taken < size {
+        let chunk = vec![1u8; MIB as usize];
+        taken += chunk.len() as u64;
+        held.push(chunk);
+    }
+    println!("took {} bytes", std::hint::black_box(&held).len() as u64 * MIB);
+}
+
+/// Computes forever, calling nothing (for `-W timeout` and `-W fuel`).
+fn spin() {
+    let mut n = 0u64;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
 }
