@@ -206,11 +206,28 @@ fn a_read_only_cache_directory_still_runs_with_one_warning() {
     drop(mount);
 }
 
+/// Three processes compile one component at once and all publish it: each succeeds without a
+/// warning, one artifact is stored, and it verifies. The overlap is forced and then checked: the
+/// test holds the `.compiled` namespace's lock (its `flock` on `state`), so no process can publish
+/// until it lets go; it lets go only once all three have compiled and hold a temporary file of the
+/// artifact at the same instant, each waiting to rename it into place. So every process compiled
+/// before any published (three misses, no hit), however late the machine's load lets one start.
 #[test]
 fn processes_compiling_the_same_component_at_once_all_succeed() {
+    use filecache_host::{FileCache, NamespaceOptions};
     let cache = TestCache::new();
-    std::fs::create_dir_all(cache.dir()).unwrap();
-    let children: Vec<_> = (0..3)
+    let compiled = cache.dir().join(".compiled");
+    FileCache::open(cache.dir())
+        .unwrap()
+        .reserved_namespace(".compiled", NamespaceOptions::default())
+        .unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(compiled.join("state"))
+        .unwrap();
+    lock.lock().unwrap();
+    let mut children: Vec<_> = (0..3)
         .map(|i| {
             filecache()
                 .arg("run")
@@ -225,14 +242,37 @@ fn processes_compiling_the_same_component_at_once_all_succeed() {
                 .unwrap()
         })
         .collect();
+    // Waiting for the three: at most 20 s after the first has its temporary file (a process
+    // waits 30 s for the lock before it gives up storing), at most 5 minutes in all.
+    let start = std::time::Instant::now();
+    let mut first_waiting = None;
+    let mut most_at_once = 0;
+    while most_at_once < 3 {
+        let waiting = std::fs::read_dir(compiled.join("tmp")).map(|d| d.count()).unwrap_or(0);
+        most_at_once = most_at_once.max(waiting);
+        if waiting > 0 && first_waiting.is_none() {
+            first_waiting = Some(std::time::Instant::now());
+        }
+        let ended = children.iter_mut().any(|c| c.try_wait().unwrap().is_some());
+        let late = first_waiting.is_some_and(|t| t.elapsed() > std::time::Duration::from_secs(20))
+            || start.elapsed() > std::time::Duration::from_secs(300);
+        if ended || late {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    lock.unlock().unwrap();
     for child in children {
         let out = child.wait_with_output().unwrap();
         assert_success(&out, "concurrent run");
         assert!(warnings(&out).is_empty(), "{}", stderr(&out));
     }
+    assert_eq!(
+        most_at_once, 3,
+        "the three processes were never all between compiling and publishing at once"
+    );
     let (entries, hits, misses, rejected) = compiled_counts(&cache);
-    assert_eq!((entries, rejected), (1, 0));
-    assert_eq!(hits + misses, 3);
+    assert_eq!((entries, hits, misses, rejected), (1, 0, 3, 0));
     let out = cache.cli("verify", &[]);
     assert_success(&out, "verify");
     assert!(stdout(&out).contains("0 corrupt"), "{}", stdout(&out));

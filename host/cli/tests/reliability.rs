@@ -447,9 +447,10 @@ fn writers_killed_at_random_points_leave_whole_entries_or_nothing() {
             assert!(left || !aim(c), "round {round}: an aimed kill left no temporary file");
             mid_write += usize::from(left);
         }
-        // The usage counter, as the killed writers left it, against the bytes present (each
-        // entry file charged its size less the header): it may be too high (a writer killed
-        // between counting its entry and renaming it into place), never too low.
+        // The usage counter, as the killed writers left it, against what the entries present
+        // cost (each file charged as the store charges it: its size rounded up to 4 KiB): it may
+        // be too high (a writer killed between counting its entry and renaming it into place),
+        // never too low.
         let state = std::fs::read(dir.join(CRASH_NS).join("state")).unwrap();
         let stored = u64::from_le_bytes(state[8..16].try_into().unwrap());
         let present: u64 = std::fs::read_dir(dir.join(CRASH_NS))
@@ -457,7 +458,7 @@ fn writers_killed_at_random_points_leave_whole_entries_or_nothing() {
             .map(|e| e.unwrap().path())
             .filter(|p| p.file_name().unwrap().len() == 2 && p.is_dir())
             .flat_map(|shard| files_under(&shard))
-            .map(|f| std::fs::metadata(f).unwrap().len() - HEADER_LEN as u64)
+            .map(|f| filecache_host::entry::charge_for_file(std::fs::metadata(f).unwrap().len()))
             .sum();
         assert!(
             stored >= present,

@@ -54,6 +54,9 @@
 pub mod fault;
 #[cfg(not(any(test, feature = "fault-injection")))]
 mod fault;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod import;
 pub mod maintenance;
 mod path;

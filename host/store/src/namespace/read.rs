@@ -493,11 +493,17 @@ impl FileReader {
         if self.len > 0 && self.len <= (1u64 << self.shift).min(SMALL_ENTRY as u64) {
             // A small entry of one block: the content and its CRC in one read (larger, the copy
             // out of the reader would cost more than the system call it saves).
-            let mut both = vec![0u8; (self.len + table_len) as usize];
-            match sys::read_exact_at(&self.file, &mut both, self.start) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(TableError::Damaged("truncated")),
-                Err(e) => return Err(TableError::Io(e)),
+            // Into spare capacity: zeroing the buffer first was pure overhead on every small open.
+            let want = (self.len + table_len) as usize;
+            let mut both = Vec::with_capacity(want);
+            while both.len() < want {
+                let at = self.start + both.len() as u64;
+                match sys::read_spare(&self.file, &mut both, at) {
+                    Ok(0) => return Err(TableError::Damaged("truncated")),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(TableError::Io(e)),
+                }
             }
             let table = both.split_off(self.len as usize);
             if Checksum::of(&table) != expected {
