@@ -1,14 +1,16 @@
 //! `filecache kv get|set|delete|list`: inspect and seed a namespace's `wasi:keyvalue` bucket
-//! from the shell.
+//! from the shell: the local one, or with `--remote` the one a fleet shares in Redis.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use filecache_host::NamespaceOptions;
-use filecache_host::kv::Bucket;
-use filecache_host::store::DEFAULT_NAMESPACE;
+use filecache_host::kv::{Bucket, RedisEngine};
+use filecache_host::remote::{RemoteOptions, RemoteTier, read_fleet_key};
+use filecache_host::store::{DEFAULT_NAMESPACE, validate_namespace_name};
 
 use crate::common::CacheDirArg;
 
@@ -19,6 +21,14 @@ pub struct KvCommand {
     /// The namespace whose bucket to use (what a component run with --namespace NAME opens as "")
     #[arg(long, value_name = "NAME", default_value = DEFAULT_NAMESPACE, global = true)]
     namespace: String,
+    /// Use the bucket a fleet shares in this Redis server (what `run`/`serve --remote` serve)
+    /// instead of the local one; the cache directory is not used
+    #[arg(long, value_name = "redis://HOST:PORT[/DB]", global = true)]
+    remote: Option<String>,
+    /// The fleet's key file (see `run --remote-key-file`): values are MAC'd under it, and values
+    /// without a valid MAC are refused
+    #[arg(long, value_name = "FILE", requires = "remote", global = true)]
+    remote_key_file: Option<PathBuf>,
     #[command(subcommand)]
     op: KvOp,
 }
@@ -56,7 +66,6 @@ enum KvOp {
 
 impl KvCommand {
     pub fn execute(self) -> Result<std::process::ExitCode> {
-        let (dir, cache) = self.cache.open()?;
         let read_only = matches!(self.op, KvOp::Get { .. } | KvOp::List { .. });
         // The shell may store what the component's own limits would refuse; the usage counter
         // still counts it.
@@ -64,10 +73,23 @@ impl KvCommand {
             .read_only(read_only)
             .max_entry_size(u64::MAX)
             .quota(u64::MAX);
-        let ns = cache
-            .namespace(&self.namespace, options)
-            .with_context(|| format!("cannot open namespace {:?} in {}", self.namespace, dir.display()))?;
-        let bucket = Bucket::new(ns);
+        let bucket = match &self.remote {
+            Some(url) => {
+                validate_namespace_name(&self.namespace)?;
+                let mut remote = RemoteOptions::new(url.clone());
+                remote.fleet_key = self.remote_key_file.as_deref().map(read_fleet_key).transpose()?;
+                let engine = RedisEngine::new(RemoteTier::new(remote)?, &self.namespace, &options)
+                    .map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
+                Bucket::from_engine(Arc::new(engine))
+            }
+            None => {
+                let (dir, cache) = self.cache.open()?;
+                let ns = cache
+                    .namespace(&self.namespace, options)
+                    .with_context(|| format!("cannot open namespace {:?} in {}", self.namespace, dir.display()))?;
+                Bucket::new(ns)
+            }
+        };
         let fail = |e: filecache_host::kv::Error| anyhow::anyhow!("{}", e.full_message());
         match self.op {
             KvOp::Get { key } => match bucket.get(&key).map_err(fail)? {
@@ -75,7 +97,8 @@ impl KvCommand {
                     std::io::stdout().write_all(&v).context("cannot write to stdout")?;
                 }
                 None => {
-                    eprintln!("no value for key {key:?} in namespace {}", self.namespace);
+                    let place = if self.remote.is_some() { " (in Redis)" } else { "" };
+                    eprintln!("no value for key {key:?} in namespace {}{place}", self.namespace);
                     return Ok(std::process::ExitCode::FAILURE);
                 }
             },
