@@ -4,13 +4,15 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use filecache_host::kv::RedisEngine;
-use filecache_tests::{keyvalue_draft2_wasm, keyvalue_wasm};
+use filecache_tests::{http_keyvalue_wasm, keyvalue_draft2_wasm, keyvalue_wasm};
 
 /// A fleet: the server and the fleet key file.
 struct Fleet {
@@ -236,4 +238,82 @@ fn with_redis_dead_or_stalled_calls_fail_on_time_and_the_run_ends_cleanly() {
     assert_success(&out, "get with Redis stalled");
     assert!(stdout(&out).starts_with("error other: "), "{}", stdout(&out));
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+}
+
+/// `filecache serve … --addr 127.0.0.1:0` once it listens, and its address; killed when dropped.
+struct Serve(Child, SocketAddr);
+
+impl Serve {
+    fn start(fleet: &Fleet, host: &TestCache, wasm: &std::path::Path) -> Serve {
+        let mut child = filecache()
+            .env("FILECACHE_LOG", "info")
+            .arg("serve")
+            .arg("--cache-dir")
+            .arg(host.dir())
+            .args(["--addr", "127.0.0.1:0"])
+            .args(fleet.flags())
+            .arg(wasm)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("Serving HTTP on http://") {
+                    let _ = tx.send(rest.trim_end_matches('/').parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("serve did not start");
+        Serve(child, addr)
+    }
+
+    /// `POST path` on a new connection: the status and the whole raw response.
+    fn post(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.1).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            self.1
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, raw)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn two_serve_hosts_behind_a_balancer_share_one_counter() {
+    let fleet = Fleet::start();
+    let hosts = [TestCache::new(), TestCache::new()];
+    let servers: Vec<Serve> = hosts
+        .iter()
+        .map(|h| Serve::start(&fleet, h, http_keyvalue_wasm()))
+        .collect();
+    for i in 0..20 {
+        let (status, raw) = servers[i % 2].post("/kv/incr/visits");
+        assert_eq!(status, 200, "{raw}");
+    }
+    let out = fleet.kv(&hosts[0], &["get", "visits"]);
+    assert_success(&out, "kv get");
+    assert_eq!(stdout(&out), "20");
+    let (_, raw) = servers[1].post("/kv/incr/visits");
+    assert!(raw.contains("21"), "{raw}");
+    for host in &hosts {
+        assert_no_local_bucket(host);
+    }
 }
