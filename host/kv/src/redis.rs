@@ -39,7 +39,9 @@
 //! - Faults: every call fails, with [`Error::Remote`] (`other` to a guest) and a message naming
 //!   the server, within the tier's operation timeout; never a local fallback (a lost increment is
 //!   worse than an error). After repeated failures the tier's circuit breaker fails calls at once
-//!   for its cool-down; then the next call connects again.
+//!   for its cool-down; then the next call connects again. A write whose answer was lost (the
+//!   server stalled or died after running it) may or may not have been applied, as with any
+//!   remote store: the error says the call failed, not that nothing changed.
 //! - Durability is the server's (its `appendonly`/`save` settings), not `--durable`.
 //!
 //! # Listing
@@ -338,10 +340,19 @@ impl RedisEngine {
             // Written by a host with a larger limit: not damage, but not for this host.
             return Err(filecache_store::Error::TooLarge { limit: self.max_value }.into());
         }
-        let reject = |reason: &'static str| Error::Rejected {
-            namespace: self.namespace.clone(),
-            key: short(key),
-            reason,
+        let reject = |reason: &'static str| {
+            tracing::warn!(
+                server = %self.tier.shown_url(),
+                namespace = %self.namespace,
+                key = %short(key),
+                reason,
+                "refused a key-value value from Redis"
+            );
+            Error::Rejected {
+                namespace: self.namespace.clone(),
+                key: short(key),
+                reason,
+            }
         };
         let trailer = self.trailer();
         if stored.len() < HEAD + trailer {
