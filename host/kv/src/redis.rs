@@ -31,7 +31,8 @@
 //!   `delete-many` all or nothing; compare-and-swap compares the version and writes in one step.
 //!   `increment` reads, adds (the decimal-integer rules and errors of the SQLite engine) and
 //!   writes back by compare-and-swap, retrying when another writer came first: exact across
-//!   hosts. (Redis's own `INCRBY` is not used: it works on a bare integer, which could carry
+//!   hosts. (An engine remembers the last value and version it wrote to a counter, so that the
+//!   next increment of it is one round trip, the swap, when no other writer came between.) (Redis's own `INCRBY` is not used: it works on a bare integer, which could carry
 //!   neither the checksum nor the fleet MAC, so a forged counter would be served.)
 //! - The quota: the bucket's bytes (keys and framed values) are counted in its `meta` hash by
 //!   the same script that writes, which refuses a write that would take them past the quota, so
@@ -54,7 +55,8 @@
 //! moves on) or a few more than asked for (never one fewer: none is dropped), and a cursor is
 //! meaningful only on the server that gave it.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use filecache_store::NamespaceOptions;
 use filecache_store::entry::Checksum;
@@ -235,7 +237,15 @@ pub struct RedisEngine {
     max_value: u64,
     quota: u64,
     read_only: bool,
+    /// The last value and version this engine wrote by `increment`, per key (at most
+    /// [`MAX_REMEMBERED`]): the next increment of the key tries its compare-and-swap against it
+    /// straight away, one round trip instead of a read and a swap. The swap still compares on
+    /// the server, so a stale entry costs a retry, never a wrong sum.
+    remembered: Mutex<HashMap<String, Versioned>>,
 }
+
+/// Counters remembered per engine (see `RedisEngine::remembered`).
+const MAX_REMEMBERED: usize = 256;
 
 impl std::fmt::Debug for RedisEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -268,6 +278,7 @@ impl RedisEngine {
             max_value: options.max_entry_size,
             quota: options.quota,
             tier,
+            remembered: Mutex::new(HashMap::new()),
         })
     }
 
@@ -530,11 +541,18 @@ impl RedisEngine {
         Ok((next, out))
     }
 
-    /// Writes `value` under `key` if its version is `expected`, by [`SWAP`].
-    fn swap_value(&self, key: &str, expected: Option<Version>, value: &[u8]) -> Result<Result<(), Option<Versioned>>> {
+    /// Writes `value` under `key` if its version is `expected`, by [`SWAP`]; the version
+    /// written.
+    fn swap_value(
+        &self,
+        key: &str,
+        expected: Option<Version>,
+        value: &[u8],
+    ) -> Result<Result<Version, Option<Versioned>>> {
         self.check_writable()?;
         self.check_value(value)?;
-        let frame = self.encode(key, Version::fresh(), value);
+        let version = Version::fresh();
+        let frame = self.encode(key, version, value);
         let expected = expected.map(|v| v.0.to_le_bytes());
         let quota = self.quota.to_string();
         let plen = self.prefix.len().to_string();
@@ -555,7 +573,7 @@ impl RedisEngine {
         )?;
         match reply {
             Reply::Array(items) => match &items[..] {
-                [Reply::Integer(1)] => Ok(Ok(())),
+                [Reply::Integer(1)] => Ok(Ok(version)),
                 [Reply::Integer(0)] => Ok(Err(None)),
                 [Reply::Integer(0), Reply::Bulk(now)] => match self.decode(key, now.clone().unwrap_or_default())? {
                     Read::Missing => Ok(Err(None)),
@@ -573,16 +591,50 @@ impl RedisEngine {
         T: Copy + Default + ToString + std::str::FromStr<Err = std::num::ParseIntError>,
     {
         self.check_writable()?;
-        let mut current = self.read_versioned(key)?;
+        let remembered = self
+            .remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        let mut from_memory = remembered.is_some();
+        let mut current = match remembered {
+            Some(r) => Some(r),
+            None => self.read_versioned(key)?,
+        };
         for _ in 0..MAX_INCREMENT_ROUNDS {
-            let (value, expected) = match &current {
-                None => (T::default(), None),
-                Some((bytes, version)) => (parse::<T>(key, bytes)?, Some(*version)),
+            let step = match &current {
+                None => Ok((T::default(), None)),
+                Some((bytes, version)) => parse::<T>(key, bytes).map(|v| (v, Some(*version))),
+            }
+            .and_then(|(value, expected)| {
+                let sum = checked_add(value, delta).ok_or_else(|| overflow(key, value, delta))?;
+                Ok((sum, expected))
+            });
+            let (sum, expected) = match step {
+                Ok(step) => step,
+                // What is remembered may be stale: only the server's value can be refused.
+                Err(_) if from_memory => {
+                    from_memory = false;
+                    current = self.read_versioned(key)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
-            let sum = checked_add(value, delta).ok_or_else(|| overflow(key, value, delta))?;
-            match self.swap_value(key, expected, sum.to_string().as_bytes())? {
-                Ok(()) => return Ok(sum),
-                Err(now) => current = now,
+            let sum_bytes = sum.to_string().into_bytes();
+            match self.swap_value(key, expected, &sum_bytes)? {
+                Ok(version) => {
+                    let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+                    if remembered.len() >= MAX_REMEMBERED && !remembered.contains_key(key) {
+                        remembered.clear();
+                    }
+                    remembered.insert(key.to_string(), (sum_bytes, version));
+                    return Ok(sum);
+                }
+                Err(now) => {
+                    from_memory = false;
+                    current = now;
+                }
             }
         }
         Err(Error::Remote {
@@ -729,7 +781,7 @@ impl Engine for RedisEngine {
     }
 
     fn swap(&self, key: &str, expected: Option<Version>, value: &[u8]) -> Result<Result<(), Option<Versioned>>> {
-        self.swap_value(key, expected, value)
+        Ok(self.swap_value(key, expected, value)?.map(|_| ()))
     }
 
     fn list_keys(&self, from: u64, limit: usize) -> Result<KeyPage> {

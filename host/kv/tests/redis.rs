@@ -112,6 +112,21 @@ fn increments_keep_the_sqlite_engines_rules_and_errors() {
     assert_eq!(b.get("big").unwrap().as_deref(), Some(u64::MAX.to_string().as_bytes()));
     // A negative number is not a u64.
     assert!(matches!(b.increment_u64("s", 1), Err(Error::NotANumber { .. })));
+    // Another host's writes between two increments of this one are counted, whatever this one
+    // remembers of its own last write: a set, a removal, a value that is not a number.
+    let other = bucket(&redis, "app");
+    assert_eq!(b.increment_u64("c", 1).unwrap(), 1);
+    other.set("c", b"100").unwrap();
+    assert_eq!(b.increment_u64("c", 1).unwrap(), 101);
+    other.delete("c").unwrap();
+    assert_eq!(b.increment_u64("c", 1).unwrap(), 1);
+    other.set("c", b"x").unwrap();
+    assert!(matches!(b.increment_u64("c", 1), Err(Error::NotANumber { .. })));
+    other.set("c", b"-5").unwrap();
+    assert_eq!(b.increment_i64("c", 1).unwrap(), -4);
+    assert_eq!(b.increment_i64("c", 10).unwrap(), 6);
+    other.set("c", b"7").unwrap();
+    assert_eq!(b.increment_u64("c", 1).unwrap(), 8);
 }
 
 #[test]
