@@ -3,7 +3,8 @@
 //! A [`Bucket`] maps arbitrary strings to bytes. It is a handle on an [`Engine`], the one trait
 //! the bindings call (get, set, delete, exists, increment, compare-and-swap, list, batches);
 //! [`SqliteEngine`] is the engine a bucket gets by default ([`Bucket::new`]): one SQLite database
-//! per namespace, in the namespace's directory.
+//! per namespace, in the namespace's directory. With the feature `remote`, `RedisEngine` keeps
+//! a bucket on a Redis server shared by a fleet of hosts instead (module `redis`).
 //!
 //! ```text
 //! <cache>/<namespace>/kv.sqlite3      the bucket: table `kv` (key, value, version, checksums)
@@ -60,12 +61,16 @@ pub mod fuzzing;
 mod import;
 pub mod maintenance;
 mod path;
+#[cfg(feature = "remote")]
+pub mod redis;
 mod sqlite;
 
 use std::sync::Arc;
 
 pub use filecache_store::Namespace;
 pub use import::{RECORDS_DIR, encode_record};
+#[cfg(feature = "remote")]
+pub use redis::RedisEngine;
 pub use sqlite::{DATABASE_FILE, SqliteEngine};
 
 /// The longest key, in bytes (so that a page of [`MAX_PAGE`] keys stays under 8 MiB). Keys count
@@ -132,6 +137,29 @@ pub enum Error {
         /// The namespace.
         namespace: String,
         /// SQLite's message.
+        message: String,
+    },
+    /// A value read from a shared server (the Redis engine) failed its checks (its checksum, or
+    /// its MAC under the fleet key): it is not served.
+    #[error(
+        "the value of key {key:?} in the shared bucket of namespace {namespace:?} was refused: {reason}; \
+         it is not served (verifying the bucket removes it)"
+    )]
+    Rejected {
+        /// The namespace.
+        namespace: String,
+        /// The key (cut to 64 characters).
+        key: String,
+        /// What the check found.
+        reason: &'static str,
+    },
+    /// The shared server (the Redis engine) failed, could not be reached in time, or answered
+    /// something unexpected.
+    #[error("key-value bucket of namespace {namespace:?} in Redis: {message}")]
+    Remote {
+        /// The namespace.
+        namespace: String,
+        /// What failed.
         message: String,
     },
     /// The database file, its log or its index is not a regular file (a planted symlink, say).

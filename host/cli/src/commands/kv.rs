@@ -1,5 +1,5 @@
 //! `filecache kv get|set|delete|list`: inspect and seed a namespace's `wasi:keyvalue` bucket
-//! from the shell.
+//! from the shell: the local one, or with `--remote` the one a fleet shares in Redis.
 //!
 //! A key is any string, newlines and other control characters included; on the command line
 //! and in `kv list`'s output it is written in one escaped form ([`escape`], [`unescape`]), so
@@ -8,12 +8,14 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use filecache_host::NamespaceOptions;
-use filecache_host::kv::{Bucket, DATABASE_FILE, RECORDS_DIR};
-use filecache_host::store::DEFAULT_NAMESPACE;
+use filecache_host::kv::{Bucket, DATABASE_FILE, RECORDS_DIR, RedisEngine};
+use filecache_host::remote::{RemoteOptions, RemoteTier, read_fleet_key};
+use filecache_host::store::{DEFAULT_NAMESPACE, validate_namespace_name};
 
 use crate::common::CacheDirArg;
 
@@ -35,6 +37,14 @@ pub struct KvCommand {
     /// The namespace whose bucket to use (what a component run with --namespace NAME opens as "")
     #[arg(long, value_name = "NAME", default_value = DEFAULT_NAMESPACE, global = true)]
     namespace: String,
+    /// Use the bucket a fleet shares in this Redis server (what `run`/`serve --remote` serve)
+    /// instead of the local one; the cache directory is not used
+    #[arg(long, value_name = "redis://HOST:PORT[/DB]", global = true)]
+    remote: Option<String>,
+    /// The fleet's key file (see `run --remote-key-file`): values are MAC'd under it, and values
+    /// without a valid MAC are refused
+    #[arg(long, value_name = "FILE", requires = "remote", global = true)]
+    remote_key_file: Option<PathBuf>,
     #[command(subcommand)]
     op: KvOp,
 }
@@ -152,13 +162,23 @@ impl KvCommand {
             KvOp::Get { key } | KvOp::Set { key, .. } | KvOp::Delete { key } => Some(unescape(key)?),
             KvOp::List { .. } => None,
         };
+        let read_only = matches!(self.op, KvOp::Get { .. } | KvOp::List { .. });
         // The shell may store what the component's own limits would refuse; the usage counter
         // still counts it.
         let options = NamespaceOptions::default().max_entry_size(u64::MAX).quota(u64::MAX);
-        let bucket = match &self.op {
+        let bucket = match (&self.remote, &self.op) {
+            // The fleet's bucket in Redis: the cache directory is not used.
+            (Some(url), _) => {
+                validate_namespace_name(&self.namespace)?;
+                let mut remote = RemoteOptions::new(url.clone());
+                remote.fleet_key = self.remote_key_file.as_deref().map(read_fleet_key).transpose()?;
+                let engine = RedisEngine::new(RemoteTier::new(remote)?, &self.namespace, &options.read_only(read_only))
+                    .map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
+                Some(Bucket::from_engine(Arc::new(engine)))
+            }
             // Looking creates nothing: a cache or a namespace that does not exist is an error,
             // and one without key-value data is read as empty without opening a database.
-            KvOp::Get { .. } | KvOp::List { .. } => {
+            (None, KvOp::Get { .. } | KvOp::List { .. }) => {
                 let (dir, cache) = self.cache.open_existing()?;
                 crate::common::require_namespace(&cache, &dir, &self.namespace)?;
                 let ns = cache
@@ -170,8 +190,8 @@ impl KvCommand {
                 has_data.then(|| Bucket::new(ns))
             }
             // Removing from what does not exist is done already, and creates nothing.
-            KvOp::Delete { .. } if !self.cache.exists_namespace(&self.namespace)? => None,
-            KvOp::Set { .. } | KvOp::Delete { .. } => {
+            (None, KvOp::Delete { .. }) if !self.cache.exists_namespace(&self.namespace)? => None,
+            (None, KvOp::Set { .. } | KvOp::Delete { .. }) => {
                 let (dir, cache) = self.cache.open()?;
                 let ns = cache
                     .namespace(&self.namespace, options)
@@ -186,7 +206,8 @@ impl KvCommand {
                 match bucket.map(|b| b.get(&key)).transpose().map_err(fail)?.flatten() {
                     Some(v) => std::io::stdout().write_all(&v).context("cannot write to stdout")?,
                     None => {
-                        eprintln!("no value for key {} in namespace {}", escape(&key), self.namespace);
+                        let place = if self.remote.is_some() { " (in Redis)" } else { "" };
+                        eprintln!("no value for key {} in namespace {}{place}", escape(&key), self.namespace);
                         return Ok(ExitCode::FAILURE);
                     }
                 }

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use filecache_host::compiled::{CompiledOptions, ComponentCache};
 use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
-use filecache_host::kv::Bucket;
+use filecache_host::kv::{Bucket, RedisEngine};
 use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore, read_fleet_key};
 use filecache_host::size::parse_size;
 use filecache_host::store::{DEFAULT_NAMESPACE, validate_namespace_name};
@@ -78,13 +78,14 @@ pub struct PluginArgs {
 
 #[derive(Args)]
 struct RemoteArgs {
-    /// Share the cache through a Redis server: local misses are read from it, adds written to it
+    /// Share the cache through a Redis server: local misses are read from it, adds written to it;
+    /// wasi:keyvalue buckets live on it (shared by every host, never copied locally)
     #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
     remote: Option<String>,
     /// The fleet key, a file of at least 32 random bytes, the same on every host: every value
-    /// this host publishes, of every namespace, carries an HMAC under it, and a value without a
-    /// valid one is rejected. Compiled code is shared only under a fleet key; without one, plugin
-    /// entries are checked only as local entries are (checksum, key, length)
+    /// this host publishes, of every namespace, and every key-value value carries an HMAC under
+    /// it, and a value without a valid one is rejected. Compiled code is shared only under a fleet
+    /// key; without one, plugin entries are checked only as local entries are (checksum, key, length)
     #[arg(long, value_name = "FILE", requires = "remote")]
     remote_key_file: Option<PathBuf>,
     /// Read from the remote but never write to it
@@ -199,14 +200,6 @@ fn unwritable_dir(dir: &Path) -> bool {
 #[cfg(not(unix))]
 fn unwritable_dir(dir: &Path) -> bool {
     std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.permissions().readonly())
-}
-
-/// Whether the component imports any version of `wasi:keyvalue`.
-fn imports_keyvalue(engine: &Engine, component: &Component) -> bool {
-    component
-        .component_type()
-        .imports(engine)
-        .any(|(name, _)| name.starts_with("wasi:keyvalue/"))
 }
 
 /// The options, checked; nothing created yet.
@@ -342,14 +335,6 @@ impl Plugin {
                 component
             }
         };
-        if self.remote.is_some() && (imports_keyvalue(&engine, &component) || !self.args.buckets.is_empty()) {
-            bail!(
-                "{} imports wasi:keyvalue, which --remote does not serve: a key-value bucket is shared \
-                 mutable state, and the remote tier is a read-through cache, so buckets behind it would \
-                 give stale reads and lost increments across hosts. Run it without --remote",
-                path.display()
-            );
-        }
         Ok(Loaded { engine, component })
     }
 
@@ -375,19 +360,27 @@ impl Plugin {
                 self.cache_dir.display()
             )
         })?;
+        // With --remote, buckets live on the server, shared by every host, never copied here.
+        let bucket = |name: &str, ns: &Namespace| -> Result<Bucket> {
+            Ok(match &self.remote {
+                Some(remote) => Bucket::from_engine(Arc::new(RedisEngine::new(remote.clone(), name, &self.options)?)),
+                None => Bucket::new(ns.clone()),
+            })
+        };
+        let own = bucket(&self.args.namespace, &namespace)?;
         let mut granted = Vec::new();
         for name in &self.args.buckets {
             let ns = cache
                 .namespace(name, self.options)
                 .with_context(|| format!("cannot open --bucket {name:?} in {}", self.cache_dir.display()))?;
-            granted.push((name.clone(), ns.clone(), Bucket::new(ns)));
+            granted.push((name.clone(), ns.clone(), bucket(name, &ns)?));
         }
         let store: Arc<dyn Store> = match self.remote {
             Some(remote) => Arc::new(TieredStore::new(namespace.clone(), remote)?),
             None => Arc::new(namespace.clone()),
         };
         Ok(Storage {
-            own: Bucket::new(namespace.clone()),
+            own,
             namespace,
             granted,
             store,

@@ -73,9 +73,10 @@ use hmac::{Hmac, Mac};
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use sha2::Sha256;
 
+pub use resp::Reply;
 pub use tiered::{DEFAULT_READER_MEMORY, TieredStore};
 
-use self::resp::{Connection, Reply};
+use self::resp::Connection;
 use crate::Counter;
 use crate::entry::{Checksum, HEADER_LEN, Header};
 use crate::{Error, Key, Namespace, Result};
@@ -314,6 +315,24 @@ impl RemoteTier {
             other => Err(unexpected(other)),
         })
         .map_err(|f| self.failure_error("ping", f))
+    }
+
+    /// Sends one command (`args`, its name first) on a pooled connection, under the tier's
+    /// deadline, connection pool and circuit breaker, and answers the server's reply, an error
+    /// reply (`-ERR …`, [`Reply::Error`]) included. The bulk strings of the reply may hold
+    /// `max_reply` bytes in all (each array element counts 16 more); a reply declaring more is
+    /// refused unread. For clients of the same server that need other commands than the tier's
+    /// (key-value buckets): a failure here is always an error, whether the tier is
+    /// [`required`](RemoteOptions::required) or not, and counts towards the breaker (`op` names
+    /// the operation in messages).
+    pub fn command(&self, op: &'static str, args: &[&[u8]], max_reply: u64) -> Result<Reply> {
+        self.call(op, |c, timeout| c.query_any(args, max_reply, timeout))
+            .map_err(|f| self.failure_error(op, f))
+    }
+
+    /// The URL of the server, without credentials (for messages).
+    pub fn shown_url(&self) -> &str {
+        &self.inner.shown
     }
 
     /// The Redis key of `key` in `namespace`.
@@ -633,6 +652,8 @@ fn unexpected(reply: Reply) -> io::Error {
         Reply::Integer(n) => format!("the integer {n}"),
         Reply::Bulk(None) => "a nil reply".to_string(),
         Reply::Bulk(Some(b)) => format!("a bulk reply of {} bytes", b.len()),
+        Reply::Array(items) => format!("an array of {} elements", items.len()),
+        Reply::Error(e) => format!("the error {:?}", e.chars().take(64).collect::<String>()),
     };
     io::Error::new(io::ErrorKind::InvalidData, format!("unexpected answer: {what}"))
 }

@@ -1,5 +1,6 @@
 //! The remote tier's connection to Redis: the few commands it sends (`AUTH`, `SELECT`, `PING`,
-//! `GETRANGE`, `SET`, `DEL`) in RESP2, over a blocking TCP socket.
+//! `GETRANGE`, `SET`, `DEL`, and for key-value buckets `SCAN`, `EVALSHA`) in RESP2, over a
+//! blocking TCP socket.
 //!
 //! Written here rather than taken from a client library for two bounds a hostile or stalled
 //! server must not get past, which a general client cannot give:
@@ -28,15 +29,29 @@ pub(super) const MAX_LINE: usize = 4096;
 /// How much of a bulk reply is allocated ahead of the bytes that arrive (and read at once).
 const BULK_STEP: usize = 256 << 10;
 
+/// The deepest nesting of arrays accepted in a reply.
+const MAX_DEPTH: usize = 4;
+
+/// What each element of an array reply costs of the reply's byte bound, on top of its bytes (so
+/// that an array of empty elements is bounded too).
+const ELEMENT_COST: u64 = 16;
+
 /// A server's reply to one command.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Reply {
+#[non_exhaustive]
+pub enum Reply {
     /// `+OK`, `+PONG`.
     Status(String),
     /// `:n`.
     Integer(i64),
-    /// `$n` and its bytes; `None` for the nil reply (`$-1`).
+    /// `$n` and its bytes; `None` for the nil reply (`$-1`, and the nil array `*-1`).
     Bulk(Option<Vec<u8>>),
+    /// `*n` and its elements.
+    Array(Vec<Reply>),
+    /// `-ERR …`: the server refused the command (the connection is sound). Only
+    /// [`RemoteTier::command`](super::RemoteTier::command) answers it as a reply; the tier's own
+    /// operations take it as a failure.
+    Error(String),
 }
 
 /// How a reply failed, for messages: a refusal of the server (`-ERR …`) is an error of the
@@ -130,15 +145,31 @@ impl Connection {
     /// time the bytes moved so far take at [`MIN_TRANSFER_RATE`]; a bulk reply longer than
     /// `max_bulk` bytes is refused unread.
     pub(super) fn query(&mut self, args: &[&[u8]], max_bulk: u64, timeout: Duration) -> io::Result<Reply> {
+        match self.query_any(args, max_bulk, timeout)? {
+            Reply::Error(message) => Err(server_error(&message)),
+            reply => Ok(reply),
+        }
+    }
+
+    /// As [`query`](Self::query), but an error reply of the server is answered as
+    /// [`Reply::Error`]; `max_bulk` bounds the bytes of every bulk string in the reply together
+    /// (and each array element costs [`ELEMENT_COST`] of it).
+    pub(super) fn query_any(&mut self, args: &[&[u8]], max_bulk: u64, timeout: Duration) -> io::Result<Reply> {
         self.start = Instant::now();
         self.given = timeout;
         self.moved = 0;
-        self.exchange(args, max_bulk)
+        self.send(args)?;
+        let mut budget = max_bulk;
+        self.reply(max_bulk, &mut budget, 0)
     }
 
     fn exchange(&mut self, args: &[&[u8]], max_bulk: u64) -> io::Result<Reply> {
         self.send(args)?;
-        self.reply(max_bulk)
+        let mut budget = max_bulk;
+        match self.reply(max_bulk, &mut budget, 0)? {
+            Reply::Error(message) => Err(server_error(&message)),
+            reply => Ok(reply),
+        }
     }
 
     /// The time left before the operation's deadline: its timeout, plus the time the bytes it
@@ -258,13 +289,37 @@ impl Connection {
         self.pos == self.buf.len()
     }
 
-    /// Reads one reply.
-    fn reply(&mut self, max_bulk: u64) -> io::Result<Reply> {
+    /// Reads one reply, its bulk strings taking at most `budget` bytes (of `max_bulk` asked
+    /// for), nested at most [`MAX_DEPTH`] deep.
+    fn reply(&mut self, max_bulk: u64, budget: &mut u64, depth: usize) -> io::Result<Reply> {
         let line = self.line()?;
         let (kind, rest) = line.split_at_checked(1).unwrap_or(("", ""));
         match kind {
             "+" => Ok(Reply::Status(rest.to_string())),
-            "-" => Err(server_error(rest)),
+            "-" => Ok(Reply::Error(rest.to_string())),
+            "*" => {
+                let n: i64 = rest
+                    .parse()
+                    .map_err(|_| protocol_error(format!("a malformed array length {rest:?}")))?;
+                if n < 0 {
+                    return Ok(Reply::Bulk(None));
+                }
+                if depth >= MAX_DEPTH {
+                    return Err(protocol_error(format!("arrays nested deeper than {MAX_DEPTH}")));
+                }
+                let cost = (n as u64).saturating_mul(ELEMENT_COST);
+                if cost > *budget {
+                    return Err(protocol_error(format!(
+                        "an array of {n} elements in a reply of at most {max_bulk} bytes"
+                    )));
+                }
+                *budget -= cost;
+                let mut items = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    items.push(self.reply(max_bulk, budget, depth + 1)?);
+                }
+                Ok(Reply::Array(items))
+            }
             ":" => rest
                 .parse()
                 .map(Reply::Integer)
@@ -277,11 +332,12 @@ impl Connection {
                     return Ok(Reply::Bulk(None));
                 }
                 let len = len as u64;
-                if len > max_bulk {
+                if len > *budget {
                     return Err(protocol_error(format!(
                         "a reply of {len} bytes to a request for at most {max_bulk}"
                     )));
                 }
+                *budget -= len;
                 let len = usize::try_from(len)
                     .map_err(|_| protocol_error(format!("a reply of {len} bytes, too large to hold here")))?;
                 self.bulk(len).map(|b| Reply::Bulk(Some(b)))

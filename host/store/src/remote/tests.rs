@@ -720,3 +720,52 @@ fn finding_22_2_readers_served_from_memory_are_bounded_together() {
     drop((again, readers));
     assert_eq!(store.reader_memory_held(), 0);
 }
+
+/// `RemoteTier::command` (what the key-value buckets in Redis use): an error reply is an answer,
+/// on a connection kept for reuse; an array is bounded as a whole (its elements and their bytes
+/// together), and one declaring more is refused unread.
+#[test]
+fn commands_answer_errors_and_bound_arrays() {
+    use std::io::Write;
+    let server = FakeServer::start(|stream, _, _| {
+        let _ = stream.write_all(b"*3\r\n$2\r\nab\r\n:7\r\n*1\r\n-ERR inner\r\n");
+    });
+    let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    let reply = tier.command("test", &[b"ANY"], 66).unwrap();
+    assert_eq!(
+        reply,
+        Reply::Array(vec![
+            Reply::Bulk(Some(b"ab".to_vec())),
+            Reply::Integer(7),
+            Reply::Array(vec![Reply::Error("ERR inner".into())]),
+        ])
+    );
+    // Three elements, two bytes and one element more cost 3 × 16 + 2 + 16 = 66: one byte less
+    // is refused (a new tier: the fake server answers one request per connection).
+    let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    let err = tier.command("test", &[b"ANY"], 65).unwrap_err();
+    assert!(
+        err.full_message().contains("an array of 1 elements"),
+        "{}",
+        err.full_message()
+    );
+    let server = FakeServer::start(|stream, _, _| {
+        let _ = stream.write_all(b"*100000000\r\n");
+    });
+    let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    let err = tier.command("test", &[b"ANY"], 1 << 20).unwrap_err();
+    assert!(
+        err.full_message().contains("100000000 elements"),
+        "{}",
+        err.full_message()
+    );
+    let server = FakeServer::start(|stream, _, _| {
+        let _ = stream.write_all(b"-NOSCRIPT no such script\r\n");
+    });
+    let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    assert_eq!(
+        tier.command("test", &[b"ANY"], 0).unwrap(),
+        Reply::Error("NOSCRIPT no such script".into())
+    );
+    assert_eq!(tier.idle_connections(), 1);
+}

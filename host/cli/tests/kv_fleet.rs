@@ -1,0 +1,319 @@
+//! `wasi:keyvalue` buckets shared by a fleet through Redis (`run --remote`, `kv --remote`),
+//! against a real `redis-server` on a free loopback port: hosts are processes with cache
+//! directories of their own, sharing nothing but the server.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use filecache_host::kv::RedisEngine;
+use filecache_tests::{http_keyvalue_wasm, keyvalue_draft2_wasm, keyvalue_wasm};
+
+/// A fleet: the server and the fleet key file.
+struct Fleet {
+    redis: RedisServer,
+    key_file: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let tmp = tempfile::tempdir().unwrap();
+        let key_file = tmp.path().join("fleet.key");
+        std::fs::write(&key_file, [42u8; 32]).unwrap();
+        Fleet {
+            redis: RedisServer::start(),
+            key_file,
+            _tmp: tmp,
+        }
+    }
+
+    /// `--remote URL --remote-key-file FILE`
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--remote".into(),
+            self.redis.url(),
+            "--remote-key-file".into(),
+            self.key_file.display().to_string(),
+        ]
+    }
+
+    /// `filecache run` of `wasm` on `host` with the fleet's flags and `extra`, not waited for.
+    fn spawn(&self, host: &TestCache, wasm: &std::path::Path, extra: &[&str], args: &[&str]) -> Child {
+        filecache()
+            .arg("run")
+            .arg("--cache-dir")
+            .arg(host.dir())
+            .args(self.flags())
+            .args(extra)
+            .arg(wasm)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn run(&self, host: &TestCache, wasm: &std::path::Path, extra: &[&str], args: &[&str]) -> String {
+        let out = self.spawn(host, wasm, extra, args).wait_with_output().unwrap();
+        assert_success(&out, &format!("{} {args:?}", wasm.display()));
+        stdout(&out)
+    }
+
+    /// `filecache kv --remote … ARGS` on `host`.
+    fn kv(&self, host: &TestCache, args: &[&str]) -> std::process::Output {
+        let flags = self.flags();
+        let mut all: Vec<&str> = flags.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        host.cli("kv", &all)
+    }
+}
+
+/// No key-value database was made in `host`'s cache directory: the buckets are not copied.
+fn assert_no_local_bucket(host: &TestCache) {
+    let local: Vec<_> = files_under(&host.dir())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("kv.sqlite3"))
+        .collect();
+    assert!(local.is_empty(), "a local copy of a bucket: {local:?}");
+}
+
+#[test]
+fn four_processes_on_two_hosts_increment_one_counter_to_exactly_1000_and_a_third_host_reads_it() {
+    let fleet = Fleet::start();
+    let hosts = [TestCache::new(), TestCache::new()];
+    let children: Vec<Child> = (0..4)
+        .map(|i| {
+            fleet.spawn(
+                &hosts[i % 2],
+                keyvalue_wasm(),
+                &[],
+                &["increment", "together", "1", "250"],
+            )
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_success(&out, "increment");
+        assert!(stdout(&out).starts_with("value "), "{}", stdout(&out));
+    }
+    let third = TestCache::new();
+    let out = fleet.kv(&third, &["get", "together"]);
+    assert_success(&out, "kv get");
+    assert_eq!(stdout(&out), "1000");
+    assert_eq!(
+        fleet.run(&third, keyvalue_wasm(), &[], &["get", "together"]),
+        "value 1000\n"
+    );
+    for host in hosts.iter().chain([&third]) {
+        assert_no_local_bucket(host);
+    }
+    // Without --remote, the same host has its own (empty) local bucket.
+    let out = third.run(keyvalue_wasm(), &[], &["get", "together"]);
+    assert_success(&out, "local get");
+    assert_eq!(stdout(&out), "none\n");
+}
+
+#[test]
+fn cas_loops_from_two_hosts_are_exact_and_kv_writes_what_guests_read() {
+    let fleet = Fleet::start();
+    let hosts = [TestCache::new(), TestCache::new()];
+    let children: Vec<Child> = (0..4)
+        .map(|i| fleet.spawn(&hosts[i % 2], keyvalue_draft2_wasm(), &[], &["cas-loop", "n", "100"]))
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_success(&out, "cas-loop");
+    }
+    let out = fleet.kv(&hosts[0], &["get", "n"]);
+    assert_success(&out, "kv get");
+    assert_eq!(stdout(&out), "400");
+    // `kv --remote set` writes the shared bucket of the namespace given, as guests see it.
+    assert_success(
+        &fleet.kv(&hosts[1], &["--namespace", "other", "set", "greeting", "hello"]),
+        "kv set",
+    );
+    assert_eq!(
+        fleet.run(
+            &hosts[0],
+            keyvalue_wasm(),
+            &["--namespace", "other"],
+            &["get", "greeting"]
+        ),
+        "value hello\n"
+    );
+    assert_eq!(
+        stdout(&fleet.kv(&hosts[0], &["--namespace", "other", "list"])),
+        "greeting\n"
+    );
+    assert_no_local_bucket(&hosts[0]);
+}
+
+#[test]
+fn a_value_forged_into_redis_without_the_fleet_key_is_not_served() {
+    let fleet = Fleet::start();
+    let host = TestCache::new();
+    assert_success(&fleet.kv(&host, &["set", "genuine", "yes"]), "kv set");
+    // A host without the key writes a well-framed value; a raw one is planted with redis-cli.
+    let out = host.cli("kv", &["--remote", &fleet.redis.url(), "set", "forged", "planted"]);
+    assert_success(&out, "kv set without the key");
+    let raw = String::from_utf8(RedisEngine::redis_key("default", "raw")).unwrap();
+    fleet.redis.cli(&["SET", &raw, "planted"]);
+    for key in ["forged", "raw"] {
+        let got = fleet.run(&host, keyvalue_wasm(), &[], &["get", key]);
+        assert!(
+            got.starts_with("error other: ") && got.contains("refused"),
+            "{key}: {got}"
+        );
+        assert!(!got.contains("planted"), "{got}");
+        let out = fleet.kv(&host, &["get", key]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("refused"), "{}", stderr(&out));
+    }
+    assert_eq!(
+        fleet.run(&host, keyvalue_wasm(), &[], &["get", "genuine"]),
+        "value yes\n"
+    );
+}
+
+#[test]
+fn the_quota_holds_across_hosts() {
+    let fleet = Fleet::start();
+    let (a, b) = (TestCache::new(), TestCache::new());
+    let quota = ["--quota", "4096"];
+    assert_eq!(
+        fleet.run(&a, keyvalue_wasm(), &quota, &["set-size", "a", "3000"]),
+        "ok\n"
+    );
+    // 3000 bytes and their key and frame are charged on the server: another host cannot add 3000.
+    let refused = fleet.run(&b, keyvalue_wasm(), &quota, &["set-size", "b", "3000"]);
+    assert!(refused.starts_with("error other: quota exceeded"), "{refused}");
+    assert_eq!(
+        fleet.run(&b, keyvalue_wasm(), &quota, &["set-size", "b", "900"]),
+        "ok\n"
+    );
+    assert_eq!(
+        fleet.run(&a, keyvalue_wasm(), &quota, &["get", "b"]).len(),
+        "value \n".len() + 900
+    );
+    // The value limit is the host's --max-entry-size.
+    let big = fleet.run(
+        &a,
+        keyvalue_wasm(),
+        &["--max-entry-size", "100"],
+        &["set-size", "c", "101"],
+    );
+    assert!(big.starts_with("error other: "), "{big}");
+}
+
+#[test]
+fn with_redis_dead_or_stalled_calls_fail_on_time_and_the_run_ends_cleanly() {
+    let mut fleet = Fleet::start();
+    let host = TestCache::new();
+    assert_eq!(
+        fleet.run(&host, keyvalue_wasm(), &[], &["increment", "n", "1", "3"]),
+        "value 3\n"
+    );
+    fleet.redis.kill();
+    let start = Instant::now();
+    let out = fleet.spawn(&host, keyvalue_wasm(), &[], &["increment", "n", "1", "3"]);
+    let out = out.wait_with_output().unwrap();
+    assert_success(&out, "increment with Redis dead");
+    let got = stdout(&out);
+    assert!(got.starts_with("error other: ") && got.contains("Redis"), "{got}");
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert_no_local_bucket(&host);
+
+    // A server that accepts connections and never answers: the compiled-code lookups and the
+    // call each fail at the operation's deadline (500 ms) or at once once the breaker opens.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let start = Instant::now();
+    let out = host.run(keyvalue_wasm(), &["--remote", &url], &["get", "n"]);
+    assert_success(&out, "get with Redis stalled");
+    assert!(stdout(&out).starts_with("error other: "), "{}", stdout(&out));
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+}
+
+/// `filecache serve … --addr 127.0.0.1:0` once it listens, and its address; killed when dropped.
+struct Serve(Child, SocketAddr);
+
+impl Serve {
+    fn start(fleet: &Fleet, host: &TestCache, wasm: &std::path::Path) -> Serve {
+        let mut child = filecache()
+            .env("FILECACHE_LOG", "info")
+            .arg("serve")
+            .arg("--cache-dir")
+            .arg(host.dir())
+            .args(["--addr", "127.0.0.1:0"])
+            .args(fleet.flags())
+            .arg(wasm)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("Serving HTTP on http://") {
+                    let _ = tx.send(rest.trim_end_matches('/').parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("serve did not start");
+        Serve(child, addr)
+    }
+
+    /// `POST path` on a new connection: the status and the whole raw response.
+    fn post(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.1).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            self.1
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, raw)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn two_serve_hosts_behind_a_balancer_share_one_counter() {
+    let fleet = Fleet::start();
+    let hosts = [TestCache::new(), TestCache::new()];
+    let servers: Vec<Serve> = hosts
+        .iter()
+        .map(|h| Serve::start(&fleet, h, http_keyvalue_wasm()))
+        .collect();
+    for i in 0..20 {
+        let (status, raw) = servers[i % 2].post("/kv/incr/visits");
+        assert_eq!(status, 200, "{raw}");
+    }
+    let out = fleet.kv(&hosts[0], &["get", "visits"]);
+    assert_success(&out, "kv get");
+    assert_eq!(stdout(&out), "20");
+    let (_, raw) = servers[1].post("/kv/incr/visits");
+    assert!(raw.contains("21"), "{raw}");
+    for host in &hosts {
+        assert_no_local_bucket(host);
+    }
+}
