@@ -19,7 +19,8 @@
 //! chooses where the on-disk stores live (default: the system's temporary directory);
 //! `FILECACHE_BENCH_CASES` (`op:size:iters,...`) and `FILECACHE_BENCH_BACKENDS` (any of
 //! `filecache,memory,sqlite`) narrow the run, and `FILECACHE_BENCH_RUNS` sets the runs per cell
-//! (default 7): one backend and one case under `valgrind --tool=callgrind` count instructions.
+//! (default 7): one backend and one case under `valgrind --tool=callgrind` count instructions
+//! (the CPU-time column is left out there).
 
 use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
 use filecache_host::kv::Bucket;
@@ -317,8 +318,16 @@ impl Bench {
 
 /// The CPU time this thread has run, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`): on a loaded
 /// machine the guest's wall-clock times include the waits for a CPU; this does not.
+/// Not under valgrind (rustix's vDSO lookup faults there) nor with `FILECACHE_BENCH_CPU=0`.
 #[cfg(unix)]
 fn cpu_ns() -> Option<u64> {
+    static ENABLED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        let valgrind = std::env::var("LD_PRELOAD").is_ok_and(|p| p.contains("vgpreload"));
+        !valgrind && std::env::var("FILECACHE_BENCH_CPU").map_or(true, |v| v != "0")
+    });
+    if !*ENABLED {
+        return None;
+    }
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     u64::try_from(t.tv_sec)
         .ok()?
