@@ -5,14 +5,15 @@
 //! header at the start of the write-ahead log's index (the `-shm` file, which SQLite maps into
 //! every connection): its change counter, the log's frame count, running checksum and salts.
 //! SQLite itself compares this header to decide whether a reader's snapshot is out of date (it is
-//! what `PRAGMA data_version` reports). Each cached value is tagged with the header as it was
+//! what `PRAGMA data_version` reports; the layout is SQLite's documented WAL-index format,
+//! <https://sqlite.org/walformat.html>). Each cached value is tagged with the header as it was
 //! *before* the value was read, and served only while the header is still byte for byte the same;
 //! anything else (a commit, a writer halfway through updating it, no mapping at all) is a miss,
 //! and a miss empties the cache. Checking costs 24 loads from memory the connection maps anyway:
 //! no system call, no statement, no file lock, and no signal handler (a `-shm` file truncated
 //! under a live connection is a fault for SQLite itself just the same). `PRAGMA data_version`
 //! would need a statement, and with it the two `fcntl` locks of a read transaction, per `get`:
-//! most of what a `get` costs (see BENCHMARKS.md).
+//! most of what an uncached `get` costs (see BENCHMARKS.md).
 //!
 //! **Integrity.** Only values whose checksum was just checked are cached, so a damaged row is
 //! never served from here; a row damaged by a write (through SQLite) changes the header, so the
