@@ -3,15 +3,24 @@
 //! on every read, quota charged, atomic across processes), wasmtime's own
 //! `wasmtime-wasi-keyvalue` (a `HashMap` in memory, per instance, nothing persisted), and SQLite
 //! through `rusqlite` (the way Spin persists its key-value store; WAL, `synchronous=NORMAL`, one
-//! table keyed by (store, key), increment in an immediate transaction).
+//! table keyed by (store, key), increment in an immediate transaction). The table has a rowid, as
+//! filecache's has: `WITHOUT ROWID` would keep 1 KiB values inside its key's b-tree, interior
+//! pages included, which made that baseline several times slower than either.
 //!
 //! The guest (`keyvalue bench OP SIZE ITERS`, `tests/programs/src/bin/keyvalue.rs`) times ITERS
 //! operations from inside the component, host calls included, and prints nanoseconds per
 //! operation; each configuration runs 7 times in fresh instances and the median is reported.
 //! The three stores get the same guest and the same `wasi:keyvalue@0.2.0-draft` import.
 //!
+//! The three stores take turns run by run (filecache, in-memory, SQLite, then again), so that a
+//! machine whose speed drifts during the run slows all three alike: quote the ratios.
+//!
 //! `cargo bench -p filecache-host --bench keyvalue` (about a minute). `FILECACHE_BENCH_DIR`
-//! chooses where the on-disk stores live (default: the system's temporary directory).
+//! chooses where the on-disk stores live (default: the system's temporary directory);
+//! `FILECACHE_BENCH_CASES` (`op:size:iters,...`) and `FILECACHE_BENCH_BACKENDS` (any of
+//! `filecache,memory,sqlite`) narrow the run, and `FILECACHE_BENCH_RUNS` sets the runs per cell
+//! (default 7): one backend and one case under `valgrind --tool=callgrind` count instructions
+//! (the CPU-time column is left out there).
 
 use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
 use filecache_host::kv::Bucket;
@@ -22,6 +31,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_keyvalue::{WasiKeyValue, WasiKeyValueCtx, WasiKeyValueCtxBuilder};
 
+/// Runs per cell, unless `FILECACHE_BENCH_RUNS` says otherwise.
 const RUNS: usize = 7;
 
 struct Host {
@@ -72,7 +82,7 @@ mod sqlite {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
              CREATE TABLE IF NOT EXISTS kv (store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
-                                            PRIMARY KEY (store, key)) WITHOUT ROWID;",
+                                            PRIMARY KEY (store, key));",
         )
         .expect("schema");
         conn
@@ -260,8 +270,9 @@ impl Bench {
         }
     }
 
-    /// One run of the guest: nanoseconds per operation.
-    fn run(&self, backend: Backend, args: &[&str]) -> u64 {
+    /// One run of the guest: nanoseconds per operation as the guest timed them (wall clock), and
+    /// the CPU time this thread spent per operation over the whole run (see [`cpu_ns`]).
+    fn run(&self, backend: Backend, args: &[&str]) -> (u64, Option<u64>) {
         let linker = &self.linkers.iter().find(|(b, _)| *b == backend).expect("linked").1;
         let stdout = MemoryOutputPipe::new(1 << 10);
         let mut wasi = WasiCtx::builder();
@@ -287,29 +298,58 @@ impl Bench {
         let mut store = Store::new(&self.engine, host);
         let command = wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, &self.component, linker)
             .expect("instantiates");
+        let cpu_before = cpu_ns();
         command
             .wasi_cli_run()
             .call_run(&mut store)
             .expect("runs")
             .expect("succeeds");
-        String::from_utf8_lossy(&stdout.contents())
+        let cpu = cpu_before.zip(cpu_ns()).map(|(a, b)| b.saturating_sub(a));
+        let wall = String::from_utf8_lossy(&stdout.contents())
             .trim()
             .parse()
-            .expect("nanoseconds")
+            .expect("nanoseconds");
+        // `first-get` writes its keys first, untimed by the guest but not by this clock.
+        let iters: u64 = args[3].parse().expect("ITERS");
+        let cpu = cpu.filter(|_| args[1] != "first-get").map(|c| c / iters.max(1));
+        (wall, cpu)
     }
+}
 
-    fn median(&self, backend: Backend, args: &[&str]) -> u64 {
-        let mut times: Vec<u64> = (0..RUNS).map(|_| self.run(backend, args)).collect();
-        times.sort_unstable();
-        times[RUNS / 2]
+/// The CPU time this thread has run, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`): on a loaded
+/// machine the guest's wall-clock times include the waits for a CPU; this does not.
+/// Not under valgrind (rustix's vDSO lookup faults there) nor with `FILECACHE_BENCH_CPU=0`.
+#[cfg(unix)]
+fn cpu_ns() -> Option<u64> {
+    static ENABLED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        let valgrind = std::env::var("LD_PRELOAD").is_ok_and(|p| p.contains("vgpreload"));
+        !valgrind && std::env::var("FILECACHE_BENCH_CPU").map_or(true, |v| v != "0")
+    });
+    if !*ENABLED {
+        return None;
     }
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec)
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(u64::try_from(t.tv_nsec).ok()?)
+}
+
+#[cfg(not(unix))]
+fn cpu_ns() -> Option<u64> {
+    None
+}
+
+fn median(mut times: Vec<u64>) -> u64 {
+    times.sort_unstable();
+    times[times.len() / 2]
 }
 
 fn main() {
     // `cargo test --benches` runs this with `--bench` absent: once, briefly, as a smoke test.
     let quick = !std::env::args().any(|a| a == "--bench");
     let bench = Bench::new();
-    let cases: &[(&str, &str, &str)] = if quick {
+    let default_cases: &[(&str, &str, &str)] = if quick {
         &[
             ("get", "1024", "10"),
             ("first-get", "1024", "10"),
@@ -329,29 +369,89 @@ fn main() {
             ("increment", "0", "5000"),
         ]
     };
-    println!(
-        "{:<10} {:>7} {:>12} {:>20} {:>20} {:>9} {:>9}",
-        "op", "value", "filecache", "wasmtime in-memory", "SQLite (rusqlite)", "vs mem", "vs SQLite"
-    );
-    for (op, size, iters) in cases {
-        let args = ["bench", op, size, iters];
-        let t: Vec<u64> = [Backend::Filecache, Backend::Memory, Backend::Sqlite]
-            .into_iter()
-            .map(|b| {
-                let t = bench.median(b, &args);
-                eprintln!("{op} {size}: {}: {t} ns", b.name());
-                t
+    let chosen = std::env::var("FILECACHE_BENCH_CASES").unwrap_or_default();
+    let cases: Vec<[String; 3]> = if chosen.is_empty() {
+        default_cases
+            .iter()
+            .map(|(o, s, i)| [o.to_string(), s.to_string(), i.to_string()])
+            .collect()
+    } else {
+        chosen
+            .split(',')
+            .map(|c| {
+                let parts: Vec<&str> = c.split(':').collect();
+                match parts[..] {
+                    [o, s, i] => [o.to_string(), s.to_string(), i.to_string()],
+                    _ => panic!("FILECACHE_BENCH_CASES: op:size:iters, not {c:?}"),
+                }
             })
-            .collect();
-        println!(
-            "{:<10} {:>7} {:>9} ns {:>17} ns {:>17} ns {:>8.2}x {:>8.2}x",
-            op,
-            size,
-            t[0],
-            t[1],
-            t[2],
-            t[0] as f64 / t[1].max(1) as f64,
-            t[0] as f64 / t[2].max(1) as f64
-        );
+            .collect()
+    };
+    let backends: Vec<Backend> = match std::env::var("FILECACHE_BENCH_BACKENDS") {
+        Ok(list) if !list.is_empty() => list
+            .split(',')
+            .map(|b| match b {
+                "filecache" => Backend::Filecache,
+                "memory" => Backend::Memory,
+                "sqlite" => Backend::Sqlite,
+                _ => panic!("FILECACHE_BENCH_BACKENDS: filecache, memory or sqlite, not {b:?}"),
+            })
+            .collect(),
+        _ => vec![Backend::Filecache, Backend::Memory, Backend::Sqlite],
+    };
+    let runs = match std::env::var("FILECACHE_BENCH_RUNS") {
+        Ok(n) => n.parse().expect("FILECACHE_BENCH_RUNS: a number"),
+        Err(_) if quick => 1,
+        Err(_) => RUNS,
+    };
+    println!(
+        "{:<20} {:>7} {:>12} {:>20} {:>20} {:>9} {:>9}",
+        "op (clock)", "value", "filecache", "wasmtime in-memory", "SQLite (rusqlite)", "vs mem", "vs SQLite"
+    );
+    for [op, size, iters] in &cases {
+        let args = ["bench", op.as_str(), size.as_str(), iters.as_str()];
+        // Interleaved: each run goes through every backend before the next run starts.
+        let mut times = vec![Vec::new(); backends.len()];
+        for _ in 0..runs {
+            for (i, b) in backends.iter().enumerate() {
+                times[i].push(bench.run(*b, &args));
+            }
+        }
+        let show = |t: Option<u64>| t.map_or("-".to_string(), |t| format!("{t} ns"));
+        let ratio = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}x", a as f64 / b.max(1) as f64),
+            _ => "-".to_string(),
+        };
+        // The guest's wall-clock times, then this thread's CPU time per operation.
+        for (what, cpu) in [("wall", false), ("cpu", true)] {
+            let cell = |b: Backend| -> Option<u64> {
+                let i = backends.iter().position(|x| *x == b)?;
+                let runs: Vec<u64> = if cpu {
+                    times[i]
+                        .iter()
+                        .map(|t: &(u64, Option<u64>)| t.1)
+                        .collect::<Option<_>>()?
+                } else {
+                    times[i].iter().map(|t| t.0).collect()
+                };
+                let t = median(runs.clone());
+                eprintln!("{op} {size} {what}: {}: {t} ns (runs: {runs:?})", b.name());
+                Some(t)
+            };
+            let (f, m, s) = (cell(Backend::Filecache), cell(Backend::Memory), cell(Backend::Sqlite));
+            if f.is_none() && m.is_none() && s.is_none() {
+                continue;
+            }
+            println!(
+                "{:<20} {:>7} {:>12} {:>20} {:>20} {:>9} {:>9}",
+                format!("{op} ({what})"),
+                size,
+                show(f),
+                show(m),
+                show(s),
+                ratio(f, m),
+                ratio(f, s)
+            );
+        }
     }
 }

@@ -19,8 +19,9 @@
 //! statements are cached per connection ([`rusqlite::Connection::prepare_cached`]); a bucket
 //! and its clones share one connection.
 //!
-//! SQLite's page cache is the read cache: the store's own cross-process cache of values (and
-//! the process-wide `SIGBUS` handler it needed) is gone, as measured in BENCHMARKS.md.
+//! A read cache per engine ([`read_cache`]) answers a repeated `get` without a statement: it
+//! holds checked values while the WAL index header, which every commit by any process rewrites,
+//! stays the same; it is bounded ([`read_cache::CACHE_BYTES`]) and needs no signal handler.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -32,6 +33,17 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction,
 
 use crate::fault::{self, Point};
 use crate::import;
+#[cfg(test)]
+pub(crate) use read_cache::{CACHE_BYTES, MAX_CACHED_VALUE};
+use read_cache::{ReadCache, WalHeader};
+
+/// How many `get`s this thread answered from a read cache so far (tests).
+#[cfg(test)]
+pub(crate) fn read_cache_hits() -> u64 {
+    read_cache::HITS.with(|h| h.get())
+}
+
+mod read_cache;
 use crate::{
     Engine, Error, KeyPage, Namespace, Result, Usage, VerifyReport, Version, Versioned, overflow, parse, short,
 };
@@ -83,11 +95,37 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER N
 
 const IMPORTED: &str = "imported-records";
 
+/// Writes a row, keeping its `rowid` (its listing position) when the key has one already.
+const UPSERT_SQL: &str = "INSERT INTO kv (key, version, crc, key_crc, value) VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT(key) DO UPDATE SET version = excluded.version, crc = excluded.crc, \
+     key_crc = excluded.key_crc, value = excluded.value";
+
+/// How many keys one [`SIZES_SQL`] statement sizes.
+const SIZES_CHUNK: usize = 64;
+
+/// The bytes the rows of [`SIZES_CHUNK`] keys hold (`length` reads a value's size, not the value).
+static SIZES_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let params: Vec<String> = (1..=SIZES_CHUNK).map(|i| format!("?{i}")).collect();
+    format!(
+        "SELECT coalesce(sum(length(key) + length(value)), 0) FROM kv WHERE key IN ({})",
+        params.join(", ")
+    )
+});
+
 /// The key-value engine of one namespace, over its SQLite database (see the module docs). The
 /// database is opened on first use.
 pub struct SqliteEngine {
     ns: Namespace,
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Option<Db>>,
+    /// Locked after `conn`, never before, and never held while the connection writes.
+    cache: Mutex<ReadCache>,
+}
+
+/// The open database: the connection, and the header of its WAL index (the read cache's
+/// check; `None`: nothing is cached).
+struct Db {
+    conn: Connection,
+    wal: Option<WalHeader>,
 }
 
 impl std::fmt::Debug for SqliteEngine {
@@ -124,12 +162,20 @@ impl SqliteEngine {
         SqliteEngine {
             ns,
             conn: Mutex::new(None),
+            cache: Mutex::new(ReadCache::default()),
         }
     }
 
     /// The namespace.
     pub fn namespace(&self) -> &Namespace {
         &self.ns
+    }
+
+    /// The read cache's bytes (as counted against its bound) and entries.
+    #[cfg(test)]
+    pub(crate) fn read_cache_usage(&self) -> (usize, usize) {
+        let cache = self.cache();
+        (cache.bytes(), cache.len())
     }
 
     /// Sets the namespace's data charge to exactly what the database holds (a crash may have
@@ -167,23 +213,49 @@ impl SqliteEngine {
         filecache_store::Error::io(format!("{what} of namespace {:?}", self.ns.name()), e).into()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
+    fn lock(&self) -> MutexGuard<'_, Option<Db>> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cache(&self) -> MutexGuard<'_, ReadCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Empties the read cache: every write path calls it (the WAL index header moves with each
+    /// commit anyway; this does not rely on it).
+    fn invalidate(&self) {
+        self.cache().clear();
     }
 
     /// Runs `f` on the connection, opening it first if needed; `None` when there is no database
     /// to read (a read-only namespace that has none).
     fn with_conn<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R>) -> Result<Option<R>> {
+        self.with_db(|db| f(&mut db.conn))
+    }
+
+    /// As [`with_conn`](Self::with_conn), with the WAL index header next to the connection.
+    fn with_db<R>(&self, f: impl FnOnce(&mut Db) -> Result<R>) -> Result<Option<R>> {
         let mut guard = self.lock();
         if guard.is_none() {
+            self.invalidate();
             match self.open()? {
-                Some(c) => *guard = Some(c),
+                Some(conn) => {
+                    // Only a connection that writes is sure to have its WAL index mapped; a
+                    // read-only one may read through a private copy of it.
+                    let wal = if self.ns.options().read_only {
+                        None
+                    } else {
+                        WalHeader::of(&conn)
+                    };
+                    *guard = Some(Db { conn, wal })
+                }
                 None => return Ok(None),
             }
         }
-        let conn = guard.as_mut().expect("opened above");
-        let out = f(conn);
+        let db = guard.as_mut().expect("opened above");
+        let out = f(db);
         if let Err(Error::DamagedDatabase { .. }) = &out {
+            self.invalidate();
             *guard = None;
         }
         out.map(Some)
@@ -435,6 +507,7 @@ impl SqliteEngine {
     /// One write transaction: `f` makes the change and says how the data charge goes (old and
     /// new bytes); the quota is charged, then it commits, all or nothing.
     fn write<R>(&self, conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> Result<(u64, u64, R)>) -> Result<R> {
+        self.invalidate();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.db(e))?;
@@ -472,14 +545,36 @@ impl SqliteEngine {
         Ok(len.map_or(0, |l| key.len() as u64 + l as u64))
     }
 
+    /// The bytes (keys and values) the rows of `keys` (distinct) hold now: one statement per
+    /// [`SIZES_CHUNK`] keys, rather than one per key.
+    fn sizes_of(&self, tx: &Transaction<'_>, keys: &[&str]) -> Result<u64> {
+        let mut stmt = tx.prepare_cached(&SIZES_SQL).map_err(|e| self.db(e))?;
+        let mut total = 0u64;
+        for chunk in keys.chunks(SIZES_CHUNK) {
+            // A short chunk repeats its first key: a key listed twice matches its row once.
+            for i in 0..SIZES_CHUNK {
+                let key = chunk.get(i).unwrap_or(&chunk[0]);
+                stmt.raw_bind_parameter(i + 1, key.as_bytes()).map_err(|e| self.db(e))?;
+            }
+            let mut rows = stmt.raw_query();
+            let row = rows.next().map_err(|e| self.db(e))?;
+            let bytes: i64 = match row {
+                Some(r) => r.get(0).map_err(|e| self.db(e))?,
+                None => 0,
+            };
+            total += bytes as u64;
+        }
+        Ok(total)
+    }
+
     fn upsert(&self, tx: &Transaction<'_>, key: &str, value: &[u8], version: Version) -> Result<()> {
-        let mut stmt = tx
-            .prepare_cached(
-                "INSERT INTO kv (key, version, crc, key_crc, value) VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT(key) DO UPDATE SET version = excluded.version, crc = excluded.crc, \
-                 key_crc = excluded.key_crc, value = excluded.value",
-            )
-            .map_err(|e| self.db(e))?;
+        let mut stmt = tx.prepare_cached(UPSERT_SQL).map_err(|e| self.db(e))?;
+        self.upsert_with(&mut stmt, key, value, version)
+    }
+
+    /// Writes one row with `stmt`, the prepared [`UPSERT_SQL`] (a batch keeps it for all its
+    /// rows).
+    fn upsert_with(&self, stmt: &mut rusqlite::Statement<'_>, key: &str, value: &[u8], version: Version) -> Result<()> {
         stmt.execute(params![
             key.as_bytes(),
             version.0 as i64,
@@ -520,6 +615,7 @@ impl SqliteEngine {
     /// Reads, checks and (if `f` says so) rewrites `key` in one `BEGIN IMMEDIATE` transaction.
     fn update<R>(&self, key: &str, f: impl FnOnce(Option<(&[u8], Version)>) -> Result<Outcome<R>>) -> Result<R> {
         self.writing(|conn| {
+            self.invalidate();
             // A damaged row is reported (and removed) after the transaction that found it.
             let damaged = {
                 let tx = conn
@@ -581,8 +677,22 @@ impl Engine for SqliteEngine {
     }
 
     fn get_versioned(&self, key: &str) -> Result<Option<Versioned>> {
-        let row = self.with_conn(|conn| self.read_checked(conn, key))?.flatten();
-        Ok(row.map(|r| (r.value, Version(r.version as u64))))
+        let got = self.with_db(|db| {
+            // The header before the read: a commit between the two makes the tag older than
+            // the value, which only costs a miss later.
+            let now = db.wal.as_ref().and_then(WalHeader::read);
+            if let Some(hit) = self.cache().lookup(now, key) {
+                return Ok(hit);
+            }
+            let got = self
+                .read_checked(&mut db.conn, key)?
+                .map(|r| (r.value, Version(r.version as u64)));
+            if let Some(now) = now {
+                self.cache().insert(now, key, got.as_ref());
+            }
+            Ok(got)
+        })?;
+        Ok(got.flatten())
     }
 
     fn exists(&self, key: &str) -> Result<bool> {
@@ -654,15 +764,23 @@ impl Engine for SqliteEngine {
         if new > quota {
             return Err(filecache_store::Error::QuotaExceeded { needed: new, quota }.into());
         }
+        // The pairs written: each key once, with its last value.
+        let written: Vec<(&str, &[u8])> = pairs
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, _))| last.get(k.as_str()) == Some(i))
+            .map(|(_, (k, v))| (k.as_str(), &v[..]))
+            .collect();
+        // One draw for the batch: its rows get consecutive versions, distinct from each other,
+        // and as unlikely to equal any other write's as two independent draws are.
+        let base = Version::fresh().0;
         self.writing(|conn| {
             self.write(conn, |tx| {
-                let mut old = 0;
-                for (i, (k, v)) in pairs.iter().enumerate() {
-                    if last.get(k.as_str()) != Some(&i) {
-                        continue;
-                    }
-                    old += self.size_of(tx, k)?;
-                    self.upsert(tx, k, v, Version::fresh())?;
+                let keys: Vec<&str> = written.iter().map(|(k, _)| *k).collect();
+                let old = self.sizes_of(tx, &keys)?;
+                let mut stmt = tx.prepare_cached(UPSERT_SQL).map_err(|e| self.db(e))?;
+                for (i, (k, v)) in written.iter().enumerate() {
+                    self.upsert_with(&mut stmt, k, v, Version(base.wrapping_add(i as u64)))?;
                 }
                 Ok((old, new, ()))
             })
@@ -855,7 +973,10 @@ impl Engine for SqliteEngine {
             Ok(n) => Ok(n.unwrap_or(0)),
             Err(Error::DamagedDatabase { .. } | Error::NotAFile { .. }) => {
                 // Its data cannot be read: the files go whole (the connection was dropped).
-                *self.lock() = None;
+                let mut guard = self.lock();
+                *guard = None;
+                self.invalidate();
+                drop(guard);
                 let Some(dir) = self.ns.directory() else { return Ok(0) };
                 for name in FILES {
                     match dir.remove_file_or_symlink(name) {

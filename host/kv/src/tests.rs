@@ -527,6 +527,10 @@ fn child_process() {
                 std::fs::write(root.join("started"), b"").unwrap();
             }
         }
+        "set" => {
+            let value = std::env::var("FILECACHE_KV_CHILD_VALUE").expect("a value to set");
+            b.set("shared", value.as_bytes()).unwrap();
+        }
         other => panic!("unknown task {other}"),
     }
 }
@@ -698,4 +702,204 @@ fn the_empty_key_with_an_empty_value_can_be_deleted() {
     assert!(!b.exists("").unwrap());
     assert_eq!(b.usage().unwrap(), Usage::default());
     assert_eq!(ns_of(&cache).data_bytes().unwrap(), 0);
+}
+
+/// How many `get`s this thread answered from a read cache so far.
+fn hits() -> u64 {
+    crate::sqlite::read_cache_hits()
+}
+
+/// A repeated `get` is answered from the engine's read cache (no statement), and every write
+/// seen by the next `get`: another connection's (another bucket on the namespace, a raw SQLite
+/// connection) and each of the engine's own write paths.
+#[test]
+fn the_read_cache_answers_repeated_gets_and_sees_every_write() {
+    let (d, cache) = cache();
+    let b = bucket(&cache);
+    b.set("k", b"v1").unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"v1"[..]));
+    let before = hits();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert!(b.exists("k").unwrap());
+    assert_eq!(hits(), before + 2, "repeated gets were not answered from the cache");
+    // Absence is cached too, and a later write seen.
+    assert_eq!(b.get("absent").unwrap(), None);
+    assert_eq!(b.get("absent").unwrap(), None);
+    assert_eq!(hits(), before + 3);
+
+    // Another engine on the namespace (its own connection).
+    let other = bucket(&cache);
+    other.set("k", b"v2").unwrap();
+    other.set("absent", b"here").unwrap();
+    let before = hits();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"v2"[..]));
+    assert_eq!(b.get("absent").unwrap().as_deref(), Some(&b"here"[..]));
+    assert_eq!(hits(), before, "a stale entry was served");
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"v2"[..]));
+    assert_eq!(hits(), before + 1);
+    // A connection that is not ours at all (the `sqlite3` shell, say), with a sound row.
+    let value = b"from the shell";
+    raw(d.path())
+        .execute(
+            "UPDATE kv SET value = ?1, crc = ?2 WHERE key = ?3",
+            rusqlite::params![
+                &value[..],
+                {
+                    let mut c = filecache_store::entry::Checksum::default();
+                    c.update(b"k");
+                    c.update(value);
+                    c.value()
+                },
+                &b"k"[..]
+            ],
+        )
+        .unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&value[..]));
+
+    // Every write path of the engine itself.
+    b.get("k").unwrap();
+    b.set("k", b"v3").unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"v3"[..]));
+    b.set_many(&[("k".into(), b"v4".to_vec())]).unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"v4"[..]));
+    let cas = b.cas("k").unwrap();
+    b.swap(&cas, b"v5").unwrap().unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"v5"[..]));
+    b.set("n", b"1").unwrap();
+    assert_eq!(b.get("n").unwrap().as_deref(), Some(&b"1"[..]));
+    b.increment_u64("n", 1).unwrap();
+    assert_eq!(b.get("n").unwrap().as_deref(), Some(&b"2"[..]));
+    b.increment_i64("n", -5).unwrap();
+    assert_eq!(b.get("n").unwrap().as_deref(), Some(&b"-3"[..]));
+    b.delete("n").unwrap();
+    assert_eq!(b.get("n").unwrap(), None);
+    b.delete_many(&["k".into()]).unwrap();
+    assert_eq!(b.get("k").unwrap(), None);
+    b.set("k", b"v6").unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"v6"[..]));
+    b.clear().unwrap();
+    assert_eq!(b.get("k").unwrap(), None);
+    b.set("k", b"v7").unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"v7"[..]));
+    b.verify().unwrap();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"v7"[..]));
+}
+
+/// A write by another process is seen by the next `get` of a value this process has cached.
+#[test]
+fn the_read_cache_sees_a_write_by_another_process() {
+    let (d, cache) = cache();
+    let b = bucket(&cache);
+    b.set("shared", b"parent").unwrap();
+    for round in 0..3 {
+        b.get("shared").unwrap();
+        let before = hits();
+        let value = format!("child {round}");
+        assert_ne!(b.get("shared").unwrap(), Some(value.clone().into_bytes()));
+        assert_eq!(hits(), before + 1, "the value was not cached: nothing is tested");
+        let mut c = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "tests::child_process", "--test-threads=1"])
+            .env("FILECACHE_KV_CHILD_ROOT", d.path())
+            .env("FILECACHE_KV_CHILD_TASK", "set")
+            .env("FILECACHE_KV_CHILD_VALUE", &value)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(c.wait().unwrap().success());
+        assert_eq!(b.get("shared").unwrap(), Some(value.into_bytes()));
+    }
+}
+
+/// A value damaged after it was cached is not served: the damaging write moves the header, the
+/// next `get` reads the row again, finds it damaged, removes and reports it.
+#[test]
+fn the_read_cache_never_serves_a_damaged_row() {
+    let (d, cache) = cache();
+    let b = bucket(&cache);
+    b.set("bad", b"original value").unwrap();
+    b.get("bad").unwrap();
+    let before = hits();
+    assert_eq!(b.get("bad").unwrap().as_deref(), Some(&b"original value"[..]));
+    assert_eq!(hits(), before + 1, "the value was not cached: nothing is tested");
+    raw(d.path())
+        .execute(
+            "UPDATE kv SET value = ?1 WHERE key = ?2",
+            rusqlite::params![&b"original valuf"[..], &b"bad"[..]],
+        )
+        .unwrap();
+    let err = b.get("bad").unwrap_err();
+    assert!(
+        matches!(err, Error::Store(filecache_store::Error::Corrupt { .. })),
+        "{err:?}"
+    );
+    // Found damaged, so not cached: removed, and the next reads miss.
+    assert_eq!(b.get("bad").unwrap(), None);
+    assert_eq!(b.get("bad").unwrap(), None);
+    // A damaged row found by a first read is not cached either.
+    b.set("bad2", b"value").unwrap();
+    raw(d.path())
+        .execute("UPDATE kv SET value = X'00' WHERE key = ?1", [&b"bad2"[..]])
+        .unwrap();
+    assert!(b.get("bad2").is_err());
+    assert_eq!(b.get("bad2").unwrap(), None);
+}
+
+/// The read cache holds at most `CACHE_BYTES` whatever is read, and never a value over
+/// `MAX_CACHED_VALUE`.
+#[test]
+fn the_read_cache_is_bounded() {
+    use crate::sqlite::{CACHE_BYTES, MAX_CACHED_VALUE};
+    let (_d, cache) = cache();
+    let engine = SqliteEngine::new(ns_of(&cache));
+    let value = vec![5u8; 16 << 10];
+    let n = 2 * CACHE_BYTES / value.len();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let pairs: Vec<(String, Vec<u8>)> = chunk.iter().map(|i| (format!("k{i}"), value.clone())).collect();
+        engine.set_many(&pairs).unwrap();
+    }
+    for round in 0..2 {
+        for i in 0..n {
+            assert_eq!(engine.get(&format!("k{i}")).unwrap().as_deref(), Some(&value[..]));
+            let (bytes, entries) = engine.read_cache_usage();
+            assert!(bytes <= CACHE_BYTES, "round {round}: {bytes} bytes cached");
+            assert!(entries < n);
+        }
+    }
+    let (bytes, _) = engine.read_cache_usage();
+    assert!(
+        bytes > CACHE_BYTES / 2,
+        "only {bytes} bytes cached: the bound is not what is tested"
+    );
+    let big = vec![1u8; MAX_CACHED_VALUE + 1];
+    engine.set("big", &big).unwrap();
+    engine.get("big").unwrap();
+    let before = hits();
+    assert_eq!(engine.get("big").unwrap().map(|v| v.len()), Some(big.len()));
+    assert_eq!(hits(), before, "a value over the limit was cached");
+}
+
+/// A batch over several sizing statements (more keys than one sizes), half of them replacing
+/// rows of other sizes, a key given twice: charged exactly what it changes; every row of the
+/// batch gets a version of its own (one draw per batch, consecutive versions).
+#[test]
+fn a_large_batch_charges_exactly_what_it_changes_and_versions_each_row() {
+    let (_d, cache) = cache();
+    let ns = ns_of(&cache);
+    let b = Bucket::new(ns.clone());
+    let n = 150;
+    // The even keys exist already, with 3-byte values.
+    for i in (0..n).step_by(2) {
+        b.set(&format!("key{i:03}"), b"old").unwrap();
+    }
+    let mut pairs: Vec<(String, Vec<u8>)> = (0..n).map(|i| (format!("key{i:03}"), vec![b'v'; i % 7])).collect();
+    pairs.push(("key000".into(), b"last".to_vec()));
+    b.set_many(&pairs).unwrap();
+    let expected: u64 = (0..n).map(|i| 6 + if i == 0 { 4 } else { (i % 7) as u64 }).sum();
+    assert_eq!(ns.data_bytes().unwrap(), expected);
+    assert_eq!(b.usage().unwrap().bytes, expected);
+    assert_eq!(b.get("key000").unwrap().as_deref(), Some(&b"last"[..]));
+    let versions: std::collections::HashSet<_> = (0..n)
+        .map(|i| b.cas(&format!("key{i:03}")).unwrap().version().unwrap())
+        .collect();
+    assert_eq!(versions.len(), n, "two rows of one batch share a version");
 }

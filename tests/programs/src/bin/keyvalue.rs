@@ -192,8 +192,19 @@ fn main() {
             // nanoseconds per operation: what host/benches/keyvalue.rs compares across stores.
             let (op, size, iters) = (arg(&args, 1), num(arg(&args, 2)) as usize, num(arg(&args, 3)));
             let bucket = open();
-            let value = vec![7u8; size];
+            let mut value = vec![7u8; size];
             bucket.set("bench", &value).unwrap();
+            // Every write stores bytes no earlier write (of this run or an earlier one) stored:
+            // SQLite skips rewriting a row with identical bytes, which would make a store that
+            // rewrites the same value look free.
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let fresh = |value: &mut Vec<u8>, i: u64| {
+                let stamp = seed.wrapping_add(i).to_le_bytes();
+                let n = stamp.len().min(value.len());
+                value[..n].copy_from_slice(&stamp[..n]);
+            };
             let keys: Vec<String> = (0..100).map(|i| format!("bench-{i}")).collect();
             if op == "first-get" {
                 // ITERS distinct keys written (untimed), then each read once.
@@ -218,6 +229,7 @@ fn main() {
                 }
                 "set" => {
                     for i in 0..iters {
+                        fresh(&mut value, i);
                         bucket.set(&keys[i as usize % keys.len()], &value).unwrap();
                     }
                 }
@@ -228,14 +240,19 @@ fn main() {
                 }
                 "set-distinct" => {
                     for i in 0..iters {
+                        fresh(&mut value, i);
                         bucket.set(&format!("distinct-{i}"), &value).unwrap();
                     }
                 }
                 "set-many" => {
                     // Batches of 100 distinct keys; the time printed is per key.
                     for b in 0..iters.div_ceil(100) {
-                        let pairs: Vec<(String, Vec<u8>)> =
-                            (0..100).map(|i| (format!("many-{b}-{i}"), value.clone())).collect();
+                        let pairs: Vec<(String, Vec<u8>)> = (0..100)
+                            .map(|i| {
+                                fresh(&mut value, b * 100 + i);
+                                (format!("many-{b}-{i}"), value.clone())
+                            })
+                            .collect();
                         batch::set_many(&bucket, &pairs).unwrap();
                     }
                 }
