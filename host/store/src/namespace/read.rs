@@ -61,26 +61,26 @@ impl Namespace {
     }
 
     /// Reads and checks the header of an open entry file against its key and size: the header,
-    /// and where the file keeps it.
+    /// and where the file keeps it. An error of the disk is [`Unreadable::Io`], never damage: it
+    /// proves nothing about the entry (issue 28: a transient `EIO` removed good entries).
     pub(super) fn check_header(
         &self,
         key: &Key,
         file: &File,
         meta: &std::fs::Metadata,
-    ) -> std::result::Result<(FileHeader, Layout), &'static str> {
+    ) -> std::result::Result<(FileHeader, Layout), Unreadable> {
         let file_len = meta.len();
         if file_len < HEADER_LEN as u64 {
-            return Err("shorter than a header");
+            return Err(Unreadable::Damaged("shorter than a header"));
         }
         let mut b = [0u8; HEADER_LEN];
-        if sys::read_exact_at(file, &mut b, 0).is_err() {
-            return Err("unreadable header");
-        }
+        sys::read_exact_at(file, &mut b, 0).map_err(Unreadable::from_read)?;
         let layout = Layout::of_file_starting_with(&b);
-        if layout == Layout::Trailing && sys::read_exact_at(file, &mut b, layout.header_start(file_len)).is_err() {
-            return Err("unreadable header");
+        if layout == Layout::Trailing {
+            sys::read_exact_at(file, &mut b, layout.header_start(file_len)).map_err(Unreadable::from_read)?;
         }
-        Ok((check_header_bytes(key, &b, layout, file_len)?, layout))
+        let fh = check_header_bytes(key, &b, layout, file_len).map_err(Unreadable::Damaged)?;
+        Ok((fh, layout))
     }
 
     /// Opens the entry for `key` and checks its header: `None` on a miss, or when the entry was
@@ -98,7 +98,8 @@ impl Namespace {
         };
         match self.check_header(key, &file, &meta) {
             Ok(found) => Ok(Lookup::Found((hk, file, meta, found))),
-            Err(reason) => Ok(self.discard_path(&hk, Some((&file, &meta)), reason)),
+            Err(Unreadable::Damaged(reason)) => Ok(self.discard_path(&hk, Some((&file, &meta)), reason)),
+            Err(Unreadable::Io(e)) => Err(Error::io(format!("cannot read entry {}", hk.as_str()), e)),
         }
     }
 
@@ -245,7 +246,11 @@ impl Namespace {
             }
             if buf.len() < want {
                 // Shorter than its size said: a damaged header says so first.
-                return Ok(Err(self.check_header(key, file, meta).err().unwrap_or("truncated")));
+                return match self.check_header(key, file, meta) {
+                    Ok(_) => Ok(Err("truncated")),
+                    Err(Unreadable::Damaged(reason)) => Ok(Err(reason)),
+                    Err(Unreadable::Io(e)) => Err(read_error(e)),
+                };
             }
             let layout = Layout::of_file_starting_with(&buf);
             let at = layout.header_start(file_len) as usize;
@@ -268,7 +273,8 @@ impl Namespace {
         }
         let (fh, layout) = match self.check_header(key, file, meta) {
             Ok(found) => found,
-            Err(reason) => return Ok(Err(reason)),
+            Err(Unreadable::Damaged(reason)) => return Ok(Err(reason)),
+            Err(Unreadable::Io(e)) => return Err(read_error(e)),
         };
         let len = match usize::try_from(fh.header.len) {
             Ok(len) if fh.header.len <= limit => len,
@@ -371,10 +377,10 @@ impl Namespace {
         };
         match reader.check_table(fh.header.crc) {
             Ok(()) => {}
-            Err(TableError::Damaged(reason)) => {
+            Err(Unreadable::Damaged(reason)) => {
                 return Ok(self.discard_path(&hk, Some((&reader.file, &reader.meta)), reason));
             }
-            Err(TableError::Io(e)) => return Err(Error::io(format!("cannot read entry {}", hk.as_str()), e)),
+            Err(Unreadable::Io(e)) => return Err(Error::io(format!("cannot read entry {}", hk.as_str()), e)),
         }
         if is_use {
             self.touch(&reader.file, &reader.meta);
@@ -428,10 +434,23 @@ fn block_matches(block: &[u8], table: &[u8], i: usize) -> bool {
         .is_some_and(|crc| u32::from_le_bytes(crc.try_into().expect("4 bytes")) == Checksum::of(block))
 }
 
-/// Why a block table could not be read or does not match its header.
-enum TableError {
+/// Why part of an entry (its header, its block table) could not be used: proven damage, which
+/// removes the entry, or an error of the disk, which is reported and removes nothing.
+pub(super) enum Unreadable {
     Damaged(&'static str),
     Io(io::Error),
+}
+
+impl Unreadable {
+    /// A failed read of bytes the file's size says are there: an end of file that comes early is
+    /// damage (entries are never rewritten in place); any other error is the disk's.
+    fn from_read(e: io::Error) -> Unreadable {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            Unreadable::Damaged("truncated")
+        } else {
+            Unreadable::Io(e)
+        }
+    }
 }
 
 /// A verifying reader over one entry, from [`Namespace::open`]. Also an [`io::Read`].
@@ -488,30 +507,24 @@ impl FileReader {
 
     /// Reads the whole block table a window at a time, checks it against the header's CRC
     /// (`expected`), and keeps its first window.
-    fn check_table(&mut self, expected: u32) -> std::result::Result<(), TableError> {
+    fn check_table(&mut self, expected: u32) -> std::result::Result<(), Unreadable> {
         let table_len = table_len(self.len, self.shift);
         if self.len > 0 && self.len <= (1u64 << self.shift).min(SMALL_ENTRY as u64) {
             // A small entry of one block: the content and its CRC in one read (larger, the copy
             // out of the reader would cost more than the system call it saves).
             let mut both = vec![0u8; (self.len + table_len) as usize];
-            match sys::read_exact_at(&self.file, &mut both, self.start) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(TableError::Damaged("truncated")),
-                Err(e) => return Err(TableError::Io(e)),
-            }
+            sys::read_exact_at(&self.file, &mut both, self.start).map_err(Unreadable::from_read)?;
             let table = both.split_off(self.len as usize);
             if Checksum::of(&table) != expected {
-                return Err(TableError::Damaged(TABLE_MISMATCH));
+                return Err(Unreadable::Damaged(TABLE_MISMATCH));
             }
             self.crcs = table;
             self.crcs_from = 0;
             self.first = Some(both);
             return Ok(());
         }
-        let read = |buf: &mut [u8], at: u64| match sys::read_exact_at(&self.file, buf, self.table_start + at) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(TableError::Damaged("truncated")),
-            Err(e) => Err(TableError::Io(e)),
+        let read = |buf: &mut [u8], at: u64| {
+            sys::read_exact_at(&self.file, buf, self.table_start + at).map_err(Unreadable::from_read)
         };
         let mut first = vec![0u8; table_len.min(TABLE_WINDOW as u64) as usize];
         read(&mut first, 0)?;
@@ -526,7 +539,7 @@ impl FileReader {
             at += rest.len() as u64;
         }
         if crc.value() != expected {
-            return Err(TableError::Damaged(TABLE_MISMATCH));
+            return Err(Unreadable::Damaged(TABLE_MISMATCH));
         }
         self.crcs = first;
         self.crcs_from = 0;
