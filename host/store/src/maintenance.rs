@@ -171,11 +171,7 @@ impl FileCache {
                 Err(Error::Io { .. }) => self.open_existing(&name, maintenance_options(true))?,
                 Err(e) => return Err(e),
             };
-            let mut keys = Vec::new();
-            ns.for_each_entry_file(|key, _| {
-                keys.push(key);
-                Ok(())
-            })?;
+            let keys = ns.keys()?;
             work.push((ns, keys));
         }
         let total = report.checked + work.iter().map(|(_, k)| k.len() as u64).sum::<u64>();
