@@ -247,16 +247,27 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// assert!(validate_namespace_name(".compiled").is_err());
 /// ```
 pub fn validate_namespace_name(name: &str) -> Result<()> {
-    let refuse = |reason| {
-        Err(Error::InvalidNamespace {
-            name: name.to_string(),
-            reason,
-        })
+    let rule = match name.starts_with('.') {
+        true => Err("names starting with '.' are reserved for the host"),
+        false => validate_chars(name),
     };
-    if name.starts_with('.') {
-        return refuse("names starting with '.' are reserved for the host");
+    refuse_unless(name, rule)
+}
+
+/// A namespace name of either kind: a plugin's, or (starting with `.`) a reserved one.
+fn validate_any_name(name: &str) -> Result<()> {
+    match name.starts_with('.') {
+        true => validate_reserved_name(name),
+        false => validate_namespace_name(name),
     }
-    validate_chars(name).or_else(refuse)
+}
+
+/// `rule`'s verdict on `name`, as an [`Error::InvalidNamespace`].
+fn refuse_unless(name: &str, rule: std::result::Result<(), &'static str>) -> Result<()> {
+    rule.map_err(|reason| Error::InvalidNamespace {
+        name: name.to_string(),
+        reason,
+    })
 }
 
 fn validate_chars(name: &str) -> std::result::Result<(), &'static str> {
@@ -276,19 +287,12 @@ fn validate_chars(name: &str) -> std::result::Result<(), &'static str> {
 }
 
 fn validate_reserved_name(name: &str) -> Result<()> {
-    let refuse = |reason| {
-        Err(Error::InvalidNamespace {
-            name: name.to_string(),
-            reason,
-        })
+    let rule = match name {
+        _ if !name.starts_with('.') => Err("a reserved namespace name starts with '.'"),
+        "." | ".." => Err("'.' and '..' are not names"),
+        _ => validate_chars(name),
     };
-    if !name.starts_with('.') {
-        return refuse("a reserved namespace name starts with '.'");
-    }
-    if name == "." || name == ".." {
-        return refuse("'.' and '..' are not names");
-    }
-    validate_chars(name).or_else(refuse)
+    refuse_unless(name, rule)
 }
 
 /// A cache root directory holding namespaces.
@@ -408,7 +412,7 @@ impl FileCache {
                 continue;
             };
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir && (validate_namespace_name(&name).is_ok() || validate_reserved_name(&name).is_ok()) {
+            if is_dir && validate_any_name(&name).is_ok() {
                 names.push(name);
             }
         }
@@ -418,9 +422,7 @@ impl FileCache {
 
     /// Opens an existing namespace of either kind for maintenance.
     pub(crate) fn open_existing(&self, name: &str, options: NamespaceOptions) -> Result<Namespace> {
-        if validate_namespace_name(name).is_err() {
-            validate_reserved_name(name)?;
-        }
+        validate_any_name(name)?;
         self.open_namespace(name, options)
     }
 }

@@ -203,7 +203,7 @@ impl FileCache {
     pub fn clear(&self, namespace: Option<&str>) -> Result<u64> {
         let names = match namespace {
             Some(name) => {
-                super::validate_namespace_name(name).or_else(|e| super::validate_reserved_name(name).map_err(|_| e))?;
+                super::validate_any_name(name)?;
                 if self.namespace_names()?.iter().any(|n| n == name) {
                     vec![name.to_string()]
                 } else {

@@ -152,9 +152,7 @@ impl Namespace {
     /// with `.`). The name is what a remote tier keeps its entries under, so two namespaces that
     /// share a remote must have different names.
     pub fn open_dir_named(name: &str, dir: Dir, options: NamespaceOptions) -> Result<Namespace> {
-        if crate::validate_namespace_name(name).is_err() {
-            crate::validate_reserved_name(name)?;
-        }
+        crate::validate_any_name(name)?;
         Namespace::with_dir(name.to_string(), Some(dir), options)
     }
 
