@@ -3,7 +3,7 @@
 //! [`FileCache`] is the cache root: the one place where a path from the outside world is opened
 //! (with cap-std's ambient authority, in [`FileCache::open`]). Everything below works through
 //! [`cap_std::fs::Dir`] handles, so no key, file name or planted symlink can reach outside it.
-//! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`Store`].
+//! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`EntryStore`].
 //!
 //! - [`entry`]: the format of one entry file (header, checked content).
 //! - Data charged beside the entries ([`Namespace::charge_data`]): what the key-value crate
@@ -102,7 +102,7 @@ pub use namespace::{EntryInfo, FileReader, FileWriter, MAX_READ_CHUNK, Namespace
 /// Implemented by [`Namespace`] (the local, on-disk tier). Every method checks the entry's
 /// integrity: a damaged entry is removed and answered as a miss (or, for a reader that has
 /// already returned bytes, as [`Error::Corrupt`] on the read that reaches its end).
-pub trait Store: Send + Sync {
+pub trait EntryStore: Send + Sync {
     /// The content stored under `key`, or `None` on a miss.
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>>;
     /// A reader over the content stored under `key`, or `None` on a miss.
@@ -298,7 +298,7 @@ fn validate_reserved_name(name: &str) -> Result<()> {
 /// A cache root directory holding namespaces.
 ///
 /// ```no_run
-/// use filecache_store::{FileCache, Key, NamespaceOptions, Store};
+/// use filecache_store::{FileCache, Key, NamespaceOptions, EntryStore};
 /// let cache = FileCache::open("/var/cache/my-host")?;
 /// let ns = cache.namespace("my-plugin", NamespaceOptions::default())?;
 /// let key = Key::digest(b"input");

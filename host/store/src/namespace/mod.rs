@@ -38,7 +38,7 @@ use cap_std::fs::{Dir, OpenOptions};
 
 use crate::error::IoContext;
 use crate::sys;
-use crate::{EntryReader, EntryWriter, Error, Key, NamespaceOptions, Result, Store};
+use crate::{EntryReader, EntryStore, EntryWriter, Error, Key, NamespaceOptions, Result};
 
 mod count;
 mod data;
@@ -281,7 +281,7 @@ fn is_not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
-impl Store for Namespace {
+impl EntryStore for Namespace {
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
         Namespace::get(self, key)
     }
