@@ -99,9 +99,12 @@ pub use namespace::{EntryInfo, FileReader, FileWriter, MAX_READ_CHUNK, Namespace
 
 /// The operations every cache tier offers: whole and streamed reads and writes, delete, contains.
 ///
-/// Implemented by [`Namespace`] (the local, on-disk tier). Every method checks the entry's
-/// integrity: a damaged entry is removed and answered as a miss (or, for a reader that has
-/// already returned bytes, as [`Error::Corrupt`] on the read that reaches its end).
+/// Implemented by [`Namespace`] (the local, on-disk tier) and, with the `remote` feature, by
+/// `remote::TieredStore` (a namespace in front of a shared tier). Named apart from
+/// `wasmtime::Store`, which an embedder's code uses beside it. Every method checks the entry's
+/// integrity: a damaged entry is removed and answered as a miss (or, by a reader, as
+/// [`Error::Corrupt`] on the read that reaches the damage, which returns no byte of it). An error
+/// of the disk is an [`Error::Io`], and removes nothing.
 pub trait EntryStore: Send + Sync {
     /// The content stored under `key`, or `None` on a miss.
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>>;
@@ -122,8 +125,9 @@ pub trait EntryStore: Send + Sync {
 pub trait EntryReader: Send {
     /// The content's length in bytes.
     fn size(&self) -> u64;
-    /// Reads at most `max` bytes; an empty vector means the end. The read that reaches the end
-    /// of a damaged entry fails with [`Error::Corrupt`] instead of returning its bytes.
+    /// Reads at most `max` bytes; an empty vector means the end. The read that reaches a damaged
+    /// block fails with [`Error::Corrupt`] instead of returning any byte of it: every byte
+    /// returned has been checked.
     fn read_chunk(&mut self, max: usize) -> Result<Vec<u8>>;
 }
 
