@@ -143,7 +143,9 @@ pub use filecache_kv as kv;
 pub use filecache_store as store;
 #[cfg(feature = "remote")]
 pub use filecache_store::remote;
-pub use filecache_store::{Durability, Error, FileCache, Key, Namespace, NamespaceOptions, Result, Store, entry, size};
+pub use filecache_store::{
+    Durability, EntryStore, Error, FileCache, Key, Namespace, NamespaceOptions, Result, entry, size,
+};
 
 /// The Rust examples of the README and of `docs/`, compiled as doctests so that they stay true.
 #[cfg(any(test, doctest))]

@@ -30,7 +30,7 @@ fn the_builder_names_what_is_missing() {
 fn the_builder_refuses_settings_it_would_ignore() {
     let tmp = tempfile::tempdir().unwrap();
     let ns = namespace(&tmp);
-    let store: std::sync::Arc<dyn filecache_host::Store> = std::sync::Arc::new(ns.clone());
+    let store: std::sync::Arc<dyn filecache_host::EntryStore> = std::sync::Arc::new(ns.clone());
 
     let err = FileCacheCtx::builder()
         .namespace(ns.clone())

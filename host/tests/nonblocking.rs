@@ -43,7 +43,7 @@ fn view(h: &mut Host) -> FileCacheView<'_> {
 
 /// The real remote tier in front of `local`, on the silent server at `port`.
 #[cfg(feature = "remote")]
-fn silent_remote(local: Namespace, port: u16) -> Arc<dyn filecache_host::Store> {
+fn silent_remote(local: Namespace, port: u16) -> Arc<dyn filecache_host::EntryStore> {
     use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore};
     let mut options = RemoteOptions::new(format!("redis://127.0.0.1:{port}"));
     options.connect_timeout = STALL;
@@ -56,14 +56,14 @@ fn silent_remote(local: Namespace, port: u16) -> Arc<dyn filecache_host::Store> 
 /// Without the `remote` feature: a store that, on a local miss, does what the remote tier does
 /// (a connection, a request, a wait for the answer bounded by the timeout) on the silent server.
 #[cfg(not(feature = "remote"))]
-fn silent_remote(local: Namespace, port: u16) -> Arc<dyn filecache_host::Store> {
+fn silent_remote(local: Namespace, port: u16) -> Arc<dyn filecache_host::EntryStore> {
     use std::io::{Read, Write};
 
     use filecache_host::Key;
     use filecache_host::store::{EntryReader, EntryWriter};
 
     struct Silent(Namespace, u16);
-    impl filecache_host::Store for Silent {
+    impl filecache_host::EntryStore for Silent {
         fn get(&self, key: &Key) -> filecache_host::Result<Option<Vec<u8>>> {
             if let Some(v) = self.0.get(key)? {
                 return Ok(Some(v));
@@ -99,7 +99,7 @@ fn silent_remote(local: Namespace, port: u16) -> Arc<dyn filecache_host::Store> 
 struct Setup {
     _listener: TcpListener,
     _tmp: tempfile::TempDir,
-    store: Arc<dyn filecache_host::Store>,
+    store: Arc<dyn filecache_host::EntryStore>,
     /// The local namespace, whose counters the real tier updates.
     #[cfg_attr(not(feature = "remote"), allow(dead_code))]
     local: Namespace,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore};
-use filecache_host::{FileCache, Key, NamespaceOptions, Store};
+use filecache_host::{EntryStore, FileCache, Key, NamespaceOptions};
 
 fn json_stats(cache: &TestCache) -> serde_json::Value {
     let out = cache.cli("stats", &["--json"]);
@@ -161,7 +161,7 @@ fn server_killed_in_the_middle_of_a_run() {
     }
     assert_eq!(redis.dbsize(), 20);
     redis.kill();
-    let work = |store: &dyn Store| {
+    let work = |store: &dyn EntryStore| {
         let start = Instant::now();
         for i in 20..200u32 {
             let key = Key::digest(i.to_le_bytes());

@@ -7,7 +7,7 @@ use wasmtime::component::Resource;
 
 use super::generated::asynchronous::filecache::cache::cache as wit;
 use super::{CacheError, FileCacheCtx, FileCacheView, ReaderHandle, WriterHandle, committed, key, lock, read_len};
-use crate::Store;
+use crate::EntryStore;
 
 super::answer_into!(wit::Error);
 
@@ -33,7 +33,7 @@ impl Drop for SlotGuard<'_> {
 }
 
 impl FileCacheView<'_> {
-    fn store(&self) -> Arc<dyn Store> {
+    fn store(&self) -> Arc<dyn EntryStore> {
         Arc::clone(&self.ctx.store)
     }
 }

@@ -42,7 +42,7 @@ use cap_std::fs::Dir;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::store::{EntryReader, EntryWriter};
-use crate::{Durability, Key, Namespace, NamespaceOptions, Store};
+use crate::{Durability, EntryStore, Key, Namespace, NamespaceOptions};
 
 mod generated {
     pub(super) mod sync {
@@ -233,9 +233,9 @@ pub enum BuildError {
 }
 
 /// The state the cache interface keeps per instance: the store it serves (a namespace, or any
-/// [`Store`]), and how many handles are open.
+/// [`EntryStore`]), and how many handles are open.
 pub struct FileCacheCtx {
-    store: Arc<dyn Store>,
+    store: Arc<dyn EntryStore>,
     handles: HandleBudget,
 }
 
@@ -341,7 +341,7 @@ impl FileCacheCtx {
 enum Source {
     Namespace(Namespace),
     Dir(Dir),
-    Store(Arc<dyn Store>),
+    Store(Arc<dyn EntryStore>),
 }
 
 impl Source {
@@ -357,7 +357,7 @@ impl Source {
 /// Builds a [`FileCacheCtx`].
 ///
 /// Give it exactly one store: an opened [`Namespace`] ([`namespace`](Self::namespace)), any
-/// [`Store`] ([`store`](Self::store)), or a namespace directory it opens itself
+/// [`EntryStore`] ([`store`](Self::store)), or a namespace directory it opens itself
 /// ([`namespace_dir`](Self::namespace_dir)). The limit setters ([`max_entry_size`](Self::max_entry_size),
 /// [`quota`](Self::quota), [`read_only`](Self::read_only), [`durability`](Self::durability)) apply
 /// only to the last: with another store, [`build`](Self::build) fails naming the setting, rather
@@ -455,8 +455,8 @@ impl FileCacheCtxBuilder {
         self.set_source(Source::Dir(dir))
     }
 
-    /// Serves any [`Store`] (a tiered store, say), with its own settings.
-    pub fn store(&mut self, store: Arc<dyn Store>) -> &mut Self {
+    /// Serves any [`EntryStore`] (a tiered store, say), with its own settings.
+    pub fn store(&mut self, store: Arc<dyn EntryStore>) -> &mut Self {
         self.set_source(Source::Store(store))
     }
 
@@ -515,7 +515,7 @@ impl FileCacheCtxBuilder {
                 source_method: source.method(),
             });
         }
-        let store: Arc<dyn Store> = match source {
+        let store: Arc<dyn EntryStore> = match source {
             Source::Namespace(ns) => Arc::new(ns),
             Source::Dir(dir) => Arc::new(Namespace::open_dir(dir, self.options)?),
             Source::Store(store) => store,

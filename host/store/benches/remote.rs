@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use filecache_store::remote::{RemoteOptions, RemoteTier, TieredStore};
-use filecache_store::{FileCache, Key, NamespaceOptions, Store};
+use filecache_store::{EntryStore, FileCache, Key, NamespaceOptions};
 use filecache_tests::RedisServer;
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -276,12 +276,7 @@ fn a_held_namespace_lock_is_waited_for_a_bounded_time() {
     let (dir, cache) = cache();
     let ns = cache.namespace("plugin", NamespaceOptions::default()).unwrap();
     ns.add(&Key::digest(b"before"), b"content").unwrap();
-    let state = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dir.path().join("plugin").join("state"))
-        .unwrap();
-    crate::sys::lock(&state).unwrap();
+    let state = crate::namespace::hold_lock_elsewhere(&dir.path().join("plugin"));
     let start = std::time::Instant::now();
     let err = ns.add(&Key::digest(b"during"), b"content").unwrap_err();
     let waited = start.elapsed();

@@ -3,7 +3,7 @@
 //! [`FileCache`] is the cache root: the one place where a path from the outside world is opened
 //! (with cap-std's ambient authority, in [`FileCache::open`]). Everything below works through
 //! [`cap_std::fs::Dir`] handles, so no key, file name or planted symlink can reach outside it.
-//! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`Store`].
+//! [`Namespace`] is one subdirectory of it, with its own limits; it implements [`EntryStore`].
 //!
 //! - [`entry`]: the format of one entry file (header, checked content).
 //! - Data charged beside the entries ([`Namespace::charge_data`]): what the key-value crate
@@ -99,10 +99,13 @@ pub use namespace::{EntryInfo, FileReader, FileWriter, MAX_READ_CHUNK, Namespace
 
 /// The operations every cache tier offers: whole and streamed reads and writes, delete, contains.
 ///
-/// Implemented by [`Namespace`] (the local, on-disk tier). Every method checks the entry's
-/// integrity: a damaged entry is removed and answered as a miss (or, for a reader that has
-/// already returned bytes, as [`Error::Corrupt`] on the read that reaches its end).
-pub trait Store: Send + Sync {
+/// Implemented by [`Namespace`] (the local, on-disk tier) and, with the `remote` feature, by
+/// `remote::TieredStore` (a namespace in front of a shared tier). Named apart from
+/// `wasmtime::Store`, which an embedder's code uses beside it. Every method checks the entry's
+/// integrity: a damaged entry is removed and answered as a miss (or, by a reader, as
+/// [`Error::Corrupt`] on the read that reaches the damage, which returns no byte of it). An error
+/// of the disk is an [`Error::Io`], and removes nothing.
+pub trait EntryStore: Send + Sync {
     /// The content stored under `key`, or `None` on a miss.
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>>;
     /// A reader over the content stored under `key`, or `None` on a miss.
@@ -122,8 +125,9 @@ pub trait Store: Send + Sync {
 pub trait EntryReader: Send {
     /// The content's length in bytes.
     fn size(&self) -> u64;
-    /// Reads at most `max` bytes; an empty vector means the end. The read that reaches the end
-    /// of a damaged entry fails with [`Error::Corrupt`] instead of returning its bytes.
+    /// Reads at most `max` bytes; an empty vector means the end. The read that reaches a damaged
+    /// block fails with [`Error::Corrupt`] instead of returning any byte of it: every byte
+    /// returned has been checked.
     fn read_chunk(&mut self, max: usize) -> Result<Vec<u8>>;
 }
 
@@ -247,16 +251,27 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// assert!(validate_namespace_name(".compiled").is_err());
 /// ```
 pub fn validate_namespace_name(name: &str) -> Result<()> {
-    let refuse = |reason| {
-        Err(Error::InvalidNamespace {
-            name: name.to_string(),
-            reason,
-        })
+    let rule = match name.starts_with('.') {
+        true => Err("names starting with '.' are reserved for the host"),
+        false => validate_chars(name),
     };
-    if name.starts_with('.') {
-        return refuse("names starting with '.' are reserved for the host");
+    refuse_unless(name, rule)
+}
+
+/// A namespace name of either kind: a plugin's, or (starting with `.`) a reserved one.
+fn validate_any_name(name: &str) -> Result<()> {
+    match name.starts_with('.') {
+        true => validate_reserved_name(name),
+        false => validate_namespace_name(name),
     }
-    validate_chars(name).or_else(refuse)
+}
+
+/// `rule`'s verdict on `name`, as an [`Error::InvalidNamespace`].
+fn refuse_unless(name: &str, rule: std::result::Result<(), &'static str>) -> Result<()> {
+    rule.map_err(|reason| Error::InvalidNamespace {
+        name: name.to_string(),
+        reason,
+    })
 }
 
 fn validate_chars(name: &str) -> std::result::Result<(), &'static str> {
@@ -276,25 +291,18 @@ fn validate_chars(name: &str) -> std::result::Result<(), &'static str> {
 }
 
 fn validate_reserved_name(name: &str) -> Result<()> {
-    let refuse = |reason| {
-        Err(Error::InvalidNamespace {
-            name: name.to_string(),
-            reason,
-        })
+    let rule = match name {
+        _ if !name.starts_with('.') => Err("a reserved namespace name starts with '.'"),
+        "." | ".." => Err("'.' and '..' are not names"),
+        _ => validate_chars(name),
     };
-    if !name.starts_with('.') {
-        return refuse("a reserved namespace name starts with '.'");
-    }
-    if name == "." || name == ".." {
-        return refuse("'.' and '..' are not names");
-    }
-    validate_chars(name).or_else(refuse)
+    refuse_unless(name, rule)
 }
 
 /// A cache root directory holding namespaces.
 ///
 /// ```no_run
-/// use filecache_store::{FileCache, Key, NamespaceOptions, Store};
+/// use filecache_store::{FileCache, Key, NamespaceOptions, EntryStore};
 /// let cache = FileCache::open("/var/cache/my-host")?;
 /// let ns = cache.namespace("my-plugin", NamespaceOptions::default())?;
 /// let key = Key::digest(b"input");
@@ -408,7 +416,7 @@ impl FileCache {
                 continue;
             };
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir && (validate_namespace_name(&name).is_ok() || validate_reserved_name(&name).is_ok()) {
+            if is_dir && validate_any_name(&name).is_ok() {
                 names.push(name);
             }
         }
@@ -418,9 +426,7 @@ impl FileCache {
 
     /// Opens an existing namespace of either kind for maintenance.
     pub(crate) fn open_existing(&self, name: &str, options: NamespaceOptions) -> Result<Namespace> {
-        if validate_namespace_name(name).is_err() {
-            validate_reserved_name(name)?;
-        }
+        validate_any_name(name)?;
         self.open_namespace(name, options)
     }
 }

@@ -171,11 +171,7 @@ impl FileCache {
                 Err(Error::Io { .. }) => self.open_existing(&name, maintenance_options(true))?,
                 Err(e) => return Err(e),
             };
-            let mut keys = Vec::new();
-            ns.for_each_entry_file(|key, _| {
-                keys.push(key);
-                Ok(())
-            })?;
+            let keys = ns.keys()?;
             work.push((ns, keys));
         }
         let total = report.checked + work.iter().map(|(_, k)| k.len() as u64).sum::<u64>();
@@ -207,7 +203,7 @@ impl FileCache {
     pub fn clear(&self, namespace: Option<&str>) -> Result<u64> {
         let names = match namespace {
             Some(name) => {
-                super::validate_namespace_name(name).or_else(|e| super::validate_reserved_name(name).map_err(|_| e))?;
+                super::validate_any_name(name)?;
                 if self.namespace_names()?.iter().any(|n| n == name) {
                     vec![name.to_string()]
                 } else {

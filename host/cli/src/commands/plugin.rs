@@ -20,7 +20,7 @@ use filecache_host::kv::{Bucket, RedisEngine};
 use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore, read_fleet_key};
 use filecache_host::size::parse_size;
 use filecache_host::store::{DEFAULT_NAMESPACE, validate_namespace_name};
-use filecache_host::{Durability, FileCache, FileCacheCtx, FileCacheView, Namespace, NamespaceOptions, Store};
+use filecache_host::{Durability, EntryStore, FileCache, FileCacheCtx, FileCacheView, Namespace, NamespaceOptions};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -375,7 +375,7 @@ impl Plugin {
                 .with_context(|| format!("cannot open --bucket {name:?} in {}", self.cache_dir.display()))?;
             granted.push((name.clone(), ns.clone(), bucket(name, &ns)?));
         }
-        let store: Arc<dyn Store> = match self.remote {
+        let store: Arc<dyn EntryStore> = match self.remote {
             Some(remote) => Arc::new(TieredStore::new(namespace.clone(), remote)?),
             None => Arc::new(namespace.clone()),
         };
@@ -397,7 +397,7 @@ pub struct Storage {
     namespace: Namespace,
     own: Bucket,
     granted: Vec<(String, Namespace, Bucket)>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn EntryStore>,
     max_handles: usize,
     dirs: Vec<(PathBuf, String)>,
     envs: Vec<(String, String)>,

@@ -15,7 +15,14 @@
 //! its change, one that shrinks after. [`Namespace::set_data_bytes`] puts back the exact figure
 //! (the key-value crate's `verify` recounts its buckets).
 
-use super::*;
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, OpenOptions};
+
+use super::{Namespace, is_not_found, private_rw_options};
+use crate::error::IoContext;
+use crate::fault::{self, Point};
+use crate::sys;
+use crate::{Durability, Error, Result};
 
 /// The file holding the data charge, in the namespace directory.
 pub(crate) const DATA_FILE: &str = "data-bytes";

@@ -1,6 +1,18 @@
-//! The namespace lock (an in-process mutex plus an `flock` on `state`) and the usage counter and event counters read and written under it.
+//! The namespace lock (an in-process mutex plus an `flock` on `state`), and the usage counter
+//! read and written under it.
 
-use super::*;
+use std::fs::File;
+use std::io;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use super::Namespace;
+use crate::Result;
+use crate::error::IoContext;
+use crate::fault::{self, Point};
+use crate::sys;
+
+const STATE_MAGIC: [u8; 8] = *b"FCUSAGE1";
 
 /// The namespace lock, with the usage counter read under it.
 pub(super) struct Locked<'a> {
@@ -29,10 +41,6 @@ impl Locked<'_> {
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 #[cfg(test)]
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(3);
-
-/// How long a flush of use counts that found the namespace lock taken is put off: the reads
-/// that count their uses meanwhile do not try again (each try is a failed `flock` at least).
-pub(crate) const FLUSH_RETRY: Duration = Duration::from_secs(1);
 
 /// Takes `file`'s exclusive lock, waiting at most `wait` for another holder to let it go.
 fn lock_within(file: &File, wait: Duration) -> io::Result<()> {
@@ -76,13 +84,13 @@ impl Namespace {
     }
 
     /// The in-process half of the lock, waiting for it.
-    fn mutex(&self) -> Result<MutexGuard<'_, File>> {
+    pub(super) fn mutex(&self) -> Result<MutexGuard<'_, File>> {
         Ok(self.writable()?.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The in-process half of the lock; `None` when a thread of this process holds it (perhaps
     /// this very one: the mutex is not reentrant).
-    fn mutex_if_free(&self) -> Result<Option<MutexGuard<'_, File>>> {
+    pub(super) fn mutex_if_free(&self) -> Result<Option<MutexGuard<'_, File>>> {
         match self.writable()?.state.try_lock() {
             Ok(file) => Ok(Some(file)),
             Err(std::sync::TryLockError::Poisoned(p)) => Ok(Some(p.into_inner())),
@@ -93,7 +101,7 @@ impl Namespace {
     /// The lock, given its in-process half: takes the `flock` (waiting at most `wait` for
     /// another holder) and reads the usage counter. `hooked` lets a fault plan fail taking it
     /// (the write path's plans), which updates of statistics are outside of.
-    fn locked<'a>(&'a self, file: MutexGuard<'a, File>, hooked: bool, wait: Duration) -> Result<Locked<'a>> {
+    pub(super) fn locked<'a>(&'a self, file: MutexGuard<'a, File>, hooked: bool, wait: Duration) -> Result<Locked<'a>> {
         let hook = if hooked {
             fault::check(Point::LockNamespace)
         } else {
@@ -108,172 +116,18 @@ impl Namespace {
         };
         Ok(Locked { file, used })
     }
-
-    /// Adds to this namespace's event counters on disk (see [`Counter`]), under the namespace
-    /// lock so that processes add up exactly. A read-only namespace counts nothing.
-    pub fn count(&self, deltas: &[(Counter, u64)]) -> Result<()> {
-        self.count_with(deltas, true).map(|_| ())
-    }
-
-    /// [`count`](Self::count); without `wait`, counts nothing and answers `false` when the lock
-    /// is not free at once.
-    fn count_with(&self, deltas: &[(Counter, u64)], wait: bool) -> Result<bool> {
-        let (Some(dir), Some(_)) = (self.dir(), &self.inner.writable) else {
-            return Ok(true);
-        };
-        let _lk = if wait {
-            self.locked(self.mutex()?, false, LOCK_WAIT)?
-        } else {
-            // Not even a short wait: a use is counted on the read path.
-            match self
-                .mutex_if_free()
-                .ok()
-                .flatten()
-                .and_then(|m| self.locked(m, false, Duration::ZERO).ok())
-            {
-                Some(lk) => lk,
-                None => return Ok(false),
-            }
-        };
-        let ctx = || format!("cannot update the counters of namespace {:?}", self.inner.name);
-        let file = dir
-            .open_with(COUNTERS_FILE, &private_rw_options())
-            .context(ctx)?
-            .into_std();
-        counters::add(&file, deltas).context(ctx)?;
-        Ok(true)
-    }
-
-    /// This namespace's event counters: as last written, plus this process's uses not yet
-    /// flushed (zeros when there are none).
-    pub fn counts(&self) -> Counts {
-        let mut oo = OpenOptions::new();
-        oo.read(true).follow(FollowSymlinks::No);
-        let mut counts = match self.dir().map(|d| d.open_with(COUNTERS_FILE, &oo)) {
-            Some(Ok(file)) => counters::counts(&file.into_std()),
-            _ => Counts::default(),
-        };
-        let (hits, misses) = self.inner.uses.peek();
-        // A damaged (or hostile) counters file may hold anything, up to `u64::MAX`.
-        counts.hits = counts.hits.saturating_add(hits);
-        counts.misses = counts.misses.saturating_add(misses);
-        counts
-    }
-
-    /// Counts one use: a hit or a miss (as `get`, `open` and `contains` count theirs; a client
-    /// such as the compiled cache counts its own). Never waits for the namespace lock: the use
-    /// is counted in memory, and added to the counters file once 1024 have gathered in this
-    /// thread's shard (if the lock is free at that moment; else at a later attempt, at most one
-    /// a second), or when the handle is dropped.
-    pub fn count_use(&self, hit: bool) {
-        if self.inner.uses.add(hit) >= USES_PER_FLUSH && self.inner.uses.may_flush() {
-            self.flush_uses(false);
-        }
-    }
-
-    /// Adds the uses counted in memory to the counters file now. Best effort: statistics are
-    /// not worth failing a cache operation for (a failure is logged, and the uses are lost).
-    pub fn flush_counts(&self) {
-        self.flush_uses(true);
-    }
-
-    /// Adds the uses counted in memory to the counters file if the namespace lock is free at
-    /// once; else they stay in memory for a later flush. Never waits (for a client that counts
-    /// its own uses with [`count_use`](Self::count_use) and wants them on disk soon).
-    pub fn flush_counts_if_free(&self) {
-        self.flush_uses(false);
-    }
-
-    /// Flushes the uses counted in memory; without `wait`, only if the namespace lock is free
-    /// at once (else they stay in memory for a later flush, tried no sooner than
-    /// [`FLUSH_RETRY`] from now): a handle may be dropped, or a use counted, by a thread that
-    /// holds the lock itself (a key-value write drops a handle under it), and waiting then would
-    /// deadlock; and a read, which takes no lock, must not wait for one to count itself.
-    pub(super) fn flush_uses(&self, wait: bool) {
-        let (hits, misses) = self.inner.uses.take();
-        if hits == 0 && misses == 0 {
-            return;
-        }
-        match self.count_with(&[(Counter::Hits, hits), (Counter::Misses, misses)], wait) {
-            Ok(true) => {}
-            Ok(false) => {
-                self.inner.uses.give_back(hits, misses);
-                self.inner.uses.defer_flush(FLUSH_RETRY);
-            }
-            Err(e) => tracing::debug!(
-                "cannot count uses of namespace {:?}: {}",
-                self.inner.name,
-                e.full_message()
-            ),
-        }
-    }
 }
 
+/// Takes the lock of the namespace directory `ns_dir` through another open file description of
+/// its `state`, as another process (a stopped one, say) would hold it; released when the file is
+/// closed.
 #[cfg(test)]
-mod tests {
-    use std::time::{Duration, Instant};
-
-    use crate::{FileCache, Key, NamespaceOptions};
-
-    /// Issue 22, finding 6: reads count their uses in memory and flush them every
-    /// `USES_PER_FLUSH`; a flush that finds the lock taken (here by another open file
-    /// description of `state`, as a stopped process would hold it) neither waits nor makes every
-    /// later read try again: the next try is `FLUSH_RETRY` later. No use is lost.
-    #[test]
-    fn a_failed_flush_of_use_counts_does_not_stall_later_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = FileCache::open(dir.path()).unwrap();
-        let ns = cache.namespace("plugin", NamespaceOptions::default()).unwrap();
-        let key = Key::digest(b"k");
-        ns.add(&key, b"content").unwrap();
-        let state = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dir.path().join("plugin").join("state"))
-            .unwrap();
-        crate::sys::lock(&state).unwrap();
-
-        let reads = super::USES_PER_FLUSH + 300;
-        let start = Instant::now();
-        for _ in 0..reads {
-            assert!(ns.get(&key).unwrap().is_some());
-        }
-        let took = start.elapsed();
-        // Before the fix, each of the 300 reads after the first failed flush waited 100 ms for
-        // the lock (30 s in all); now none waits.
-        assert!(
-            took < Duration::from_secs(3),
-            "{reads} reads took {took:?} with the lock held"
-        );
-        assert_eq!(ns.counts().hits, reads, "the uses are kept");
-
-        // Once the lock is free and the retry is due, a read flushes them all.
-        crate::sys::unlock(&state).unwrap();
-        std::thread::sleep(super::FLUSH_RETRY + Duration::from_millis(50));
-        ns.get(&key).unwrap();
-        let other = FileCache::open(dir.path())
-            .unwrap()
-            .namespace("plugin", NamespaceOptions::default())
-            .unwrap();
-        assert_eq!(other.counts().hits, reads + 1, "flushed to the counters file");
-    }
-
-    /// Issue 22, finding 8: a counters file may hold anything (damage, or another process's
-    /// counts near the limit): adding this handle's uses saturates instead of overflowing.
-    #[test]
-    fn counts_saturate_at_the_largest_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = FileCache::open(dir.path()).unwrap();
-        let ns = cache.namespace("plugin", NamespaceOptions::default()).unwrap();
-        ns.count(&[(crate::Counter::Hits, u64::MAX - 1)]).unwrap();
-        for _ in 0..3 {
-            ns.get(&Key::digest(b"absent")).unwrap();
-            ns.get(&Key::digest(b"absent")).unwrap();
-        }
-        ns.add(&Key::digest(b"present"), b"v").unwrap();
-        ns.get(&Key::digest(b"present")).unwrap();
-        ns.get(&Key::digest(b"present")).unwrap();
-        let counts = ns.counts();
-        assert_eq!((counts.hits, counts.misses), (u64::MAX, 6));
-    }
+pub(crate) fn hold_elsewhere(ns_dir: &std::path::Path) -> File {
+    let state = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ns_dir.join(super::STATE_FILE))
+        .unwrap();
+    sys::lock(&state).unwrap();
+    state
 }

@@ -15,48 +15,63 @@
 //! crash can only make it overestimate; any scan of the namespace recomputes it exactly.
 //! Recency is the entry file's modification time, set on add and on a hit when it is older than
 //! the namespace's recency granularity ([`RECENCY`], one second, by default).
+//!
+//! This module is the namespace's core: its directory, its lock and its options. What is done
+//! with them is one module per verb (as cacache-rs has `get`, `put` and `rm` over `content`):
+//!
+//! - `file`: one entry file on disk: opening it, checking its header, removing it when damaged;
+//! - `get`: whole reads, `contains`, raw access, `verify`; `reader`: streamed, verified reads;
+//! - `put`: writes, publishing under the lock; `rm`: delete, clear, reclaiming temporary files;
+//! - `walk`: the one walk over the fan-out directories (scans, listing, verify, clear);
+//!   `evict`: least-recently-used eviction from the oldest entries a walk found;
+//! - `lock`: the namespace lock and the usage counter; `count`: the event counters (hits and
+//!   misses gathered in memory by `uses`); `data`: data charged beside the entries.
 
-use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, OpenOptions};
-// The platform's counterparts live in `crate::sys`; these are for code that has not moved yet.
-#[cfg(unix)]
-#[allow(unused_imports)]
-use cap_fs_ext::MetadataExt;
-#[cfg(unix)]
-#[allow(unused_imports)]
-use cap_std::fs::OpenOptionsExt;
 
-use super::counters::{self, COUNTERS_FILE, Counter, Counts};
-use super::{Durability, EntryReader, EntryWriter, NamespaceOptions, Store};
-use crate::entry::{BLOCK_SHIFT, BlockTable, Checksum, FileHeader, HEADER_LEN, Header, Layout};
 use crate::error::IoContext;
-use crate::fault::{self, Point};
-use crate::key::HexKey;
 use crate::sys;
-use crate::{Error, Key, Result};
+use crate::{EntryReader, EntryStore, EntryWriter, Error, Key, NamespaceOptions, Result};
 
-/// The most a single read returns, whatever the caller asks for.
-pub const MAX_READ_CHUNK: usize = 1 << 20;
+mod count;
+mod data;
+mod evict;
+mod file;
+mod get;
+mod lock;
+mod put;
+mod reader;
+mod rm;
+mod uses;
+mod walk;
+
+pub use file::RawEntry;
+#[cfg(test)]
+pub(crate) use lock::{LOCK_WAIT, hold_elsewhere as hold_lock_elsewhere};
+pub use put::FileWriter;
+pub use reader::{FileReader, MAX_READ_CHUNK};
+pub use walk::EntryInfo;
+
 const STATE_FILE: &str = "state";
-const STATE_MAGIC: [u8; 8] = *b"FCUSAGE1";
 const TMP_DIR: &str = "tmp";
 /// The name shown for a namespace opened by [`Namespace::open_dir`] (never a valid name).
 const UNNAMED: &str = "(directory)";
-/// Stands for "no entry to keep" in eviction (a cache key of all zeros is not a SHA-256 digest
-/// anyone can produce).
-const NO_KEY: Key = Key::new([0; 32]);
-/// How many eviction candidates one scan keeps (the oldest entries).
-const CANDIDATES_PER_SCAN: usize = 8192;
-const WRITE_BUFFER: usize = 64 << 10;
-/// `get` reads an entry of at most this much content together with its header, in one call.
-const SMALL_ENTRY: usize = 16 << 10;
+
+/// The default granularity of recency ([`NamespaceOptions::recency`](crate::NamespaceOptions::recency)): a hit refreshes an entry's modification time only when it was set
+/// longer ago than this, so least-recently-used order is exact to within it. (An hour in this
+/// crate's tests and fuzzers, longer than any of their runs, so that their model of the order is
+/// exact; tests of refreshing make entries older than that.)
+#[cfg(not(any(test, feature = "fuzzing")))]
+pub(crate) const RECENCY: Duration = Duration::from_secs(1);
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) const RECENCY: Duration = Duration::from_secs(3600);
 
 /// A namespace of the cache. Cheap to clone; clones share state.
 #[derive(Clone)]
@@ -104,240 +119,21 @@ struct Inner {
     /// Hits and misses of `get`, `open` and `contains` not yet added to the counters file:
     /// counted in memory (an add to the calling thread's own shard: no lock, no file write and
     /// no memory shared with other threads on the hit path), flushed once a thread's shard holds
-    /// [`USES_PER_FLUSH`] uses, and when a handle is dropped.
+    /// `USES_PER_FLUSH` uses, and when a handle is dropped.
     uses: uses::Uses,
     /// What the temporary files of this handle's uncommitted writers are charged (each as its
-    /// entry would be): together at most the
-    /// quota (a write past it answers `QuotaExceeded`), given back when a writer commits or is
-    /// dropped.
+    /// entry would be): together at most the quota (a write past it answers `QuotaExceeded`),
+    /// given back when a writer commits or is dropped.
     uncommitted: AtomicU64,
 }
 
-/// The default granularity of recency ([`NamespaceOptions::recency`](crate::NamespaceOptions::recency)): a hit refreshes an entry's modification time only when it was set
-/// longer ago than this, so least-recently-used order is exact to within it. (An hour in this
-/// crate's tests and fuzzers, longer than any of their runs, so that their model of the order is
-/// exact; tests of refreshing make entries older than that.)
-#[cfg(not(any(test, feature = "fuzzing")))]
-pub(crate) const RECENCY: Duration = Duration::from_secs(1);
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) const RECENCY: Duration = Duration::from_secs(3600);
-
-/// How much of a large entry is read before it is checked (about a core's L2 cache).
-const CHECKED_CHUNK: usize = 256 << 10;
-
-/// How many uses are counted in memory before they are added to the counters file.
-const USES_PER_FLUSH: u64 = 1024;
-
+/// What only a writable namespace has.
 struct Writable {
     tmp: Dir,
     state: Mutex<File>,
     /// The oldest entries seen by the last scan, oldest first.
-    candidates: Mutex<Candidates>,
+    candidates: Mutex<evict::Candidates>,
 }
-
-#[derive(Default)]
-struct Candidates {
-    queue: VecDeque<EntryInfo>,
-    /// Whether the scan that filled `queue` saw more entries than it kept.
-    truncated: bool,
-}
-
-/// What a scan learns about one entry file.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct EntryInfo {
-    /// The entry's key.
-    pub key: Key,
-    /// What the entry counts against the quota: its file's size rounded up to 4 KiB (see
-    /// [`crate::entry::charge_for_file`]).
-    pub size: u64,
-    /// Last use (add or hit).
-    pub mtime: SystemTime,
-}
-
-/// An entry's open file, its header checked (see [`Namespace::open_raw`]). The content starts at
-/// [`content_start`](Self::content_start) and is [`content_len`](Self::content_len) bytes long.
-/// Entries are never rewritten in place (only replaced by rename), so the file's bytes do not
-/// change under a reader.
-#[derive(Debug)]
-pub struct RawEntry {
-    file: File,
-    meta: std::fs::Metadata,
-    header: Header,
-    layout: Layout,
-}
-
-impl RawEntry {
-    /// The open entry file (header and content).
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// The length of the content.
-    pub fn content_len(&self) -> u64 {
-        self.header.len
-    }
-
-    /// Where the entry file keeps its header (see [`Layout`]).
-    pub fn layout(&self) -> Layout {
-        self.layout
-    }
-
-    /// The offset of the content in the file: after the header, or 0 for a trailing header.
-    pub fn content_start(&self) -> u64 {
-        self.layout.content_start()
-    }
-
-    /// The file's metadata, as checked when it was opened.
-    pub fn metadata(&self) -> &std::fs::Metadata {
-        &self.meta
-    }
-}
-
-/// The result of walking a namespace.
-#[doc(hidden)]
-#[non_exhaustive]
-pub struct Scan {
-    /// What every entry seen (its file, rounded up to 4 KiB) and the data charged beside them
-    /// count against the quota: what the usage counter holds.
-    pub used: u64,
-    /// Bytes of data charged beside the entries (included in `used`; see [`Namespace::data_bytes`]).
-    pub data_bytes: u64,
-    /// Entries seen.
-    pub entries: u64,
-    /// The oldest entries, oldest first, at most the limit asked for.
-    pub oldest: Vec<EntryInfo>,
-    /// Whether `oldest` was cut to the limit.
-    pub truncated: bool,
-}
-
-/// A strictly increasing wall clock for recency: two uses in one process never tie.
-fn now() -> SystemTime {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    let mut prev = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = wall.max(prev + 1);
-        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return UNIX_EPOCH + Duration::from_nanos(next),
-            Err(p) => prev = p,
-        }
-    }
-}
-
-fn mtime_of(meta: &cap_std::fs::Metadata) -> Option<SystemTime> {
-    meta.modified().ok().map(|t| t.into_std())
-}
-
-/// What an entry of `content_len` bytes of content counts against the quota (see
-/// [`crate::entry::charge`]).
-pub(crate) fn entry_charge(content_len: u64) -> u64 {
-    crate::entry::charge(content_len)
-}
-
-/// What an entry file counts against the quota.
-fn entry_charged(meta: &cap_std::fs::Metadata) -> u64 {
-    crate::entry::charge_for_file(meta.len())
-}
-
-/// What the entry file at `rel` counts against the quota; 0 when there is none.
-fn entry_charged_at(dir: &Dir, rel: &str) -> u64 {
-    match dir.symlink_metadata(rel) {
-        Ok(m) if m.file_type().is_file() => entry_charged(&m),
-        _ => 0,
-    }
-}
-
-impl EntryInfo {
-    /// Whether the entry file at `rel` is still the one this describes (same time and size):
-    /// not used, replaced or removed since.
-    fn is_unchanged(&self, dir: &Dir, rel: &str) -> bool {
-        matches!(dir.symlink_metadata(rel),
-            Ok(m) if m.file_type().is_file() && mtime_of(&m) == Some(self.mtime) && entry_charged(&m) == self.size)
-    }
-}
-
-/// Read-write, created owner-only if missing, never through a symlink: the namespace's own files.
-fn private_rw_options() -> OpenOptions {
-    let mut oo = OpenOptions::new();
-    oo.read(true).write(true).create(true).follow(FollowSymlinks::No);
-    sys::owner_only(&mut oo);
-    oo
-}
-
-impl Namespace {
-    /// Removes the entry file (or planted symlink) at `rel`. On Windows, where a file that is
-    /// open cannot lose its name, it is first renamed into `tmp/` (see `crate::sys::remove_file`),
-    /// so that the entry's name is free at once.
-    pub(super) fn remove_entry_file(&self, dir: &Dir, rel: &str) -> io::Result<()> {
-        match &self.inner.writable {
-            Some(w) => sys::remove_file(dir, rel, &w.tmp),
-            None => dir.remove_file_or_symlink(rel),
-        }
-    }
-}
-
-fn is_not_found(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound
-}
-
-/// Checks the header bytes of an entry file of `file_len` bytes and layout `layout` against the
-/// key it is read for.
-fn check_header_bytes(
-    key: &Key,
-    b: &[u8; HEADER_LEN],
-    layout: Layout,
-    file_len: u64,
-) -> std::result::Result<FileHeader, &'static str> {
-    let fh = Header::decode_as(b, layout).map_err(|e| e.describe())?;
-    if fh.header.key != *key {
-        return Err("written under another key");
-    }
-    if fh.file_len() != Some(file_len) {
-        return Err("length does not match the file's size");
-    }
-    Ok(fh)
-}
-
-fn random_suffix() -> u64 {
-    let mut b = [0u8; 8];
-    // A failure of the OS RNG only weakens uniqueness, which O_EXCL still guarantees.
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b) ^ (now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64)
-}
-
-/// What looking an entry up found: it, nothing, or a damaged entry that was removed (and why).
-pub(super) enum Lookup<T> {
-    Found(T),
-    Missing,
-    Discarded(&'static str),
-}
-
-impl<T> Lookup<T> {
-    /// The entry, if there was a usable one.
-    pub(super) fn found(self) -> Option<T> {
-        match self {
-            Lookup::Found(t) => Some(t),
-            Lookup::Missing | Lookup::Discarded(_) => None,
-        }
-    }
-}
-
-mod data;
-mod evict;
-mod lock;
-mod read;
-mod uses;
-mod write;
-
-#[cfg(test)]
-pub(crate) use lock::LOCK_WAIT;
-use lock::Locked;
-pub use read::FileReader;
-pub use write::FileWriter;
 
 impl Namespace {
     /// Opens a namespace directly on its directory handle (see also
@@ -356,9 +152,7 @@ impl Namespace {
     /// with `.`). The name is what a remote tier keeps its entries under, so two namespaces that
     /// share a remote must have different names.
     pub fn open_dir_named(name: &str, dir: Dir, options: NamespaceOptions) -> Result<Namespace> {
-        if crate::validate_namespace_name(name).is_err() {
-            crate::validate_reserved_name(name)?;
-        }
+        crate::validate_any_name(name)?;
         Namespace::with_dir(name.to_string(), Some(dir), options)
     }
 
@@ -392,7 +186,7 @@ impl Namespace {
 
     /// A handle for one of the store's own short-lived objects (a reader, a writer): dropping
     /// it flushes no uses unless it is the last handle.
-    pub(super) fn for_operation(&self) -> Namespace {
+    fn for_operation(&self) -> Namespace {
         Namespace {
             inner: self.inner.clone(),
             flushes: false,
@@ -453,12 +247,41 @@ impl Writable {
         Ok(Writable {
             tmp,
             state: Mutex::new(state),
-            candidates: Mutex::new(Candidates::default()),
+            candidates: Mutex::new(evict::Candidates::default()),
         })
     }
 }
 
-impl Store for Namespace {
+/// Read-write, created owner-only if missing, never through a symlink: the namespace's own files.
+fn private_rw_options() -> OpenOptions {
+    let mut oo = OpenOptions::new();
+    oo.read(true).write(true).create(true).follow(FollowSymlinks::No);
+    sys::owner_only(&mut oo);
+    oo
+}
+
+/// A strictly increasing wall clock for recency: two uses in one process never tie.
+fn now() -> SystemTime {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = wall.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return UNIX_EPOCH + Duration::from_nanos(next),
+            Err(p) => prev = p,
+        }
+    }
+}
+
+fn is_not_found(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
+impl EntryStore for Namespace {
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
         Namespace::get(self, key)
     }

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::Store;
+use crate::EntryStore;
 use crate::{FileCache, NamespaceOptions};
 
 fn tier(fleet_key: Option<&[u8]>) -> RemoteTier {

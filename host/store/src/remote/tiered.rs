@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::RemoteTier;
 use crate::{EntryReader, EntryWriter, FileWriter, MAX_READ_CHUNK};
-use crate::{Error, Key, Namespace, Result, Store};
+use crate::{EntryStore, Error, Key, Namespace, Result};
 
 /// The default bound on the remote entries a [`TieredStore`] (with its clones) holds in memory
 /// for open readers at once: 64 MiB, the largest value that travels by default.
@@ -122,7 +122,7 @@ impl TieredStore {
     }
 }
 
-impl Store for TieredStore {
+impl EntryStore for TieredStore {
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
         if let Some(content) = self.local.get(key)? {
             return Ok(Some(content));

@@ -1,6 +1,24 @@
-//! The write path: whole and streamed writes to a temporary file, publishing under the lock, and delete.
+//! Writing entries: whole and streamed writes to a locked temporary file, then publishing
+//! under the namespace lock (accounting, eviction, the rename, fsyncs in durable mode).
 
-use super::*;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::sync::atomic::Ordering;
+use std::time::UNIX_EPOCH;
+
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, OpenOptions};
+
+use super::file::charged_at;
+use super::{Namespace, Writable, is_not_found, now};
+use crate::entry::{BLOCK_SHIFT, BlockTable, HEADER_LEN, Header, Layout, charge};
+use crate::error::IoContext;
+use crate::fault::{self, Point};
+use crate::key::HexKey;
+use crate::sys;
+use crate::{Durability, EntryWriter, Error, Key, Result};
+
+const WRITE_BUFFER: usize = 64 << 10;
 
 impl Namespace {
     /// Stores `content` under `key`, atomically.
@@ -17,7 +35,7 @@ impl Namespace {
     /// The error for an entry of `len` bytes of content, if it breaks a limit.
     pub(super) fn limit_error(&self, len: u64) -> Option<Error> {
         let opts = &self.inner.options;
-        let charge = entry_charge(len);
+        let charge = charge(len);
         if len > opts.max_entry_size {
             Some(Error::TooLarge {
                 limit: opts.max_entry_size,
@@ -101,33 +119,6 @@ impl Namespace {
         })
     }
 
-    /// Removes the entry under `key`.
-    pub fn delete(&self, key: &Key) -> Result<()> {
-        self.writable()?;
-        let Some(dir) = self.dir() else { return Ok(()) };
-        let hk = key.hex();
-        let rel = hk.rel_path();
-        let mut lk = self.lock()?;
-        let meta = match dir.symlink_metadata(&rel) {
-            Ok(m) => m,
-            Err(e) if is_not_found(&e) => return Ok(()),
-            Err(e) => return Err(Error::io(format!("cannot stat entry {}", hk.as_str()), e)),
-        };
-        match self.remove_entry_file(dir, &rel) {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => return Ok(()),
-            Err(e) => return Err(Error::io(format!("cannot delete entry {}", hk.as_str()), e)),
-        }
-        if let (Some(used), true) = (lk.used, meta.file_type().is_file()) {
-            lk.store_used(used.saturating_sub(entry_charged(&meta)))?;
-        }
-        // The entry is gone either way; should it come back after a power loss, it is whole.
-        if let Err(e) = self.durable_sync_dir(hk.shard()) {
-            tracing::warn!(namespace = %self.inner.name, error = %e.full_message(), "a delete may not survive power loss");
-        }
-        Ok(())
-    }
-
     /// fsyncs the directory `rel` in durable mode; nothing otherwise.
     pub(super) fn durable_sync_dir(&self, rel: &str) -> Result<()> {
         if self.inner.options.durability != Durability::Sync {
@@ -161,8 +152,8 @@ impl Namespace {
             None => self.rescan(w)?.used,
         };
         lk.used = Some(used);
-        let old = entry_charged_at(dir, &rel);
-        let charge = entry_charge(len);
+        let old = charged_at(dir, &rel);
+        let charge = charge(len);
         let mut projected = used.saturating_sub(old) + charge;
         if projected > quota {
             projected = self.evict(w, &mut lk, Some(key), &rel, old, charge)?;
@@ -299,7 +290,7 @@ impl FileWriter {
         // Uncommitted entries count against the quota, each charged as it would be once
         // committed (its file, rounded up to 4 KiB): a guest holding many writers open cannot fill
         // the disk with temporary files past it.
-        let n = entry_charge(self.len + bytes.len() as u64).saturating_sub(self.reserved);
+        let n = charge(self.len + bytes.len() as u64).saturating_sub(self.reserved);
         let quota = self.ns.inner.options.quota;
         let before = self.ns.inner.uncommitted.fetch_add(n, Ordering::Relaxed);
         self.reserved += n;
@@ -426,4 +417,11 @@ impl io::Write for FileWriter {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+fn random_suffix() -> u64 {
+    let mut b = [0u8; 8];
+    // A failure of the OS RNG only weakens uniqueness, which O_EXCL still guarantees.
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b) ^ (now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64)
 }
