@@ -34,12 +34,15 @@ impl CompileCommand {
         let start = std::time::Instant::now();
         let source = if kind == WasmKind::CoreModule {
             compiled
-                .load_module_file(path)
+                .load_file::<wasmtime::Module>(path)
                 .map_err(|e| anyhow!("{e:?}"))
                 .with_context(|| format!("{} is not a valid WebAssembly module", path.display()))?
                 .1
         } else {
-            compiled.load_component_file(path).map_err(invalid_component(path))?.1
+            compiled
+                .load_file::<wasmtime::component::Component>(path)
+                .map_err(invalid_component(path))?
+                .1
         };
         let what = if kind == WasmKind::CoreModule {
             "module"
