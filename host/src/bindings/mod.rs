@@ -32,8 +32,7 @@
 //! instances that share a `Store` (and so its data and context) share one budget; give each
 //! instance its own `Store`, as usual, and the limit is per instance.
 
-mod asynchronous;
-mod sync;
+mod host;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

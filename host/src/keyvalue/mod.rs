@@ -64,36 +64,11 @@ use filecache_kv::{self as kv, Bucket};
 use crate::bindings::HandleBudget;
 use wasmtime::component::{HasData, Linker, ResourceTable, ResourceTableError};
 
-// How the bindings of both drafts run store work: inline (`run_sync`), or off the async
-// executor on a blocking thread (`run_async`). Defined before the modules that use them.
-macro_rules! run_sync {
-    ($f:expr) => {
-        inline($f)
-    };
-    // Store work on the bucket behind resource `$b`: borrowed from the table, not cloned.
-    ($self:ident, $b:ident, |$bucket:ident| $body:expr) => {{
-        let $bucket = &$self.table.get(&$b)?.0;
-        inline(|| $body)
-    }};
-}
-
-macro_rules! run_async {
-    ($f:expr) => {
-        blocking($f).await
-    };
-    // Store work on the bucket behind resource `$b`: a clone, moved to the blocking thread.
-    ($self:ident, $b:ident, |$bucket:ident| $body:expr) => {{
-        let $bucket = $self.bucket(&$b)?;
-        blocking(move || {
-            let $bucket = &$bucket;
-            $body
-        })
-        .await
-    }};
-}
-
+// Each host function is written once, for both kinds of bindings (`crate::run`); `host` holds
+// what both drafts share.
 mod draft;
 mod draft2;
+mod host;
 
 /// The answer of `get-many`: each key asked for with its value, or `None` where it has none.
 pub(crate) type KeyValues = Vec<Option<(String, Vec<u8>)>>;
@@ -133,6 +108,12 @@ pub enum Error {
 impl From<ResourceTableError> for Error {
     fn from(e: ResourceTableError) -> Self {
         Error::Trap(e.into())
+    }
+}
+
+impl From<crate::run::TaskFailed> for Error {
+    fn from(e: crate::run::TaskFailed) -> Self {
+        Error::Trap(wasmtime::Error::new(e))
     }
 }
 
@@ -304,29 +285,14 @@ pub fn add_to_linker<T: 'static>(
 }
 
 /// As [`add_to_linker`], with asynchronous host functions (for an engine with async support):
-/// the store's work runs on [`tokio::task::spawn_blocking`], so it must be called within a tokio
-/// runtime.
+/// the store's work runs on [`tokio::task::spawn_blocking`] (on the calling thread outside a
+/// tokio runtime).
 pub fn add_to_linker_async<T: Send + 'static>(
     linker: &mut Linker<T>,
     getter: fn(&mut T) -> KeyValueView<'_>,
 ) -> wasmtime::Result<()> {
     draft::add_to_linker_async(linker, getter)?;
     draft2::add_to_linker_async(linker, getter)
-}
-
-/// Runs store work here (for the synchronous host functions).
-fn inline<R>(f: impl FnOnce() -> Result<R, Error>) -> Result<R, Error> {
-    f()
-}
-
-/// Runs store work off the executor.
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, Error> + Send + 'static) -> Result<R, Error> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(Error::Trap(wasmtime::Error::msg(format!(
-            "key-value host task failed: {e}"
-        )))),
-    }
 }
 
 /// Store work shared by both versions (and by the sync and async host functions).
@@ -339,19 +305,9 @@ mod work {
         Ok(keys.into_iter().zip(values).map(|(k, v)| v.map(|v| (k, v))).collect())
     }
 
-    /// All or nothing: one transaction.
-    pub fn set_many(bucket: &Bucket, key_values: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
-        Ok(bucket.set_many(&key_values)?)
-    }
-
-    /// All or nothing: one transaction.
-    pub fn delete_many(bucket: &Bucket, keys: Vec<String>) -> Result<(), Error> {
-        Ok(bucket.delete_many(&keys)?)
-    }
-
-    /// The value of a cas handle's key now, and its version.
-    pub fn cas_read(bucket: &Bucket, key: &str) -> Result<kv::Cas, Error> {
-        Ok(bucket.cas(key)?)
+    /// The draft's `u64` cursor as a position.
+    pub fn position(cursor: Option<u64>) -> Result<u64, Error> {
+        Ok(cursor.unwrap_or(0))
     }
 
     /// The draft2 string cursor: 16 lowercase hex digits (the draft's `u64` position).
