@@ -4,7 +4,7 @@
 use wasmtime::component::Resource;
 
 use super::host::{add_to_linker_fns, store_and_batch};
-use super::{BucketHandle, Error, KeyValueView, work};
+use super::{BucketHandle, KeyValueError, KeyValueView, work};
 use crate::run::{run_async, run_sync};
 
 mod sync_gen {
@@ -13,7 +13,7 @@ mod sync_gen {
         world: "wasi:keyvalue/imports",
         imports: { default: trappable },
         with: { "wasi:keyvalue/store.bucket": crate::keyvalue::BucketHandle },
-        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::Error },
+        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::KeyValueError },
     });
 }
 
@@ -23,7 +23,7 @@ mod async_gen {
         world: "wasi:keyvalue/imports",
         imports: { default: async | trappable },
         with: { "wasi:keyvalue/store.bucket": crate::keyvalue::BucketHandle },
-        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::Error },
+        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::KeyValueError },
     });
 }
 
@@ -34,7 +34,7 @@ macro_rules! host_impl {
         store_and_batch!($g, [$($kw)*], $run, u64, work::position, std::convert::identity);
 
         impl $g::wasi::keyvalue::atomics::Host for KeyValueView<'_> {
-            $($kw)* fn increment(&mut self, b: Resource<BucketHandle>, key: String, delta: u64) -> Result<u64, Error> {
+            $($kw)* fn increment(&mut self, b: Resource<BucketHandle>, key: String, delta: u64) -> Result<u64, KeyValueError> {
                 Ok($run!(self.table.get(&b)?.0 => |bucket| bucket.increment_u64(&key, delta))?)
             }
         }

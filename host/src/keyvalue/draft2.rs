@@ -4,7 +4,7 @@
 use wasmtime::component::Resource;
 
 use super::host::{add_to_linker_fns, store_and_batch, wit_error};
-use super::{BucketHandle, CasHandle, Error, KeyValueView, work};
+use super::{BucketHandle, CasHandle, KeyValueError, KeyValueView, work};
 use crate::run::{run_async, run_sync};
 
 mod sync_gen {
@@ -16,7 +16,7 @@ mod sync_gen {
             "wasi:keyvalue/store.bucket": crate::keyvalue::BucketHandle,
             "wasi:keyvalue/atomics.cas": crate::keyvalue::CasHandle,
         },
-        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::Error },
+        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::KeyValueError },
     });
 }
 
@@ -29,7 +29,7 @@ mod async_gen {
             "wasi:keyvalue/store.bucket": crate::keyvalue::BucketHandle,
             "wasi:keyvalue/atomics.cas": crate::keyvalue::CasHandle,
         },
-        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::Error },
+        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::KeyValueError },
     });
 }
 
@@ -40,7 +40,7 @@ macro_rules! host_impl {
         store_and_batch!($g, [$($kw)*], $run, String, work::parse_cursor, work::format_cursor);
 
         impl $g::wasi::keyvalue::atomics::HostCas for KeyValueView<'_> {
-            $($kw)* fn new(&mut self, b: Resource<BucketHandle>, key: String) -> Result<Resource<CasHandle>, Error> {
+            $($kw)* fn new(&mut self, b: Resource<BucketHandle>, key: String) -> Result<Resource<CasHandle>, KeyValueError> {
                 // Read for its version only: the handle never holds the value.
                 let k = key.clone();
                 let cas = $run!(self.table.get(&b)?.0 => |bucket| bucket.cas(&k))?;
@@ -51,7 +51,7 @@ macro_rules! host_impl {
             /// The value now. When it is no longer the version the handle holds, the handle takes
             /// the new version: `swap` then succeeds only if the value is still the one returned
             /// here.
-            $($kw)* fn current(&mut self, c: Resource<CasHandle>) -> Result<Option<Vec<u8>>, Error> {
+            $($kw)* fn current(&mut self, c: Resource<CasHandle>) -> Result<Option<Vec<u8>>, KeyValueError> {
                 let cas = {
                     let h = self.table.get(&c)?;
                     let key = h.key.clone();
@@ -69,7 +69,7 @@ macro_rules! host_impl {
         }
 
         impl $g::wasi::keyvalue::atomics::Host for KeyValueView<'_> {
-            $($kw)* fn increment(&mut self, b: Resource<BucketHandle>, key: String, delta: i64) -> Result<i64, Error> {
+            $($kw)* fn increment(&mut self, b: Resource<BucketHandle>, key: String, delta: i64) -> Result<i64, KeyValueError> {
                 Ok($run!(self.table.get(&b)?.0 => |bucket| bucket.increment_i64(&key, delta))?)
             }
 
@@ -81,7 +81,7 @@ macro_rules! host_impl {
                 use $g::wasi::keyvalue::atomics::CasError;
                 let CasHandle { bucket, key, version } = match self.remove(c) {
                     Ok(h) => h,
-                    Err(Error::Trap(e)) => return Err(e),
+                    Err(KeyValueError::Trap(e)) => return Err(e),
                     Err(e) => return Ok(Err(CasError::StoreError(wit_error!($g, e)?))),
                 };
                 let k = key.clone();
@@ -95,7 +95,7 @@ macro_rules! host_impl {
                             Err(e) => Ok(Err(CasError::StoreError(wit_error!($g, e)?))),
                         }
                     }
-                    Err(e) => Ok(Err(CasError::StoreError(wit_error!($g, Error::from(e))?))),
+                    Err(e) => Ok(Err(CasError::StoreError(wit_error!($g, KeyValueError::from(e))?))),
                 }
             }
         }

@@ -2,23 +2,23 @@
 //! for both drafts and for both kinds of bindings (see `crate::run`).
 
 /// The guest's `error` of one set of generated bindings (each has its own type) for an
-/// [`Error`](super::Error); a trap stays a trap.
+/// [`KeyValueError`](super::KeyValueError); a trap stays a trap.
 macro_rules! wit_error {
     ($g:ident, $err:expr) => {{
-        use $crate::keyvalue::Error;
+        use $crate::keyvalue::KeyValueError;
         use $g::wasi::keyvalue::store::Error as E;
         match $err {
-            Error::NoSuchStore => Ok(E::NoSuchStore),
-            Error::AccessDenied => Ok(E::AccessDenied),
-            Error::Other(m) => Ok(E::Other(m)),
-            Error::Trap(e) => Err(e),
+            KeyValueError::NoSuchStore => Ok(E::NoSuchStore),
+            KeyValueError::AccessDenied => Ok(E::AccessDenied),
+            KeyValueError::Other(m) => Ok(E::Other(m)),
+            KeyValueError::Trap(e) => Err(e),
         }
     }};
 }
 
 /// `store` (but for the draft's cursor type) and `batch`, for the generated bindings `$g`: `$kw`
 /// is `async` or nothing, `$run` runs store work (`run_sync` or `run_async`), `$cursor` is the
-/// draft's cursor type, `$position` turns one into a position (`Result<u64, Error>`) and `$next`
+/// draft's cursor type, `$position` turns one into a position (`Result<u64, KeyValueError>`) and `$next`
 /// a next position into one.
 macro_rules! store_and_batch {
     ($g:ident, [$($kw:tt)*], $run:ident, $cursor:ty, $position:path, $next:path) => {
@@ -26,13 +26,13 @@ macro_rules! store_and_batch {
             $($kw)* fn open(
                 &mut self,
                 identifier: String,
-            ) -> Result<wasmtime::component::Resource<$crate::keyvalue::BucketHandle>, $crate::keyvalue::Error> {
+            ) -> Result<wasmtime::component::Resource<$crate::keyvalue::BucketHandle>, $crate::keyvalue::KeyValueError> {
                 self.open_bucket(&identifier)
             }
 
             fn convert_error(
                 &mut self,
-                err: $crate::keyvalue::Error,
+                err: $crate::keyvalue::KeyValueError,
             ) -> wasmtime::Result<$g::wasi::keyvalue::store::Error> {
                 $crate::keyvalue::host::wit_error!($g, err)
             }
@@ -43,7 +43,7 @@ macro_rules! store_and_batch {
                 &mut self,
                 b: wasmtime::component::Resource<$crate::keyvalue::BucketHandle>,
                 key: String,
-            ) -> Result<Option<Vec<u8>>, $crate::keyvalue::Error> {
+            ) -> Result<Option<Vec<u8>>, $crate::keyvalue::KeyValueError> {
                 Ok($run!(self.table.get(&b)?.0 => |bucket| bucket.get(&key))?)
             }
 
@@ -52,7 +52,7 @@ macro_rules! store_and_batch {
                 b: wasmtime::component::Resource<$crate::keyvalue::BucketHandle>,
                 key: String,
                 value: Vec<u8>,
-            ) -> Result<(), $crate::keyvalue::Error> {
+            ) -> Result<(), $crate::keyvalue::KeyValueError> {
                 Ok($run!(self.table.get(&b)?.0 => |bucket| bucket.set(&key, &value))?)
             }
 
@@ -60,7 +60,7 @@ macro_rules! store_and_batch {
                 &mut self,
                 b: wasmtime::component::Resource<$crate::keyvalue::BucketHandle>,
                 key: String,
-            ) -> Result<(), $crate::keyvalue::Error> {
+            ) -> Result<(), $crate::keyvalue::KeyValueError> {
                 Ok($run!(self.table.get(&b)?.0 => |bucket| bucket.delete(&key))?)
             }
 
@@ -68,7 +68,7 @@ macro_rules! store_and_batch {
                 &mut self,
                 b: wasmtime::component::Resource<$crate::keyvalue::BucketHandle>,
                 key: String,
-            ) -> Result<bool, $crate::keyvalue::Error> {
+            ) -> Result<bool, $crate::keyvalue::KeyValueError> {
                 Ok($run!(self.table.get(&b)?.0 => |bucket| bucket.exists(&key))?)
             }
 
@@ -76,7 +76,7 @@ macro_rules! store_and_batch {
                 &mut self,
                 b: wasmtime::component::Resource<$crate::keyvalue::BucketHandle>,
                 cursor: Option<$cursor>,
-            ) -> Result<$g::wasi::keyvalue::store::KeyResponse, $crate::keyvalue::Error> {
+            ) -> Result<$g::wasi::keyvalue::store::KeyResponse, $crate::keyvalue::KeyValueError> {
                 let from = $position(cursor)?;
                 let page = $run!(self.table.get(&b)?.0 => |bucket| bucket.list_keys(from, $crate::keyvalue::PAGE_SIZE))?;
                 Ok($g::wasi::keyvalue::store::KeyResponse {
@@ -100,7 +100,7 @@ macro_rules! store_and_batch {
                 &mut self,
                 b: wasmtime::component::Resource<$crate::keyvalue::BucketHandle>,
                 keys: Vec<String>,
-            ) -> Result<Vec<Option<(String, Vec<u8>)>>, $crate::keyvalue::Error> {
+            ) -> Result<Vec<Option<(String, Vec<u8>)>>, $crate::keyvalue::KeyValueError> {
                 let max = self.ctx.max_call_bytes;
                 $run!(self.table.get(&b)?.0 => |bucket| $crate::keyvalue::work::get_many(bucket, keys, max))
             }
@@ -109,7 +109,7 @@ macro_rules! store_and_batch {
                 &mut self,
                 b: wasmtime::component::Resource<$crate::keyvalue::BucketHandle>,
                 key_values: Vec<(String, Vec<u8>)>,
-            ) -> Result<(), $crate::keyvalue::Error> {
+            ) -> Result<(), $crate::keyvalue::KeyValueError> {
                 Ok($run!(self.table.get(&b)?.0 => |bucket| bucket.set_many(&key_values))?)
             }
 
@@ -117,7 +117,7 @@ macro_rules! store_and_batch {
                 &mut self,
                 b: wasmtime::component::Resource<$crate::keyvalue::BucketHandle>,
                 keys: Vec<String>,
-            ) -> Result<(), $crate::keyvalue::Error> {
+            ) -> Result<(), $crate::keyvalue::KeyValueError> {
                 Ok($run!(self.table.get(&b)?.0 => |bucket| bucket.delete_many(&keys))?)
             }
         }

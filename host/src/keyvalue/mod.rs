@@ -98,36 +98,36 @@ pub const DEFAULT_MAX_CALL_BYTES: u64 = 64 << 20;
 #[doc(hidden)]
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Error {
+pub enum KeyValueError {
     NoSuchStore,
     AccessDenied,
     Other(String),
     Trap(wasmtime::Error),
 }
 
-impl From<ResourceTableError> for Error {
+impl From<ResourceTableError> for KeyValueError {
     fn from(e: ResourceTableError) -> Self {
-        Error::Trap(e.into())
+        KeyValueError::Trap(e.into())
     }
 }
 
-impl From<crate::run::TaskFailed> for Error {
+impl From<crate::run::TaskFailed> for KeyValueError {
     fn from(e: crate::run::TaskFailed) -> Self {
-        Error::Trap(wasmtime::Error::new(e))
+        KeyValueError::Trap(wasmtime::Error::new(e))
     }
 }
 
-impl From<kv::Error> for Error {
+impl From<kv::Error> for KeyValueError {
     fn from(e: kv::Error) -> Self {
         match e {
-            kv::Error::Store(filecache_store::Error::ReadOnly) => Error::AccessDenied,
+            kv::Error::Store(filecache_store::Error::ReadOnly) => KeyValueError::AccessDenied,
             e => {
                 let message = e.full_message();
                 if let kv::Error::Store(filecache_store::Error::Io { .. } | filecache_store::Error::Corrupt { .. }) = e
                 {
                     tracing::warn!(error = %message, "key-value storage error");
                 }
-                Error::Other(message)
+                KeyValueError::Other(message)
             }
         }
     }
@@ -148,7 +148,7 @@ impl KeyValueCtx {
         KeyValueCtxBuilder::default()
     }
 
-    fn open(&self, identifier: &str) -> Result<Bucket, Error> {
+    fn open(&self, identifier: &str) -> Result<Bucket, KeyValueError> {
         let found = if identifier.is_empty() {
             self.own.as_ref()
         } else {
@@ -156,7 +156,7 @@ impl KeyValueCtx {
         };
         // Not granted and not granted are the same answer: the guest learns nothing of what
         // exists.
-        found.cloned().ok_or(Error::AccessDenied)
+        found.cloned().ok_or(KeyValueError::AccessDenied)
     }
 
     /// The handle budget this context counts its buckets and cas handles against.
@@ -165,11 +165,11 @@ impl KeyValueCtx {
     }
 
     /// Takes a handle slot, or answers `other` (the interface has no error of its own for it).
-    fn take_slot(&self) -> Result<(), Error> {
+    fn take_slot(&self) -> Result<(), KeyValueError> {
         if self.handles.take() {
             Ok(())
         } else {
-            Err(Error::Other(format!(
+            Err(KeyValueError::Other(format!(
                 "too many handles: at most {} handles (buckets, cas handles, cache readers and writers) may be open at once; drop some",
                 self.handles.max()
             )))
@@ -300,24 +300,24 @@ mod work {
     use super::*;
 
     /// At most `max_bytes` bytes of values in all (past it: `other`).
-    pub fn get_many(bucket: &Bucket, keys: Vec<String>, max_bytes: u64) -> Result<KeyValues, Error> {
+    pub fn get_many(bucket: &Bucket, keys: Vec<String>, max_bytes: u64) -> Result<KeyValues, KeyValueError> {
         let values = bucket.get_many(&keys, max_bytes)?;
         Ok(keys.into_iter().zip(values).map(|(k, v)| v.map(|v| (k, v))).collect())
     }
 
     /// The draft's `u64` cursor as a position.
-    pub fn position(cursor: Option<u64>) -> Result<u64, Error> {
+    pub fn position(cursor: Option<u64>) -> Result<u64, KeyValueError> {
         Ok(cursor.unwrap_or(0))
     }
 
     /// The draft2 string cursor: 16 lowercase hex digits (the draft's `u64` position).
-    pub fn parse_cursor(cursor: Option<String>) -> Result<u64, Error> {
+    pub fn parse_cursor(cursor: Option<String>) -> Result<u64, KeyValueError> {
         match cursor {
             None => Ok(0),
             Some(c) if c.len() == 16 && c.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
-                u64::from_str_radix(&c, 16).map_err(|_| Error::Other(format!("invalid cursor {c:?}")))
+                u64::from_str_radix(&c, 16).map_err(|_| KeyValueError::Other(format!("invalid cursor {c:?}")))
             }
-            Some(c) => Err(Error::Other(format!(
+            Some(c) => Err(KeyValueError::Other(format!(
                 "invalid cursor {:?}: pass back a cursor returned by list-keys",
                 c.chars().take(40).collect::<String>()
             ))),
@@ -330,26 +330,26 @@ mod work {
 }
 
 impl KeyValueView<'_> {
-    fn open_bucket(&mut self, identifier: &str) -> Result<wasmtime::component::Resource<BucketHandle>, Error> {
+    fn open_bucket(&mut self, identifier: &str) -> Result<wasmtime::component::Resource<BucketHandle>, KeyValueError> {
         let bucket = self.ctx.open(identifier)?;
         self.push(BucketHandle(bucket))
     }
 
-    fn bucket(&self, b: &wasmtime::component::Resource<BucketHandle>) -> Result<Bucket, Error> {
+    fn bucket(&self, b: &wasmtime::component::Resource<BucketHandle>) -> Result<Bucket, KeyValueError> {
         Ok(self.table.get(b)?.0.clone())
     }
 
     /// Puts a new handle in the table, taking a slot of the budget for it.
-    fn push<H: Send + 'static>(&mut self, handle: H) -> Result<wasmtime::component::Resource<H>, Error> {
+    fn push<H: Send + 'static>(&mut self, handle: H) -> Result<wasmtime::component::Resource<H>, KeyValueError> {
         self.ctx.take_slot()?;
         self.table.push(handle).map_err(|e| {
             self.ctx.handles.give();
-            Error::Other(format!("cannot hold another handle: {e}"))
+            KeyValueError::Other(format!("cannot hold another handle: {e}"))
         })
     }
 
     /// Removes a handle from the table and gives its slot back.
-    fn remove<H: 'static>(&mut self, r: wasmtime::component::Resource<H>) -> Result<H, Error> {
+    fn remove<H: 'static>(&mut self, r: wasmtime::component::Resource<H>) -> Result<H, KeyValueError> {
         let h = self.table.delete(r)?;
         self.ctx.handles.give();
         Ok(h)
