@@ -13,7 +13,6 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use filecache_host::{FileCache, FileCacheCtx, Key, Namespace, NamespaceOptions};
 use wasmtime::component::{Component, Linker, TypedFunc};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::WasiCtx;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -64,13 +63,7 @@ impl Guest {
                 filecache_host::add_to_linker(&mut linker, view).expect("the cache links");
             }
         }
-        let host = Host::new(
-            WasiCtx::builder().inherit_stderr().build(),
-            FileCacheCtx::builder()
-                .namespace(ns.clone())
-                .build()
-                .expect("a context"),
-        );
+        let host = Host::over(ns);
         let mut store = Store::new(&engine, host);
         let instance = if mode == Mode::Sync {
             linker.instantiate(&mut store, &component)

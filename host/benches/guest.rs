@@ -15,7 +15,6 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use filecache_host::{FileCache, FileCacheCtx, Key, Namespace, NamespaceOptions};
 use wasmtime::component::{Component, Linker, TypedFunc};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::WasiCtx;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -38,13 +37,7 @@ impl Guest {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI links");
         filecache_host::add_to_linker(&mut linker, view).expect("the cache links");
         let component = Component::from_file(&engine, filecache_tests::bench_wasm()).expect("the bench guest compiles");
-        let host = Host::new(
-            WasiCtx::builder().inherit_stderr().build(),
-            FileCacheCtx::builder()
-                .namespace(ns.clone())
-                .build()
-                .expect("a context"),
-        );
+        let host = Host::over(ns);
         let mut store = Store::new(&engine, host);
         let instance = linker
             .instantiate(&mut store, &component)

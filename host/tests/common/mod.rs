@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each includer uses what it needs
 
 use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
-use filecache_host::{FileCacheCtx, FileCacheView};
+use filecache_host::{FileCacheCtx, FileCacheView, Namespace};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -39,6 +39,17 @@ impl<C: Send> WasiView for Host<C> {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl Host<FileCacheCtx> {
+    /// A guest of the cache interface over `namespace`, its standard error inherited.
+    pub fn over(namespace: &Namespace) -> Host<FileCacheCtx> {
+        let ctx = FileCacheCtx::builder()
+            .namespace(namespace.clone())
+            .build()
+            .expect("a context");
+        Host::new(WasiCtx::builder().inherit_stderr().build(), ctx)
     }
 }
 
