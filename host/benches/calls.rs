@@ -10,29 +10,15 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use filecache_host::{FileCache, FileCacheCtx, FileCacheView, Key, Namespace, NamespaceOptions};
-use wasmtime::component::{Component, Linker, ResourceTable, TypedFunc};
+use filecache_host::{FileCache, FileCacheCtx, Key, Namespace, NamespaceOptions};
+use wasmtime::component::{Component, Linker, TypedFunc};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-struct Host {
-    wasi: WasiCtx,
-    cache: FileCacheCtx,
-    table: ResourceTable,
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-fn view(h: &mut Host) -> FileCacheView<'_> {
-    FileCacheView::new(&h.cache, &mut h.table)
-}
+type Host = common::Host<FileCacheCtx>;
+use common::cache_view as view;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -77,14 +63,7 @@ impl Guest {
                 filecache_host::add_to_linker(&mut linker, view).expect("the cache links");
             }
         }
-        let host = Host {
-            wasi: WasiCtx::builder().inherit_stderr().build(),
-            cache: FileCacheCtx::builder()
-                .namespace(ns.clone())
-                .build()
-                .expect("a context"),
-            table: ResourceTable::new(),
-        };
+        let host = Host::over(ns);
         let mut store = Store::new(&engine, host);
         let instance = if mode == Mode::Sync {
             linker.instantiate(&mut store, &component)

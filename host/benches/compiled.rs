@@ -47,25 +47,25 @@ fn loads(c: &mut Criterion) {
             b.iter(|| Component::from_binary(&builtin, &wasm).unwrap())
         });
         ComponentCache::new(&cache, &plain, CompiledOptions::default())
-            .load_component(&wasm)
+            .load::<Component>(&wasm)
             .unwrap();
         // Let the file's timestamps age past the "racy" window so its digest is remembered.
         std::thread::sleep(Duration::from_millis(2100));
         ComponentCache::new(&cache, &plain, CompiledOptions::default())
-            .load_component_file(path)
+            .load_file::<Component>(path)
             .unwrap();
         // A fresh ComponentCache per load: nothing in memory, as in a new process.
         g.bench_function(BenchmarkId::new("filecache hit (file)", &label), |b| {
             b.iter(|| {
                 ComponentCache::new(&cache, &plain, CompiledOptions::default())
-                    .load_component_file(path)
+                    .load_file::<Component>(path)
                     .unwrap()
             })
         });
         g.bench_function(BenchmarkId::new("filecache hit (bytes, hashed)", &label), |b| {
             b.iter(|| {
                 ComponentCache::new(&cache, &plain, CompiledOptions::default())
-                    .load_component(&wasm)
+                    .load::<Component>(&wasm)
                     .unwrap()
             })
         });

@@ -12,27 +12,17 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use filecache_host::{FileCache, FileCacheCtx, FileCacheView, Key, Namespace, NamespaceOptions};
-use wasmtime::component::{Component, Linker, ResourceTable, TypedFunc};
+use filecache_host::{FileCache, FileCacheCtx, Key, Namespace, NamespaceOptions};
+use wasmtime::component::{Component, Linker, TypedFunc};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+type Host = common::Host<FileCacheCtx>;
+use common::cache_view as view;
 
 const SIZES: [u64; 4] = [1 << 10, 64 << 10, 1 << 20, 64 << 20];
-
-struct Host {
-    wasi: WasiCtx,
-    cache: FileCacheCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
 
 struct Guest {
     store: Store<Host>,
@@ -45,17 +35,9 @@ impl Guest {
         let engine = Engine::default();
         let mut linker = Linker::<Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI links");
-        filecache_host::add_to_linker(&mut linker, |h: &mut Host| FileCacheView::new(&h.cache, &mut h.table))
-            .expect("the cache links");
+        filecache_host::add_to_linker(&mut linker, view).expect("the cache links");
         let component = Component::from_file(&engine, filecache_tests::bench_wasm()).expect("the bench guest compiles");
-        let host = Host {
-            wasi: WasiCtx::builder().inherit_stderr().build(),
-            cache: FileCacheCtx::builder()
-                .namespace(ns.clone())
-                .build()
-                .expect("a context"),
-            table: ResourceTable::new(),
-        };
+        let host = Host::over(ns);
         let mut store = Store::new(&engine, host);
         let instance = linker
             .instantiate(&mut store, &component)

@@ -27,28 +27,24 @@ use filecache_host::kv::Bucket;
 use filecache_host::{FileCache, NamespaceOptions};
 use wasmtime::component::{Component, HasData, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store};
+use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_keyvalue::{WasiKeyValue, WasiKeyValueCtx, WasiKeyValueCtxBuilder};
 
 /// Runs per cell, unless `FILECACHE_BENCH_RUNS` says otherwise.
 const RUNS: usize = 7;
 
-struct Host {
-    wasi: WasiCtx,
-    table: ResourceTable,
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+/// The store data: the context of the store the guest runs against.
+type Host = common::Host<Stores>;
+
+#[derive(Default)]
+struct Stores {
     filecache: Option<KeyValueCtx>,
     memory: Option<WasiKeyValueCtx>,
     sqlite: Option<rusqlite::Connection>,
-}
-
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
 }
 
 /// `wasi:keyvalue@0.2.0-draft` over SQLite, as a host would write it with rusqlite.
@@ -203,7 +199,7 @@ mod sqlite {
     pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         fn view(h: &mut Host) -> View<'_> {
             View {
-                conn: h.sqlite.as_ref().expect("a connection"),
+                conn: h.ctx.sqlite.as_ref().expect("a connection"),
                 table: &mut h.table,
             }
         }
@@ -247,10 +243,10 @@ impl Bench {
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI links");
             match backend {
                 Backend::Filecache => filecache_host::keyvalue::add_to_linker(&mut linker, |h: &mut Host| {
-                    KeyValueView::new(h.filecache.as_ref().expect("a context"), &mut h.table)
+                    KeyValueView::new(h.ctx.filecache.as_ref().expect("a context"), &mut h.table)
                 }),
                 Backend::Memory => wasmtime_wasi_keyvalue::add_to_linker(&mut linker, |h: &mut Host| {
-                    WasiKeyValue::new(h.memory.as_ref().expect("a context"), &mut h.table)
+                    WasiKeyValue::new(h.ctx.memory.as_ref().expect("a context"), &mut h.table)
                 }),
                 Backend::Sqlite => sqlite::add_to_linker(&mut linker),
             }
@@ -277,23 +273,17 @@ impl Bench {
         let stdout = MemoryOutputPipe::new(1 << 10);
         let mut wasi = WasiCtx::builder();
         wasi.arg("keyvalue").args(args).stdout(stdout.clone()).inherit_stderr();
-        let mut host = Host {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            filecache: None,
-            memory: None,
-            sqlite: None,
-        };
+        let mut host = Host::new(wasi.build(), Stores::default());
         match backend {
             Backend::Filecache => {
                 let cache = FileCache::open(self.dir.path().join("filecache")).expect("a cache");
                 let ns = cache
                     .namespace("bench", NamespaceOptions::default())
                     .expect("a namespace");
-                host.filecache = Some(KeyValueCtx::builder().bucket(Bucket::new(ns)).build());
+                host.ctx.filecache = Some(KeyValueCtx::builder().bucket(Bucket::new(ns)).build());
             }
-            Backend::Memory => host.memory = Some(WasiKeyValueCtxBuilder::new().build()),
-            Backend::Sqlite => host.sqlite = Some(sqlite::open(&self.dir.path().join("kv.sqlite"))),
+            Backend::Memory => host.ctx.memory = Some(WasiKeyValueCtxBuilder::new().build()),
+            Backend::Sqlite => host.ctx.sqlite = Some(sqlite::open(&self.dir.path().join("kv.sqlite"))),
         }
         let mut store = Store::new(&self.engine, host);
         let command = wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, &self.component, linker)

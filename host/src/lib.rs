@@ -131,6 +131,7 @@ pub mod bindings;
 pub mod compiled;
 #[cfg(feature = "keyvalue")]
 pub mod keyvalue;
+mod run;
 
 pub use bindings::{
     BuildError, CacheError, FileCacheCtx, FileCacheCtxBuilder, FileCacheView, HandleBudget, add_to_linker,

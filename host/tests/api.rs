@@ -7,7 +7,7 @@ use filecache_host::bindings::BuildError;
 use filecache_host::compiled::{CompiledOptions, ComponentCache, Source};
 use filecache_host::{FileCache, FileCacheCtx, NamespaceOptions};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, Module, Store};
 
 fn namespace(tmp: &tempfile::TempDir) -> filecache_host::Namespace {
     FileCache::open(tmp.path())
@@ -135,49 +135,49 @@ fn every_load_returns_the_component_and_its_source() {
     std::fs::write(plugins.join("c.wasm"), component_wat(3)).unwrap();
     let fresh = || ComponentCache::new(&cache, &engine, CompiledOptions::default());
 
-    let (c, s): (Component, Source) = fresh().load_component(&component_wat(4)).unwrap();
+    let (c, s): (Component, Source) = fresh().load::<Component>(&component_wat(4)).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 4));
-    let (c, s) = fresh().load_component(&component_wat(4)).unwrap();
+    let (c, s) = fresh().load::<Component>(&component_wat(4)).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 4));
 
-    let (c, s) = fresh().load_component_file(plugins.join("a.wasm")).unwrap();
+    let (c, s) = fresh().load_file::<Component>(plugins.join("a.wasm")).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 1));
-    let (c, s) = fresh().load_component_file(plugins.join("a.wasm")).unwrap();
+    let (c, s) = fresh().load_file::<Component>(plugins.join("a.wasm")).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 1));
 
     let dir = Dir::open_ambient_dir(&plugins, ambient_authority()).unwrap();
-    let (c, s) = fresh().load_component_file_at(&dir, "b.wasm").unwrap();
+    let (c, s) = fresh().load_file_at::<Component>(&dir, "b.wasm").unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 2));
     let shared = fresh();
-    let (c, s) = shared.load_component_file_at(&dir, "b.wasm").unwrap();
+    let (c, s) = shared.load_file_at::<Component>(&dir, "b.wasm").unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 2));
-    let (_, s) = shared.load_component_file_at(&dir, "b.wasm").unwrap();
+    let (_, s) = shared.load_file_at::<Component>(&dir, "b.wasm").unwrap();
     assert_eq!(s, Source::Memory);
     // The directory handle is a capability: nothing outside it can be named.
     std::fs::write(tmp.path().join("outside.wasm"), component_wat(9)).unwrap();
-    let err = fresh().load_component_file_at(&dir, "../outside.wasm").unwrap_err();
+    let err = fresh().load_file_at::<Component>(&dir, "../outside.wasm").unwrap_err();
     assert!(format!("{err:#}").contains("outside.wasm"), "{err:#}");
 
     // An open file, read from its start whatever its position.
     let mut file = std::fs::File::open(plugins.join("c.wasm")).unwrap();
     std::io::Read::read_exact(&mut file, &mut [0u8; 4]).unwrap();
-    let (c, s) = fresh().load_component_open_file(&file).unwrap();
+    let (c, s) = fresh().load_open_file::<Component>(&file).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 3));
-    let (c, s) = fresh().load_component_open_file(&file).unwrap();
+    let (c, s) = fresh().load_open_file::<Component>(&file).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 3));
 
     // Modules have the same four.
     let module = wat::parse_str(r#"(module (func (export "f") (result i32) i32.const 5))"#).unwrap();
     std::fs::write(plugins.join("m.wasm"), &module).unwrap();
-    let (_, s) = fresh().load_module(&module).unwrap();
+    let (_, s) = fresh().load::<Module>(&module).unwrap();
     assert_eq!(s, Source::Compiled);
     assert_eq!(
-        fresh().load_module_file(plugins.join("m.wasm")).unwrap().1,
+        fresh().load_file::<Module>(plugins.join("m.wasm")).unwrap().1,
         Source::Disk
     );
-    assert_eq!(fresh().load_module_file_at(&dir, "m.wasm").unwrap().1, Source::Disk);
+    assert_eq!(fresh().load_file_at::<Module>(&dir, "m.wasm").unwrap().1, Source::Disk);
     let file = std::fs::File::open(plugins.join("m.wasm")).unwrap();
-    assert_eq!(fresh().load_module_open_file(&file).unwrap().1, Source::Disk);
+    assert_eq!(fresh().load_open_file::<Module>(&file).unwrap().1, Source::Disk);
 }
 
 /// `with_remote` cannot silently keep another tier: on a cache (or a clone) that has one, it

@@ -4,39 +4,18 @@
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use filecache_host::{FileCache, FileCacheCtx, FileCacheView, NamespaceOptions};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use filecache_host::{FileCache, FileCacheCtx, NamespaceOptions};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-struct Host {
-    wasi: WasiCtx,
-    cache: FileCacheCtx,
-    table: ResourceTable,
-}
+mod common;
 
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
+type Host = common::Host<FileCacheCtx>;
+use common::cache_view as view;
 
 fn host(cache: FileCacheCtx, args: &[&str], stdout: &MemoryOutputPipe) -> Host {
-    let mut wasi = WasiCtx::builder();
-    wasi.arg("contract").args(args).stdout(stdout.clone()).inherit_stderr();
-    Host {
-        wasi: wasi.build(),
-        cache,
-        table: ResourceTable::new(),
-    }
-}
-
-fn view(h: &mut Host) -> FileCacheView<'_> {
-    FileCacheView::new(&h.cache, &mut h.table)
+    Host::with_args("contract", args, stdout, cache)
 }
 
 #[test]
@@ -59,7 +38,7 @@ fn sync_embedding_runs_the_contract() {
         assert_eq!(result, Ok(()), "{args:?}");
         let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
         assert!(out.contains(&format!("ok {}", args[0])), "{out}");
-        assert_eq!(store.data().cache.open_handles(), 0, "every handle was given back");
+        assert_eq!(store.data().ctx.open_handles(), 0, "every handle was given back");
     }
 }
 
@@ -95,7 +74,7 @@ async fn async_embedding_runs_the_contract() {
         assert_eq!(result, Ok(()), "{args:?}");
         let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
         assert!(out.contains(&format!("ok {}", args[0])), "{out}");
-        assert_eq!(store.data().cache.open_handles(), 0, "every handle was given back");
+        assert_eq!(store.data().ctx.open_handles(), 0, "every handle was given back");
     }
 }
 

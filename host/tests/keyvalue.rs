@@ -2,41 +2,20 @@
 //! `filecache_host::keyvalue::add_to_linker` (synchronously) and `add_to_linker_async` (on
 //! tokio, the store's work on blocking threads).
 
-use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
+use filecache_host::keyvalue::KeyValueCtx;
 use filecache_host::kv::Bucket;
 use filecache_host::{FileCache, NamespaceOptions};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-struct Host {
-    wasi: WasiCtx,
-    kv: KeyValueCtx,
-    table: ResourceTable,
-}
+mod common;
 
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-fn view(h: &mut Host) -> KeyValueView<'_> {
-    KeyValueView::new(&h.kv, &mut h.table)
-}
+type Host = common::Host<KeyValueCtx>;
+use common::kv_view as view;
 
 fn host(kv: KeyValueCtx, args: &[&str], stdout: &MemoryOutputPipe) -> Host {
-    let mut wasi = WasiCtx::builder();
-    wasi.arg("keyvalue").args(args).stdout(stdout.clone()).inherit_stderr();
-    Host {
-        wasi: wasi.build(),
-        kv,
-        table: ResourceTable::new(),
-    }
+    Host::with_args("keyvalue", args, stdout, kv)
 }
 
 fn ctx_in(cache: &FileCache, namespace: &str) -> KeyValueCtx {

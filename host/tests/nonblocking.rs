@@ -12,34 +12,20 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use filecache_host::{FileCache, FileCacheCtx, FileCacheView, Namespace, NamespaceOptions};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use filecache_host::{FileCache, FileCacheCtx, Namespace, NamespaceOptions};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::WasiCtx;
+
+mod common;
+
+type Host = common::Host<FileCacheCtx>;
+use common::cache_view as view;
 
 /// How long each remote operation waits for the silent server. A blocked worker stalls the
 /// ticker for at least this long; the async runs must keep every gap under half of it, a margin
 /// (300 ms) that a loaded machine's scheduling does not reach.
 const STALL: Duration = Duration::from_millis(600);
-
-struct Host {
-    wasi: WasiCtx,
-    cache: FileCacheCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-fn view(h: &mut Host) -> FileCacheView<'_> {
-    FileCacheView::new(&h.cache, &mut h.table)
-}
 
 /// The real remote tier in front of `local`, on the silent server at `port`.
 #[cfg(feature = "remote")]
@@ -145,11 +131,7 @@ impl Setup {
         let (engine, component, linker) = (self.engine.clone(), self.component.clone(), self.linker.clone());
         let ctx = FileCacheCtx::builder().store(self.store.clone()).build().unwrap();
         async move {
-            let host = Host {
-                wasi: WasiCtx::builder().inherit_stderr().build(),
-                cache: ctx,
-                table: ResourceTable::new(),
-            };
+            let host = Host::new(WasiCtx::builder().inherit_stderr().build(), ctx);
             let mut store = Store::new(&engine, host);
             let instance = linker.instantiate_async(&mut store, &component).await.unwrap();
             let prepare = instance.get_typed_func::<(u64,), ()>(&mut store, "prepare").unwrap();

@@ -50,7 +50,7 @@ impl IncrementalCache {
         }))
     }
 
-    pub(super) fn entry_key(key: &[u8]) -> Key {
+    fn entry_key(key: &[u8]) -> Key {
         Key::digest([FORMAT, key].concat())
     }
 
@@ -133,5 +133,25 @@ mod tests {
             Some(&v1[..]),
             "the genuine record still verifies"
         );
+    }
+
+    #[test]
+    fn incremental_entries_are_authenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::open(dir.path()).unwrap();
+        let store = IncrementalCache::open(&cache, 1 << 20).unwrap();
+        assert!(store.insert(b"k1", b"native code".to_vec()));
+        assert_eq!(store.get(b"k1").as_deref(), Some(&b"native code"[..]));
+        assert_eq!(store.get(b"k2"), None);
+        // Tamper with the stored value (the store's CRC is recomputed, the MAC cannot be).
+        let ns = cache
+            .reserved_namespace(INCREMENTAL_NAMESPACE, NamespaceOptions::default())
+            .unwrap();
+        let k = IncrementalCache::entry_key(b"k1");
+        let mut record = ns.get(&k).unwrap().unwrap();
+        *record.last_mut().unwrap() ^= 1;
+        ns.add(&k, &record).unwrap();
+        assert_eq!(store.get(b"k1"), None);
+        assert!(!ns.contains(&k).unwrap(), "removed");
     }
 }

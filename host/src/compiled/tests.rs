@@ -1,21 +1,57 @@
 //! Tests of the compiled cache on real files, with real engines and components.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-#[cfg(feature = "incremental")]
-use wasmtime::CacheStore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
+use super::artifact::ARTIFACT_HEADER;
+use super::memo::{file_identity, verified_key};
 use super::*;
+use crate::NamespaceOptions;
 
-thread_local! {
-    /// How many artifact MACs this thread computed (the compiled cache counts them in tests).
-    pub(super) static MACS_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+/// The racy window in tests (`CompiledOptions::racy`): a file changed more recently than this is
+/// not remembered.
+const RACY: Duration = Duration::from_millis(300);
+
+/// How many artifact MACs `cc` computed.
+fn macs_checked(cc: &ComponentCache) -> u64 {
+    cc.inner.macs_checked.load(Ordering::Relaxed)
 }
 
-fn macs_checked() -> u64 {
-    MACS_CHECKED.with(|n| n.get())
+/// A stand-in for the platform's mapping (through the `Mapper` seam), each pretence on while a
+/// test runs a closure: every file on a filesystem that is not local; no `/proc` (wasmtime
+/// cannot open an artifact file again); every attempt to open one again failing with `EMFILE`
+/// (too many open files: a failure that passes).
+#[derive(Default)]
+struct Pretend {
+    not_local: std::sync::atomic::AtomicBool,
+    no_proc: std::sync::atomic::AtomicBool,
+    transient: std::sync::atomic::AtomicBool,
+}
+
+impl Mapper for Pretend {
+    fn can_map(&self, file: &File) -> bool {
+        !self.not_local.load(Ordering::Relaxed) && Native.can_map(file)
+    }
+
+    fn can_reopen(&self) -> bool {
+        !self.no_proc.load(Ordering::Relaxed) && Native.can_reopen()
+    }
+
+    unsafe fn deserialize_open(&self, engine: &Engine, kind: Kind, file: &File) -> wasmtime::Result<Artifact> {
+        if self.no_proc.load(Ordering::Relaxed) {
+            return Err(wasmtime::Error::msg("pretending there is no /proc"));
+        }
+        if self.transient.load(Ordering::Relaxed) {
+            return Err(wasmtime::Error::new(std::io::Error::from_raw_os_error(
+                rustix::io::Errno::MFILE.raw_os_error(),
+            )));
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { Native.deserialize_open(engine, kind, file) }
+    }
 }
 
 /// A component exporting `answer: func() -> u32` that returns `n`.
@@ -43,22 +79,57 @@ fn answer(engine: &Engine, component: &Component) -> u32 {
 struct Fixture {
     dir: tempfile::TempDir,
     cache: FileCache,
+    pretend: Arc<Pretend>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let cache = FileCache::open(dir.path().join("cache")).unwrap();
-        Fixture { dir, cache }
+        Fixture {
+            dir,
+            cache,
+            pretend: Arc::default(),
+        }
+    }
+    /// The options of the fixture's caches: the default, with the tests' racy window.
+    fn options() -> CompiledOptions {
+        CompiledOptions {
+            racy: RACY,
+            ..CompiledOptions::default()
+        }
     }
     /// A fresh `ComponentCache`: nothing in memory, as in a new process.
     fn compiled(&self, engine: &Engine) -> ComponentCache {
-        ComponentCache::new(&self.cache, engine, CompiledOptions::default())
+        self.compiled_with(engine, Fixture::options())
+    }
+    /// A fresh `ComponentCache` with `options`.
+    fn compiled_with(&self, engine: &Engine, options: CompiledOptions) -> ComponentCache {
+        ComponentCache::with_mapper(&self.cache, engine, options, self.pretend.clone())
+    }
+    /// Runs `f` with the pretence `flag` of the fixture's caches on.
+    fn pretending<T>(&self, flag: fn(&Pretend) -> &std::sync::atomic::AtomicBool, f: impl FnOnce() -> T) -> T {
+        flag(&self.pretend).store(true, Ordering::Relaxed);
+        let r = f();
+        flag(&self.pretend).store(false, Ordering::Relaxed);
+        r
+    }
+    /// Runs `f` as if every file were on a filesystem that is not local.
+    fn pretending_not_local<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.pretending(|p| &p.not_local, f)
+    }
+    /// Runs `f` as if `/proc` were not mounted.
+    fn pretending_no_proc<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.pretending(|p| &p.no_proc, f)
+    }
+    /// Runs `f` as if every attempt to open an artifact file again failed with `EMFILE`.
+    fn pretending_transient_failure<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.pretending(|p| &p.transient, f)
     }
     /// Compiles `wasm` into the cache, as a first run does, and returns its artifact's key.
     fn stored(&self, engine: &Engine, wasm: &[u8]) -> Key {
         let cc = self.compiled(engine);
-        cc.load_component(wasm).unwrap();
+        cc.load::<Component>(wasm).unwrap();
         cc.key(Kind::Component, wasm)
     }
     fn artifact_path(&self, key: &Key) -> std::path::PathBuf {
@@ -77,11 +148,11 @@ fn compiles_once_then_maps_the_stored_artifact() {
     let f = Fixture::new();
     let engine = engine();
     let wasm = component_wat(7);
-    let (compiled, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+    let (compiled, s) = f.compiled(&engine).load::<Component>(&wasm).unwrap();
     assert_eq!((s, answer(&engine, &compiled)), (Source::Compiled, 7));
 
     let cc = f.compiled(&engine);
-    let (c, s) = cc.load_component(&wasm).unwrap();
+    let (c, s) = cc.load::<Component>(&wasm).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 7));
     let key = cc.key(Kind::Component, &wasm);
     #[cfg(target_os = "linux")]
@@ -90,7 +161,7 @@ fn compiles_once_then_maps_the_stored_artifact() {
         "a hit maps the artifact's file"
     );
     // The same cache again: the component in memory.
-    assert_eq!(cc.load_component(&wasm).unwrap().1, Source::Memory);
+    assert_eq!(cc.load::<Component>(&wasm).unwrap().1, Source::Memory);
     let counts = cc.counts();
     assert_eq!((counts.hits, counts.misses, counts.rejected), (1, 1, 0));
 
@@ -104,22 +175,8 @@ fn compiles_once_then_maps_the_stored_artifact() {
     );
 
     // Another component is another key.
-    let (c, s) = cc.load_component(&component_wat(8)).unwrap();
+    let (c, s) = cc.load::<Component>(&component_wat(8)).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 8));
-}
-
-#[test]
-#[allow(deprecated)]
-fn an_engine_configured_as_before_still_loads() {
-    // `configure` once installed a code-memory hook that mapped loads needed; it does nothing now.
-    let f = Fixture::new();
-    let mut config = Config::new();
-    configure(&mut config);
-    let configured = Engine::new(&config).unwrap();
-    let wasm = component_wat(9);
-    f.compiled(&configured).load_component(&wasm).unwrap();
-    let (c, s) = f.compiled(&configured).load_component(&wasm).unwrap();
-    assert_eq!((s, answer(&configured, &c)), (Source::Disk, 9));
 }
 
 #[test]
@@ -127,9 +184,9 @@ fn modules_are_cached_apart_from_components() {
     let f = Fixture::new();
     let engine = engine();
     let wasm = wat::parse_str("(module (func (export \"f\") (result i32) i32.const 5))").unwrap();
-    f.compiled(&engine).load_module(&wasm).unwrap();
+    f.compiled(&engine).load::<Module>(&wasm).unwrap();
     let cc = f.compiled(&engine);
-    let (m, _) = cc.load_module(&wasm).unwrap();
+    let (m, _) = cc.load::<Module>(&wasm).unwrap();
     let mut store = Store::new(&engine, ());
     let i = wasmtime::Instance::new(&mut store, &m, &[]).unwrap();
     assert_eq!(
@@ -168,7 +225,7 @@ fn damaged_artifacts_are_rejected_and_recompiled() {
         let mut bad = good.clone();
         bad[at] ^= 0x20;
         std::fs::write(&path, &bad).unwrap();
-        let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+        let (c, s) = f.compiled(&engine).load::<Component>(&wasm).unwrap();
         assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 11), "flip at {at}");
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -178,7 +235,7 @@ fn damaged_artifacts_are_rejected_and_recompiled() {
     }
     for len in (0..good.len()).step_by(211) {
         std::fs::write(&path, &good[..len]).unwrap();
-        let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+        let (c, s) = f.compiled(&engine).load::<Component>(&wasm).unwrap();
         assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 11), "truncated to {len}");
     }
 }
@@ -216,8 +273,8 @@ fn an_artifact_made_under_another_secret_is_rejected_before_deserializing() {
     let (a, b) = (Fixture::new(), Fixture::new());
     let engine = engine();
     let wasm = component_wat(13);
-    a.compiled(&engine).load_component(&wasm).unwrap();
-    b.compiled(&engine).load_component(&component_wat(14)).unwrap(); // creates b's secret
+    a.compiled(&engine).load::<Component>(&wasm).unwrap();
+    b.compiled(&engine).load::<Component>(&component_wat(14)).unwrap(); // creates b's secret
     let key = a.compiled(&engine).key(Kind::Component, &wasm);
     std::fs::create_dir_all(b.artifact_path(&key).parent().unwrap()).unwrap();
     std::fs::copy(a.artifact_path(&key), b.artifact_path(&key)).unwrap();
@@ -231,7 +288,7 @@ fn an_artifact_made_under_another_secret_is_rejected_before_deserializing() {
         "the planted entry passes the store's own checks"
     );
 
-    let ((c, s), log) = logged(|| b.compiled(&engine).load_component(&wasm).unwrap());
+    let ((c, s), log) = logged(|| b.compiled(&engine).load::<Component>(&wasm).unwrap());
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 13));
     assert!(log.contains("not authenticated by this cache's secret"), "{log}");
     assert!(
@@ -256,11 +313,11 @@ fn an_artifact_of_another_engine_configuration_is_deleted_and_recompiled() {
     let key = cc.key(Kind::Component, &wasm);
     cc.inner.store(Kind::Component, &key, &Artifact::Component(foreign));
 
-    let ((c, s), log) = logged(|| f.compiled(&engine).load_component(&wasm).unwrap());
+    let ((c, s), log) = logged(|| f.compiled(&engine).load::<Component>(&wasm).unwrap());
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 17));
     assert!(log.contains("does not load on this engine"), "{log}");
     // Replaced by this engine's own artifact, which now loads.
-    assert_eq!(f.compiled(&engine).load_component(&wasm).unwrap().1, Source::Disk);
+    assert_eq!(f.compiled(&engine).load::<Component>(&wasm).unwrap().1, Source::Disk);
 }
 
 #[test]
@@ -271,7 +328,7 @@ fn concurrent_loads_of_one_component_compile_it_once() {
     let cc = f.compiled(&engine);
     let sources: Vec<Source> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| cc.load_component(&wasm).unwrap().1))
+            .map(|_| s.spawn(|| cc.load::<Component>(&wasm).unwrap().1))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -301,9 +358,9 @@ fn verified_artifacts_are_remembered_by_identity_and_any_change_is_still_caught(
     let key = f.stored(&engine, &wasm);
     let path = f.artifact_path(&key);
     let load = || {
-        let before = macs_checked();
-        let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
-        (s, answer(&engine, &c), macs_checked() - before)
+        let cc = f.compiled(&engine);
+        let (c, s) = cc.load::<Component>(&wasm).unwrap();
+        (s, answer(&engine, &c), macs_checked(&cc))
     };
 
     // Old enough that its timestamps can be trusted: verified once more, then remembered.
@@ -353,7 +410,7 @@ fn component_files_are_remembered_by_identity_and_rehashed_when_changed() {
     let old = std::time::SystemTime::now() - Duration::from_secs(60);
     age(&path, old);
     assert_eq!(
-        f.compiled(&engine).load_component_file(&path).unwrap().1,
+        f.compiled(&engine).load_file::<Component>(&path).unwrap().1,
         Source::Compiled
     );
     let digests = f
@@ -361,14 +418,14 @@ fn component_files_are_remembered_by_identity_and_rehashed_when_changed() {
         .reserved_namespace(DIGESTS_NAMESPACE, NamespaceOptions::default())
         .unwrap();
     assert_eq!(digests.scan(0).unwrap().entries, 1, "the digest is remembered");
-    let (c, s) = f.compiled(&engine).load_component_file(&path).unwrap();
+    let (c, s) = f.compiled(&engine).load_file::<Component>(&path).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 21));
 
     // Rewritten in place (same inode) with other code, even with the old mtime put back: the
     // change time differs, so it is hashed again.
     std::fs::write(&path, component_wat(22)).unwrap();
     age(&path, old);
-    let (c, s) = f.compiled(&engine).load_component_file(&path).unwrap();
+    let (c, s) = f.compiled(&engine).load_file::<Component>(&path).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 22));
     assert_eq!(
         digests.scan(0).unwrap().entries,
@@ -378,7 +435,7 @@ fn component_files_are_remembered_by_identity_and_rehashed_when_changed() {
 
     // A file changed just now is not remembered (its timestamps may not show the next change).
     std::fs::write(&path, component_wat(23)).unwrap();
-    f.compiled(&engine).load_component_file(&path).unwrap();
+    f.compiled(&engine).load_file::<Component>(&path).unwrap();
     assert_eq!(digests.scan(0).unwrap().entries, 2);
 
     // A forged memo (a digest record without the MAC) is ignored.
@@ -388,29 +445,8 @@ fn component_files_are_remembered_by_identity_and_rehashed_when_changed() {
     let mut forged = record.to_vec();
     forged.extend_from_slice(&[0u8; 32]);
     digests.add(&file_identity(&meta).unwrap().0, &forged).unwrap();
-    let (c, _) = f.compiled(&engine).load_component_file(&path).unwrap();
+    let (c, _) = f.compiled(&engine).load_file::<Component>(&path).unwrap();
     assert_eq!(answer(&engine, &c), 23);
-}
-
-#[test]
-#[cfg(feature = "incremental")]
-fn incremental_entries_are_authenticated() {
-    let f = Fixture::new();
-    let store = IncrementalCache::open(&f.cache, 1 << 20).unwrap();
-    assert!(store.insert(b"k1", b"native code".to_vec()));
-    assert_eq!(store.get(b"k1").as_deref(), Some(&b"native code"[..]));
-    assert_eq!(store.get(b"k2"), None);
-    // Tamper with the stored value (the store's CRC is recomputed, the MAC cannot be).
-    let ns = f
-        .cache
-        .reserved_namespace(INCREMENTAL_NAMESPACE, NamespaceOptions::default())
-        .unwrap();
-    let k = IncrementalCache::entry_key(b"k1");
-    let mut record = ns.get(&k).unwrap().unwrap();
-    *record.last_mut().unwrap() ^= 1;
-    ns.add(&k, &record).unwrap();
-    assert_eq!(store.get(b"k1"), None);
-    assert!(!ns.contains(&k).unwrap(), "removed");
 }
 
 /// The inode number of the file at `path`.
@@ -442,12 +478,12 @@ fn mapped_compiled_code_is_unmapped_once_nothing_made_from_it_lives() {
     let key = f.stored(&engine, &wasm);
     let ino = inode(f.artifact_path(&key));
     for _ in 0..20 {
-        let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+        let (c, s) = f.compiled(&engine).load::<Component>(&wasm).unwrap();
         assert_eq!((s, answer(&engine, &c)), (Source::Disk, 31));
     }
     assert_eq!(mapped_lines(ino), 0, "20 caches, one after another, left mappings");
     let live: Vec<_> = (0..3)
-        .map(|_| f.compiled(&engine).load_component(&wasm).unwrap().0)
+        .map(|_| f.compiled(&engine).load::<Component>(&wasm).unwrap().0)
         .collect();
     for c in &live {
         assert_eq!(answer(&engine, c), 31);
@@ -486,7 +522,7 @@ fn the_initial_memory_of_a_loaded_component_is_mapped_from_the_artifact_file() {
     let wasm = component_with_data(len);
     let key = f.stored(&engine, &wasm);
     let ino = inode(f.artifact_path(&key));
-    let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+    let (c, s) = f.compiled(&engine).load::<Component>(&wasm).unwrap();
     assert_eq!(s, Source::Disk);
     let loaded = mapped_lines(ino);
     let mut store = Store::new(&engine, ());
@@ -517,7 +553,7 @@ fn mapped_compiled_code_an_artifact_rejected_before_or_by_deserializing_is_not_l
     bytes[100] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
     let ino = inode(&path);
-    let (_, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+    let (_, s) = f.compiled(&engine).load::<Component>(&wasm).unwrap();
     assert_eq!(s, Source::Compiled, "the damaged artifact was rejected");
     assert_eq!(mapped_lines(ino), 0, "a rejected artifact stays mapped");
 
@@ -525,7 +561,7 @@ fn mapped_compiled_code_an_artifact_rejected_before_or_by_deserializing_is_not_l
     let cc = f.compiled(&engine);
     cc.inner.store_bytes(Kind::Component, &key, &vec![0x5a; 3 * 4096]);
     let ino = inode(&path);
-    let ((_, s), log) = logged(|| cc.load_component(&wasm).unwrap());
+    let ((_, s), log) = logged(|| cc.load::<Component>(&wasm).unwrap());
     assert_eq!(s, Source::Compiled, "the garbage artifact was rejected");
     assert!(log.contains("does not load on this engine"), "{log}");
     assert_eq!(mapped_lines(ino), 0, "an artifact wasmtime refused stays mapped");
@@ -537,9 +573,9 @@ fn mapped_compiled_code_only_from_local_filesystems() {
     // Issue 11 finding 7: on NFS, SMB, FUSE, 9p or overlayfs a mapped page may be impossible
     // to read back later (SIGBUS long after the MAC check), so artifacts there are read instead.
     let local = tempfile::tempfile().unwrap();
-    assert!(mapped::can_map(&local), "a temporary file on ext4/tmpfs is local");
+    assert!(Native.can_map(&local), "a temporary file on ext4/tmpfs is local");
     let proc = std::fs::File::open("/proc/self/stat").unwrap();
-    assert!(!mapped::can_map(&proc), "procfs is not known to be local");
+    assert!(!Native.can_map(&proc), "procfs is not known to be local");
 
     // A cache on a filesystem that is not local loads from disk without mapping.
     let f = Fixture::new();
@@ -547,10 +583,10 @@ fn mapped_compiled_code_only_from_local_filesystems() {
     let wasm = component_wat(33);
     let key = f.stored(&engine, &wasm);
     let ino = inode(f.artifact_path(&key));
-    let (c, s) = mapped::pretending_not_local(|| f.compiled(&engine).load_component(&wasm).unwrap());
+    let (c, s) = f.pretending_not_local(|| f.compiled(&engine).load::<Component>(&wasm).unwrap());
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 33));
     assert_eq!(mapped_lines(ino), 0, "mapped from a filesystem that is not local");
-    let (c, s) = f.compiled(&engine).load_component(&wasm).unwrap();
+    let (c, s) = f.compiled(&engine).load::<Component>(&wasm).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 33));
     assert!(mapped_lines(ino) > 0, "mapped from a local one");
 }
@@ -566,14 +602,14 @@ fn without_proc_a_mapped_load_falls_back_to_copying_and_rejects_nothing() {
     let key = f.stored(&engine, &wasm);
     let ino = inode(f.artifact_path(&key));
     let cc = f.compiled(&engine);
-    let ((c, s), log) = logged(|| mapped::pretending_no_proc(|| cc.load_component(&wasm).unwrap()));
+    let ((c, s), log) = logged(|| f.pretending_no_proc(|| cc.load::<Component>(&wasm).unwrap()));
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 41));
     assert!(log.contains("loading compiled code by copying"), "{log}");
     assert_eq!(mapped_lines(ino), 0, "copied, not mapped");
     assert!(!cc.inner.zero_copy.load(Ordering::Relaxed), "later loads copy at once");
-    let (c, s) = cc.load_component(&component_wat(42)).unwrap();
+    let (c, s) = cc.load::<Component>(&component_wat(42)).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 42));
-    let (c, s) = f.compiled(&engine).load_component(&component_wat(42)).unwrap();
+    let (c, s) = f.compiled(&engine).load::<Component>(&component_wat(42)).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 42));
     assert_eq!(cc.counts().rejected, 0);
 }
@@ -600,7 +636,7 @@ fn an_entry_with_its_header_first_is_not_an_artifact() {
         *b"FCACHE\r\n",
         "stored with a leading header"
     );
-    let ((c, s), log) = logged(|| f.compiled(&engine).load_component(&wasm).unwrap());
+    let ((c, s), log) = logged(|| f.compiled(&engine).load::<Component>(&wasm).unwrap());
     assert_eq!((s, answer(&engine, &c)), (Source::Compiled, 43));
     assert!(log.contains("not an artifact entry"), "{log}");
     assert_eq!(std::fs::read(&path).unwrap(), file, "stored again as an artifact entry");
@@ -633,10 +669,9 @@ fn finding_22_3_off_local_filesystems_the_mac_runs_on_every_load() {
         .unwrap();
     let remembered = || digests.scan(0).unwrap().entries;
     let load = || {
-        let before = macs_checked();
-        let ((c, s), log) =
-            logged(|| mapped::pretending_not_local(|| f.compiled(&engine).load_component(&wasm).unwrap()));
-        (s, answer(&engine, &c), macs_checked() - before, log)
+        let cc = f.compiled(&engine);
+        let ((c, s), log) = logged(|| f.pretending_not_local(|| cc.load::<Component>(&wasm).unwrap()));
+        (s, answer(&engine, &c), macs_checked(&cc), log)
     };
 
     // Not local: verified in full every time, and nothing remembered.
@@ -687,7 +722,7 @@ fn finding_22_5_a_hit_never_waits_for_the_namespace_lock_to_count_itself() {
     state.lock().unwrap();
     let cc = f.compiled(&engine);
     let start = std::time::Instant::now();
-    let (c, s) = cc.load_component(&wasm).unwrap();
+    let (c, s) = cc.load::<Component>(&wasm).unwrap();
     let took = start.elapsed();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 53));
     // The lock is waited for up to 30 s (`LOCK_WAIT`); a hit takes milliseconds.
@@ -697,7 +732,7 @@ fn finding_22_5_a_hit_never_waits_for_the_namespace_lock_to_count_itself() {
 
     // Once the lock is free, the next count takes it at once and writes both.
     state.unlock().unwrap();
-    let (_, s) = cc.load_component(&component_wat(54)).unwrap();
+    let (_, s) = cc.load::<Component>(&component_wat(54)).unwrap();
     assert_eq!(s, Source::Compiled);
     let on_disk = f.compiled(&engine).counts();
     assert_eq!((on_disk.hits, on_disk.misses), (1, 2));
@@ -714,25 +749,25 @@ fn finding_22_8_a_passing_failure_to_map_does_not_turn_zero_copy_off() {
     let key = f.stored(&engine, &a);
     f.stored(&engine, &b);
     let cc = f.compiled(&engine);
-    let (c, s) = mapped::pretending_transient_failure(|| cc.load_component(&a).unwrap());
+    let (c, s) = f.pretending_transient_failure(|| cc.load::<Component>(&a).unwrap());
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 55), "loaded by copying");
     assert!(cc.inner.zero_copy.load(Ordering::Relaxed), "zero copy stays on");
     drop(c);
     assert_eq!(mapped_lines(inode(f.artifact_path(&key))), 0, "a copy, not mapped");
     let key_b = cc.key(Kind::Component, &b);
-    let (c, s) = cc.load_component(&b).unwrap();
+    let (c, s) = cc.load::<Component>(&b).unwrap();
     assert_eq!((s, answer(&engine, &c)), (Source::Disk, 56));
     assert!(mapped_lines(inode(f.artifact_path(&key_b))) > 0, "the next load maps");
 
     // Failures that do not pass (ZERO_COPY_ATTEMPTS in a row) turn it off.
     let cc = f.compiled(&engine);
-    mapped::pretending_transient_failure(|| {
-        cc.load_component(&a).unwrap();
+    f.pretending_transient_failure(|| {
+        cc.load::<Component>(&a).unwrap();
         cc.inner.loaded.lock().unwrap().clear();
-        cc.load_component(&a).unwrap();
+        cc.load::<Component>(&a).unwrap();
         assert!(cc.inner.zero_copy.load(Ordering::Relaxed));
         cc.inner.loaded.lock().unwrap().clear();
-        cc.load_component(&a).unwrap();
+        cc.load::<Component>(&a).unwrap();
     });
     assert!(
         !cc.inner.zero_copy.load(Ordering::Relaxed),
@@ -749,9 +784,9 @@ fn finding_22_1_remembered_digests_are_bounded_in_number() {
     let engine = engine();
     let options = CompiledOptions {
         max_remembered: 8,
-        ..CompiledOptions::default()
+        ..Fixture::options()
     };
-    let cc = ComponentCache::new(&f.cache, &engine, options);
+    let cc = f.compiled_with(&engine, options);
     let digests = f
         .cache
         .reserved_namespace(DIGESTS_NAMESPACE, NamespaceOptions::default())
@@ -769,7 +804,7 @@ fn finding_22_1_remembered_digests_are_bounded_in_number() {
     std::thread::sleep(RACY + Duration::from_millis(50));
     let mut most = 0;
     for path in &paths {
-        cc.load_component_file(path).unwrap();
+        cc.load_file::<Component>(path).unwrap();
         most = most.max(digests.scan(0).unwrap().entries);
     }
     // Checked at the first record, then every 8 / 4 = 2: at most 8 + 2 between checks.

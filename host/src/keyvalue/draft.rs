@@ -3,7 +3,9 @@
 
 use wasmtime::component::Resource;
 
-use super::{BucketHandle, Error, HasKeyValue, KeyValueView, blocking, inline, work};
+use super::host::{add_to_linker_fns, store_and_batch};
+use super::{BucketHandle, KeyValueError, KeyValueView, work};
+use crate::run::{run_async, run_sync};
 
 mod sync_gen {
     wasmtime::component::bindgen!({
@@ -11,7 +13,7 @@ mod sync_gen {
         world: "wasi:keyvalue/imports",
         imports: { default: trappable },
         with: { "wasi:keyvalue/store.bucket": crate::keyvalue::BucketHandle },
-        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::Error },
+        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::KeyValueError },
     });
 }
 
@@ -21,92 +23,19 @@ mod async_gen {
         world: "wasi:keyvalue/imports",
         imports: { default: async | trappable },
         with: { "wasi:keyvalue/store.bucket": crate::keyvalue::BucketHandle },
-        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::Error },
+        trappable_error_type: { "wasi:keyvalue/store.error" => crate::keyvalue::KeyValueError },
     });
 }
 
 /// The host traits of one set of generated bindings; `$kw` is `async` or nothing, `$run` runs
-/// store work (inline, or on a blocking thread).
+/// store work (`run_sync` or `run_async`).
 macro_rules! host_impl {
     ($g:ident, [$($kw:tt)*], $run:ident) => {
-        impl $g::wasi::keyvalue::store::Host for KeyValueView<'_> {
-            $($kw)* fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, Error> {
-                self.open_bucket(&identifier)
-            }
-
-            fn convert_error(&mut self, err: Error) -> wasmtime::Result<$g::wasi::keyvalue::store::Error> {
-                use $g::wasi::keyvalue::store::Error as E;
-                match err {
-                    Error::NoSuchStore => Ok(E::NoSuchStore),
-                    Error::AccessDenied => Ok(E::AccessDenied),
-                    Error::Other(m) => Ok(E::Other(m)),
-                    Error::Trap(e) => Err(e),
-                }
-            }
-        }
-
-        impl $g::wasi::keyvalue::store::HostBucket for KeyValueView<'_> {
-            $($kw)* fn get(&mut self, b: Resource<BucketHandle>, key: String) -> Result<Option<Vec<u8>>, Error> {
-                $run!(self, b, |bucket| Ok(bucket.get(&key)?))
-            }
-
-            $($kw)* fn set(&mut self, b: Resource<BucketHandle>, key: String, value: Vec<u8>) -> Result<(), Error> {
-                $run!(self, b, |bucket| Ok(bucket.set(&key, &value)?))
-            }
-
-            $($kw)* fn delete(&mut self, b: Resource<BucketHandle>, key: String) -> Result<(), Error> {
-                $run!(self, b, |bucket| Ok(bucket.delete(&key)?))
-            }
-
-            $($kw)* fn exists(&mut self, b: Resource<BucketHandle>, key: String) -> Result<bool, Error> {
-                $run!(self, b, |bucket| Ok(bucket.exists(&key)?))
-            }
-
-            $($kw)* fn list_keys(
-                &mut self,
-                b: Resource<BucketHandle>,
-                cursor: Option<u64>,
-            ) -> Result<$g::wasi::keyvalue::store::KeyResponse, Error> {
-                let bucket = self.bucket(&b)?;
-                let page = $run!(move || Ok(bucket.list_keys(cursor.unwrap_or(0), super::PAGE_SIZE)?))?;
-                Ok($g::wasi::keyvalue::store::KeyResponse {
-                    keys: page.keys,
-                    cursor: page.next,
-                })
-            }
-
-            $($kw)* fn drop(&mut self, b: Resource<BucketHandle>) -> wasmtime::Result<()> {
-                self.table.delete(b)?;
-                self.ctx.handles.give();
-                Ok(())
-            }
-        }
+        store_and_batch!($g, [$($kw)*], $run, u64, work::position, std::convert::identity);
 
         impl $g::wasi::keyvalue::atomics::Host for KeyValueView<'_> {
-            $($kw)* fn increment(&mut self, b: Resource<BucketHandle>, key: String, delta: u64) -> Result<u64, Error> {
-                $run!(self, b, |bucket| Ok(bucket.increment_u64(&key, delta)?))
-            }
-        }
-
-        impl $g::wasi::keyvalue::batch::Host for KeyValueView<'_> {
-            $($kw)* fn get_many(
-                &mut self,
-                b: Resource<BucketHandle>,
-                keys: Vec<String>,
-            ) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
-                let bucket = self.bucket(&b)?;
-                let max = self.ctx.max_call_bytes;
-                $run!(move || work::get_many(&bucket, keys, max))
-            }
-
-            $($kw)* fn set_many(&mut self, b: Resource<BucketHandle>, key_values: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
-                let bucket = self.bucket(&b)?;
-                $run!(move || work::set_many(&bucket, key_values))
-            }
-
-            $($kw)* fn delete_many(&mut self, b: Resource<BucketHandle>, keys: Vec<String>) -> Result<(), Error> {
-                let bucket = self.bucket(&b)?;
-                $run!(move || work::delete_many(&bucket, keys))
+            $($kw)* fn increment(&mut self, b: Resource<BucketHandle>, key: String, delta: u64) -> Result<u64, KeyValueError> {
+                Ok($run!(self.table.get(&b)?.0 => |bucket| bucket.increment_u64(&key, delta))?)
             }
         }
     };
@@ -115,22 +44,4 @@ macro_rules! host_impl {
 host_impl!(sync_gen, [], run_sync);
 host_impl!(async_gen, [async], run_async);
 
-pub(super) fn add_to_linker_sync<T: 'static>(
-    linker: &mut wasmtime::component::Linker<T>,
-    getter: fn(&mut T) -> KeyValueView<'_>,
-) -> wasmtime::Result<()> {
-    use sync_gen::wasi::keyvalue::{atomics, batch, store};
-    store::add_to_linker::<T, HasKeyValue>(linker, getter)?;
-    atomics::add_to_linker::<T, HasKeyValue>(linker, getter)?;
-    batch::add_to_linker::<T, HasKeyValue>(linker, getter)
-}
-
-pub(super) fn add_to_linker_async<T: Send + 'static>(
-    linker: &mut wasmtime::component::Linker<T>,
-    getter: fn(&mut T) -> KeyValueView<'_>,
-) -> wasmtime::Result<()> {
-    use async_gen::wasi::keyvalue::{atomics, batch, store};
-    store::add_to_linker::<T, HasKeyValue>(linker, getter)?;
-    atomics::add_to_linker::<T, HasKeyValue>(linker, getter)?;
-    batch::add_to_linker::<T, HasKeyValue>(linker, getter)
-}
+add_to_linker_fns!();

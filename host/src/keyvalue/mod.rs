@@ -64,36 +64,11 @@ use filecache_kv::{self as kv, Bucket};
 use crate::bindings::HandleBudget;
 use wasmtime::component::{HasData, Linker, ResourceTable, ResourceTableError};
 
-// How the bindings of both drafts run store work: inline (`run_sync`), or off the async
-// executor on a blocking thread (`run_async`). Defined before the modules that use them.
-macro_rules! run_sync {
-    ($f:expr) => {
-        inline($f)
-    };
-    // Store work on the bucket behind resource `$b`: borrowed from the table, not cloned.
-    ($self:ident, $b:ident, |$bucket:ident| $body:expr) => {{
-        let $bucket = &$self.table.get(&$b)?.0;
-        inline(|| $body)
-    }};
-}
-
-macro_rules! run_async {
-    ($f:expr) => {
-        blocking($f).await
-    };
-    // Store work on the bucket behind resource `$b`: a clone, moved to the blocking thread.
-    ($self:ident, $b:ident, |$bucket:ident| $body:expr) => {{
-        let $bucket = $self.bucket(&$b)?;
-        blocking(move || {
-            let $bucket = &$bucket;
-            $body
-        })
-        .await
-    }};
-}
-
+// Each host function is written once, for both kinds of bindings (`crate::run`); `host` holds
+// what both drafts share.
 mod draft;
 mod draft2;
+mod host;
 
 /// The answer of `get-many`: each key asked for with its value, or `None` where it has none.
 pub(crate) type KeyValues = Vec<Option<(String, Vec<u8>)>>;
@@ -123,30 +98,36 @@ pub const DEFAULT_MAX_CALL_BYTES: u64 = 64 << 20;
 #[doc(hidden)]
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Error {
+pub enum KeyValueError {
     NoSuchStore,
     AccessDenied,
     Other(String),
     Trap(wasmtime::Error),
 }
 
-impl From<ResourceTableError> for Error {
+impl From<ResourceTableError> for KeyValueError {
     fn from(e: ResourceTableError) -> Self {
-        Error::Trap(e.into())
+        KeyValueError::Trap(e.into())
     }
 }
 
-impl From<kv::Error> for Error {
+impl From<crate::run::TaskFailed> for KeyValueError {
+    fn from(e: crate::run::TaskFailed) -> Self {
+        KeyValueError::Trap(wasmtime::Error::new(e))
+    }
+}
+
+impl From<kv::Error> for KeyValueError {
     fn from(e: kv::Error) -> Self {
         match e {
-            kv::Error::Store(filecache_store::Error::ReadOnly) => Error::AccessDenied,
+            kv::Error::Store(filecache_store::Error::ReadOnly) => KeyValueError::AccessDenied,
             e => {
                 let message = e.full_message();
                 if let kv::Error::Store(filecache_store::Error::Io { .. } | filecache_store::Error::Corrupt { .. }) = e
                 {
                     tracing::warn!(error = %message, "key-value storage error");
                 }
-                Error::Other(message)
+                KeyValueError::Other(message)
             }
         }
     }
@@ -167,7 +148,7 @@ impl KeyValueCtx {
         KeyValueCtxBuilder::default()
     }
 
-    fn open(&self, identifier: &str) -> Result<Bucket, Error> {
+    fn open(&self, identifier: &str) -> Result<Bucket, KeyValueError> {
         let found = if identifier.is_empty() {
             self.own.as_ref()
         } else {
@@ -175,7 +156,7 @@ impl KeyValueCtx {
         };
         // Not granted and not granted are the same answer: the guest learns nothing of what
         // exists.
-        found.cloned().ok_or(Error::AccessDenied)
+        found.cloned().ok_or(KeyValueError::AccessDenied)
     }
 
     /// The handle budget this context counts its buckets and cas handles against.
@@ -184,11 +165,11 @@ impl KeyValueCtx {
     }
 
     /// Takes a handle slot, or answers `other` (the interface has no error of its own for it).
-    fn take_slot(&self) -> Result<(), Error> {
+    fn take_slot(&self) -> Result<(), KeyValueError> {
         if self.handles.take() {
             Ok(())
         } else {
-            Err(Error::Other(format!(
+            Err(KeyValueError::Other(format!(
                 "too many handles: at most {} handles (buckets, cas handles, cache readers and writers) may be open at once; drop some",
                 self.handles.max()
             )))
@@ -304,8 +285,8 @@ pub fn add_to_linker<T: 'static>(
 }
 
 /// As [`add_to_linker`], with asynchronous host functions (for an engine with async support):
-/// the store's work runs on [`tokio::task::spawn_blocking`], so it must be called within a tokio
-/// runtime.
+/// the store's work runs on [`tokio::task::spawn_blocking`] (on the calling thread outside a
+/// tokio runtime).
 pub fn add_to_linker_async<T: Send + 'static>(
     linker: &mut Linker<T>,
     getter: fn(&mut T) -> KeyValueView<'_>,
@@ -314,54 +295,29 @@ pub fn add_to_linker_async<T: Send + 'static>(
     draft2::add_to_linker_async(linker, getter)
 }
 
-/// Runs store work here (for the synchronous host functions).
-fn inline<R>(f: impl FnOnce() -> Result<R, Error>) -> Result<R, Error> {
-    f()
-}
-
-/// Runs store work off the executor.
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, Error> + Send + 'static) -> Result<R, Error> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(Error::Trap(wasmtime::Error::msg(format!(
-            "key-value host task failed: {e}"
-        )))),
-    }
-}
-
 /// Store work shared by both versions (and by the sync and async host functions).
 mod work {
     use super::*;
 
     /// At most `max_bytes` bytes of values in all (past it: `other`).
-    pub fn get_many(bucket: &Bucket, keys: Vec<String>, max_bytes: u64) -> Result<KeyValues, Error> {
+    pub fn get_many(bucket: &Bucket, keys: Vec<String>, max_bytes: u64) -> Result<KeyValues, KeyValueError> {
         let values = bucket.get_many(&keys, max_bytes)?;
         Ok(keys.into_iter().zip(values).map(|(k, v)| v.map(|v| (k, v))).collect())
     }
 
-    /// All or nothing: one transaction.
-    pub fn set_many(bucket: &Bucket, key_values: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
-        Ok(bucket.set_many(&key_values)?)
-    }
-
-    /// All or nothing: one transaction.
-    pub fn delete_many(bucket: &Bucket, keys: Vec<String>) -> Result<(), Error> {
-        Ok(bucket.delete_many(&keys)?)
-    }
-
-    /// The value of a cas handle's key now, and its version.
-    pub fn cas_read(bucket: &Bucket, key: &str) -> Result<kv::Cas, Error> {
-        Ok(bucket.cas(key)?)
+    /// The draft's `u64` cursor as a position.
+    pub fn position(cursor: Option<u64>) -> Result<u64, KeyValueError> {
+        Ok(cursor.unwrap_or(0))
     }
 
     /// The draft2 string cursor: 16 lowercase hex digits (the draft's `u64` position).
-    pub fn parse_cursor(cursor: Option<String>) -> Result<u64, Error> {
+    pub fn parse_cursor(cursor: Option<String>) -> Result<u64, KeyValueError> {
         match cursor {
             None => Ok(0),
             Some(c) if c.len() == 16 && c.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
-                u64::from_str_radix(&c, 16).map_err(|_| Error::Other(format!("invalid cursor {c:?}")))
+                u64::from_str_radix(&c, 16).map_err(|_| KeyValueError::Other(format!("invalid cursor {c:?}")))
             }
-            Some(c) => Err(Error::Other(format!(
+            Some(c) => Err(KeyValueError::Other(format!(
                 "invalid cursor {:?}: pass back a cursor returned by list-keys",
                 c.chars().take(40).collect::<String>()
             ))),
@@ -374,26 +330,26 @@ mod work {
 }
 
 impl KeyValueView<'_> {
-    fn open_bucket(&mut self, identifier: &str) -> Result<wasmtime::component::Resource<BucketHandle>, Error> {
+    fn open_bucket(&mut self, identifier: &str) -> Result<wasmtime::component::Resource<BucketHandle>, KeyValueError> {
         let bucket = self.ctx.open(identifier)?;
         self.push(BucketHandle(bucket))
     }
 
-    fn bucket(&self, b: &wasmtime::component::Resource<BucketHandle>) -> Result<Bucket, Error> {
+    fn bucket(&self, b: &wasmtime::component::Resource<BucketHandle>) -> Result<Bucket, KeyValueError> {
         Ok(self.table.get(b)?.0.clone())
     }
 
     /// Puts a new handle in the table, taking a slot of the budget for it.
-    fn push<H: Send + 'static>(&mut self, handle: H) -> Result<wasmtime::component::Resource<H>, Error> {
+    fn push<H: Send + 'static>(&mut self, handle: H) -> Result<wasmtime::component::Resource<H>, KeyValueError> {
         self.ctx.take_slot()?;
         self.table.push(handle).map_err(|e| {
             self.ctx.handles.give();
-            Error::Other(format!("cannot hold another handle: {e}"))
+            KeyValueError::Other(format!("cannot hold another handle: {e}"))
         })
     }
 
     /// Removes a handle from the table and gives its slot back.
-    fn remove<H: 'static>(&mut self, r: wasmtime::component::Resource<H>) -> Result<H, Error> {
+    fn remove<H: 'static>(&mut self, r: wasmtime::component::Resource<H>) -> Result<H, KeyValueError> {
         let h = self.table.delete(r)?;
         self.ctx.handles.give();
         Ok(h)

@@ -13,28 +13,28 @@ fn open_answers_access_denied_for_anything_not_granted() {
     assert!(format!("{:?}", ctx.open("").unwrap()).contains("\"own\""));
     assert!(format!("{:?}", ctx.open("other").unwrap()).contains("\"other\""));
     for id in ["own", "default", "..", "a/b", ".compiled", "OTHER"] {
-        assert!(matches!(ctx.open(id), Err(Error::AccessDenied)), "{id:?}");
+        assert!(matches!(ctx.open(id), Err(KeyValueError::AccessDenied)), "{id:?}");
     }
     let none = KeyValueCtx::builder().build();
-    assert!(matches!(none.open(""), Err(Error::AccessDenied)));
+    assert!(matches!(none.open(""), Err(KeyValueError::AccessDenied)));
 }
 
 #[test]
 fn read_only_is_access_denied_and_the_rest_is_other_with_the_reason() {
     assert!(matches!(
-        Error::from(kv::Error::Store(filecache_store::Error::ReadOnly)),
-        Error::AccessDenied
+        KeyValueError::from(kv::Error::Store(filecache_store::Error::ReadOnly)),
+        KeyValueError::AccessDenied
     ));
-    let e = Error::from(kv::Error::Store(filecache_store::Error::TooLarge { limit: 10 }));
+    let e = KeyValueError::from(kv::Error::Store(filecache_store::Error::TooLarge { limit: 10 }));
     assert!(
-        matches!(&e, Error::Other(m) if m.contains("maximum entry size is 10")),
+        matches!(&e, KeyValueError::Other(m) if m.contains("maximum entry size is 10")),
         "{e:?}"
     );
-    let e = Error::from(kv::Error::Store(filecache_store::Error::QuotaExceeded {
+    let e = KeyValueError::from(kv::Error::Store(filecache_store::Error::QuotaExceeded {
         needed: 5,
         quota: 4,
     }));
-    assert!(matches!(&e, Error::Other(m) if m.contains("quota")), "{e:?}");
+    assert!(matches!(&e, KeyValueError::Other(m) if m.contains("quota")), "{e:?}");
 }
 
 #[test]
@@ -52,7 +52,7 @@ fn draft2_cursors_round_trip_and_garbage_is_refused() {
         "00000000000000000",
     ] {
         assert!(
-            matches!(work::parse_cursor(Some(bad.into())), Err(Error::Other(_))),
+            matches!(work::parse_cursor(Some(bad.into())), Err(KeyValueError::Other(_))),
             "{bad:?}"
         );
     }

@@ -38,12 +38,14 @@ impl CompileCommand {
         let start = std::time::Instant::now();
         let source = if kind == WasmKind::CoreModule {
             compiled
-                .load_module_file(path)
+                .load_file::<wasmtime::Module>(path)
                 .map_err(|e| anyhow!("{e:#}"))
                 .with_context(|| format!("{} is not a valid WebAssembly module", path.display()))?
                 .1
         } else {
-            let (component, source) = compiled.load_component_file(path).map_err(invalid_component(path))?;
+            let (component, source) = compiled
+                .load_file::<wasmtime::component::Component>(path)
+                .map_err(invalid_component(path))?;
             if let Some(why) = not_runnable(&engine, &component, path) {
                 eprintln!("warning: {why}");
             }

@@ -322,7 +322,7 @@ impl Plugin {
         let component = match &self.cache {
             Some(c) => {
                 with_remote(ComponentCache::new(c, &engine, self.compiled_options), &self.remote)?
-                    .load_component_file(path)
+                    .load_file::<Component>(path)
                     .map_err(invalid_component(path))?
                     .0
             }
@@ -351,7 +351,7 @@ impl Plugin {
                 ComponentCache::new(&cache, &loaded.engine, self.compiled_options),
                 &self.remote,
             )?;
-            let _ = compiled.insert_component(&bytes, &loaded.component);
+            let _ = compiled.insert(&bytes, &loaded.component);
         }
         let namespace = cache.namespace(&self.args.namespace, self.options).with_context(|| {
             format!(
