@@ -28,3 +28,29 @@ kit_wit() {
 _kit_wasi_deps() {
     ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"wasmtime-wasi-$1"/src/p2/wit/deps 2>/dev/null | head -n1
 }
+
+# kit_wit_http ROOT WIT: adds to WIT/deps what an HTTP handler's world needs besides: wasi:http,
+# from the wasmtime-wasi-http crate the host is built with (its version from ROOT/Cargo.lock), and
+# the wasi:keyvalue drafts the host serves (ROOT/wit/deps/keyvalue-*). Prints wasi:http's version.
+kit_wit_http() {
+    local root=$1 wit=$2 version deps
+    version=$(awk '/^name = "wasmtime-wasi-http"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$root/Cargo.lock")
+    [ -n "$version" ] || { echo "error: no wasmtime-wasi-http in $root/Cargo.lock" >&2; return 1; }
+    deps=$(_kit_wasi_http_deps "$version")
+    if [ -z "$deps" ]; then
+        echo "fetching the wasmtime-wasi-http $version crate for its WIT files (cargo fetch)" >&2
+        cargo fetch --quiet --manifest-path "$root/Cargo.toml"
+        deps=$(_kit_wasi_http_deps "$version")
+        [ -n "$deps" ] || {
+            echo "error: wasmtime-wasi-http-$version not found in cargo's registry after cargo fetch" >&2
+            return 1
+        }
+    fi
+    cp "$deps/http.wit" "$wit/deps/http.wit"
+    cp -r "$root"/wit/deps/keyvalue-* "$wit/deps/"
+    sed -n 's/^package wasi:http@\(.*\);$/\1/p' "$wit/deps/http.wit"
+}
+
+_kit_wasi_http_deps() {
+    ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"wasmtime-wasi-http-$1"/wit/deps 2>/dev/null | head -n1
+}

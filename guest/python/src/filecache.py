@@ -10,7 +10,10 @@ A plugin is a `wasi:cli` command component that imports `filecache:cache/cache@0
   gives the handle back to the host;
 - `memoize` (a decorator) and `Memo` cache a computation's result, treating the cache as best
   effort: a cache failure costs a recomputation, never an exception;
-- `command(main)` makes the `Run` class componentize-py wants from a `main(args) -> int`.
+- `command(main)` makes the `Run` class componentize-py wants from a `main(args) -> int`;
+  `http_handler(handle)` makes the `IncomingHandler` class of a `wasi:http` handler (built with
+  `build.sh --world http-handler`, served by `filecache serve`) from a
+  `handle(Request) -> Response`.
 
 Every cache failure raises a subclass of `CacheError`, one per case of the contract's `error`
 variant: `InvalidKey`, `TooLarge` (with `.limit`), `QuotaExceeded`, `ReadOnly`,
@@ -47,6 +50,7 @@ from typing import Callable, Optional, Union
 
 __all__ = [
     "CacheError",
+    "MAX_REQUEST_BODY",
     "Corrupt",
     "InvalidKey",
     "Key",
@@ -57,6 +61,8 @@ __all__ = [
     "QuotaExceeded",
     "ReadOnly",
     "Reader",
+    "Request",
+    "Response",
     "StorageError",
     "TooLarge",
     "TooManyHandles",
@@ -67,6 +73,7 @@ __all__ = [
     "create",
     "delete",
     "get",
+    "http_handler",
     "memoize",
     "open",
 ]
@@ -604,3 +611,129 @@ def command(main: Callable[[list], Optional[int]]):
 
     Run.__doc__ = f"wasi:cli/run for {getattr(main, '__qualname__', 'main')}"
     return Run
+
+
+# --- the HTTP handler -------------------------------------------------------------------------
+
+#: The largest request body `http_handler` reads (16 MiB); a larger one is answered 413.
+MAX_REQUEST_BODY = 16 << 20
+
+#: The most bytes a `wasi:io` output stream takes in one blocking write.
+_WRITE_CHUNK = 4096
+
+
+class Request:
+    """An HTTP request as `http_handler` hands it over, its body read whole.
+
+    `method` is upper case (`"GET"`), `path` the path without the query, `query` what follows
+    `?` (or `""`), `headers` a list of `(name, value)` pairs (values as bytes).
+    """
+
+    def __init__(self, method: str, path: str, query: str, headers: list, body: bytes) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> Optional[bytes]:
+        """The first value of header `name` (any case), or None."""
+        name = name.lower()
+        return next((v for n, v in self.headers if n.lower() == name), None)
+
+
+class Response:
+    """What a handler answers: a status, headers (a dict or `(name, value)` pairs; str or bytes
+    values) and a body (bytes, or str sent as UTF-8)."""
+
+    def __init__(self, status: int = 200, body: Union[bytes, str] = b"", headers=None) -> None:
+        self.status = status
+        self.body = body.encode() if isinstance(body, str) else bytes(body)
+        items = headers.items() if isinstance(headers, dict) else (headers or [])
+        self.headers = [(n, v.encode() if isinstance(v, str) else bytes(v)) for n, v in items]
+
+
+def _method_name(method) -> str:
+    name = type(method).__name__
+    if name == "Method_Other":
+        return method.value.upper()
+    return name.removeprefix("Method_").upper()
+
+
+def _read_all(request, limit: int) -> Optional[bytes]:
+    """The request's body, or None when it is larger than `limit` bytes."""
+    from componentize_py_types import Err
+    from wit_world.imports import streams
+
+    chunks, size = [], 0
+    with request.consume() as body:
+        with body.stream() as stream:
+            while True:
+                try:
+                    chunk = stream.blocking_read(64 << 10)
+                except Err as err:
+                    if isinstance(err.value, streams.StreamError_Closed):
+                        break
+                    raise
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _send(response_out, response: Response) -> None:
+    from componentize_py_types import Ok
+    from wit_world.imports.types import Fields, OutgoingBody, OutgoingResponse, ResponseOutparam
+
+    outgoing = OutgoingResponse(Fields.from_list(response.headers))
+    outgoing.set_status_code(response.status)
+    body = outgoing.body()
+    ResponseOutparam.set(response_out, Ok(outgoing))
+    with body.write() as stream:
+        data = response.body
+        for start in range(0, len(data), _WRITE_CHUNK):
+            stream.blocking_write_and_flush(data[start : start + _WRITE_CHUNK])
+    OutgoingBody.finish(body, None)
+
+
+def http_handler(handle: Callable[[Request], Response], max_body: int = MAX_REQUEST_BODY):
+    """The `IncomingHandler` class componentize-py exports as `wasi:http/incoming-handler`,
+    calling `handle(request)` for each request.
+
+    The request's body is read whole first (more than `max_body` bytes: answered 413 without
+    calling `handle`). `handle` returns a `Response`; an exception escaping it is printed to
+    standard error and answered 500. The cache can be used only while `handle` runs (each request
+    is a fresh instance under `filecache serve`: what outlives the request is in the cache and
+    the key-value buckets). Use it as `IncomingHandler = filecache.http_handler(handle)`.
+    """
+
+    class IncomingHandler:
+        def handle(self, request, response_out) -> None:
+            global _running
+            _running = True
+            try:
+                target = request.path_with_query() or "/"
+                path, _, query = target.partition("?")
+                method = _method_name(request.method())
+                with request.headers() as fields:
+                    headers = [(n, bytes(v)) for n, v in fields.entries()]
+                body = _read_all(request, max_body)
+                if body is None:
+                    response = Response(413, f"the request body is larger than {max_body} bytes\n")
+                else:
+                    response = handle(Request(method, path, query, headers, body))
+            except BaseException:
+                # Printed here: an exception escaping `handle` would trap without an answer.
+                traceback.print_exc()
+                response = Response(500, "the handler failed (its traceback is on the server's standard error)\n")
+            finally:
+                _running = False
+            try:
+                _send(response_out, response)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+
+    IncomingHandler.__doc__ = f"wasi:http/incoming-handler for {getattr(handle, '__qualname__', 'handle')}"
+    return IncomingHandler

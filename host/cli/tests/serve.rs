@@ -1,7 +1,11 @@
 //! `filecache serve` end to end: the real binary, real TCP on 127.0.0.1 (a port the kernel
 //! picks, read from the start-up line), the handler test programs `http-keyvalue` (written for
 //! `wasmtime serve -S keyvalue`, nothing of filecache) and `http-cache` (the cache, a granted
-//! bucket, and routes that misbehave).
+//! bucket, and routes that misbehave), and the kits' HTTP examples: Rust's `http-hello`, and the
+//! Python kit's `guest/python/example/handler.py`, built from source with the pinned
+//! componentize-py (`guest/python/build.sh --world http-handler`, which installs it into the
+//! target folder the first time; without Python 3 with venv, or without PyPI, that test fails
+//! saying so).
 
 mod common;
 
@@ -193,9 +197,14 @@ fn warm_cache() -> PathBuf {
 
 /// A fresh cache directory with the handlers' compiled code in it.
 fn cache_with_code() -> TestCache {
+    cache_with_code_of(&warm_cache())
+}
+
+/// A fresh cache directory with the compiled code of the cache directory `warm`.
+fn cache_with_code_of(warm: &Path) -> TestCache {
     let cache = TestCache::new();
-    copy_dir(&warm_cache().join(".compiled"), &cache.dir().join(".compiled"));
-    for file in std::fs::read_dir(warm_cache()).unwrap() {
+    copy_dir(&warm.join(".compiled"), &cache.dir().join(".compiled"));
+    for file in std::fs::read_dir(warm).unwrap() {
         let file = file.unwrap();
         if file.file_type().unwrap().is_file() {
             std::fs::copy(file.path(), cache.dir().join(file.file_name())).unwrap();
@@ -453,4 +462,127 @@ fn the_rust_kit_http_example_caches_its_pages_and_counts_visits_in_a_bucket() {
     assert_eq!(server.post("/visit", b"").text(), "1\n");
     assert_eq!(server.post("/visit", b"").text(), "2\n");
     assert_eq!(server.get("/nowhere").status, 404);
+}
+
+/// The Python kit's HTTP example (`guest/python/example/handler.py`), built from source into
+/// `target/tmp/python-http/` under a hash of every input (a rerun with nothing changed reuses
+/// it), and a cache directory beside it holding its code as `serve` compiles it (the 19 MB
+/// component is compiled once per build, not once per run).
+fn python_http_example() -> &'static (PathBuf, PathBuf) {
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::{Hash, Hasher};
+    static EXAMPLE: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    EXAMPLE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut inputs: Vec<PathBuf> = files_under(&root.join("guest/python"))
+            .into_iter()
+            .filter(|p| !p.components().any(|c| c.as_os_str() == "__pycache__"))
+            .chain(files_under(&root.join("wit")))
+            .chain([root.join("guest/kit-wit.sh"), root.join("Cargo.lock")])
+            .collect();
+        inputs.sort();
+        let mut hasher = DefaultHasher::new();
+        for path in &inputs {
+            path.strip_prefix(&root).unwrap().hash(&mut hasher);
+            std::fs::read(path).unwrap().hash(&mut hasher);
+        }
+        let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-http");
+        let wasm = work.join(format!("handler-{:016x}.wasm", hasher.finish()));
+        let warm = work.join(format!("cache-{:016x}", hasher.finish()));
+        if !wasm.exists() {
+            let start = Instant::now();
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
+            let out = std::process::Command::new("bash")
+                .arg(root.join("guest/python/build.sh"))
+                .args(["--world", "http-handler"])
+                .arg(&wasm)
+                .arg(root.join("guest/python/example"))
+                .arg("handler")
+                .env("CARGO_TARGET_DIR", target)
+                .output()
+                .expect("cannot run bash for guest/python/build.sh");
+            assert!(
+                out.status.success(),
+                "building the Python HTTP example failed ({:?}). guest/python/build.sh installs \
+                 componentize-py from PyPI (guest/python/requirements.txt) into target/python-kit/venv: \
+                 it needs python3 with venv and pip, and access to PyPI.\n--- stderr\n{}",
+                out.status,
+                stderr(&out)
+            );
+            eprintln!("built the Python HTTP example in {:?}", start.elapsed());
+        }
+        if !warm.join(".compiled").exists() {
+            let start = Instant::now();
+            let server = Server::start(&warm, &wasm, &["--namespace", "warmup"]);
+            assert_eq!(server.get("/nowhere").status, 404, "{}", server.log());
+            eprintln!("compiled the Python HTTP example in {:?}", start.elapsed());
+        }
+        (wasm, warm)
+    })
+}
+
+#[test]
+fn the_python_kit_http_example_keeps_its_state_across_requests_and_restarts() {
+    let (wasm, warm) = python_http_example();
+    let cache = cache_with_code_of(warm);
+    let flags = ["--bucket", "visits"];
+    let mut server = Server::start(&cache.dir(), wasm, &flags);
+
+    // The cache: rendered on a miss, then read back.
+    let first = server.get("/hello/ada");
+    assert_eq!(
+        (first.status, first.header("x-cache")),
+        (200, Some("miss")),
+        "{}",
+        first.text()
+    );
+    assert_eq!(first.text(), "<h1>Hello, ada!</h1>\n");
+    let again = server.get("/hello/ada");
+    assert_eq!((again.status, again.header("x-cache")), (200, Some("hit")));
+    assert_eq!(again.text(), first.text());
+    let page = "# Serving\n\nState that *outlives* the request.\n";
+    let html = "<h1 id=\"serving\">Serving</h1>\n<p>State that <em>outlives</em> the request.</p>\n";
+    let rendered = server.post("/render", page.as_bytes());
+    assert_eq!((rendered.status, rendered.header("x-cache")), (200, Some("miss")));
+    assert_eq!(rendered.text(), html);
+
+    // The handler's own bucket, and a counter in the granted one, from 4 clients at once: every
+    // count handed out exactly once.
+    let put = request(server.addr, "PUT", "/notes/greeting", b"hi from python");
+    assert_eq!((put.status, put.text().as_str()), (200, "stored 14 bytes\n"));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|_| {
+                        let r = request(addr, "POST", "/visit", b"");
+                        assert_eq!(r.status, 200, "{}", r.text());
+                        r.text().trim().parse::<u64>().unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut counts: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=20).collect::<Vec<_>>());
+    assert_eq!(server.get("/notes/nothing").status, 404);
+    assert_eq!(server.get("/nowhere").status, 404);
+
+    // kill -9 and a restart: everything a response said was stored is there.
+    assert!(!server.signal_and_wait(libc::SIGKILL, Duration::from_secs(10)).success());
+    let server = Server::start(&cache.dir(), wasm, &flags);
+    assert_eq!(server.post("/visit", b"").text(), "21\n");
+    let note = server.get("/notes/greeting");
+    assert_eq!((note.status, note.text().as_str()), (200, "hi from python"));
+    let cached = server.get("/hello/ada");
+    assert_eq!((cached.header("x-cache"), cached.text()), (Some("hit"), first.text()));
+    let rendered = server.post("/render", page.as_bytes());
+    assert_eq!(
+        (rendered.header("x-cache"), rendered.text().as_str()),
+        (Some("hit"), html)
+    );
+    let log = server.log();
+    assert!(log.contains("POST /visit 200 "), "{log}");
 }

@@ -5,6 +5,8 @@
 //! - `GET /plain`: no storage.
 //! - `GET /cache/get/SIZE`: the entry of SIZE bytes (content from `content("http SIZE", SIZE)`),
 //!   added on a miss; header `x-cache: hit|miss`.
+//! - `GET /bytes/SIZE`: SIZE bytes from the guest's memory, written out as `/cache/get` writes
+//!   its entry, without the cache (the benchmark's split of the store's share from the body's).
 //! - `PUT /cache/put/SEED` (the body) and `GET /cache/read/SEED` (404 when absent).
 //! - `POST /bucket/NAME/incr/KEY`: increments KEY in the bucket granted as NAME.
 //! - `POST /echo`: reads the whole body and answers its length.
@@ -53,6 +55,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                     }
                     Err(e) => text(out, 500, &cache_error(e)),
                 }
+            }
+            ["bytes", size] => {
+                let size: usize = size.parse().unwrap_or(0).min(1 << 20);
+                respond(out, 200, &[], &vec![b'x'; size])
             }
             ["cache", "put", seed] => {
                 let bytes = body(request);
