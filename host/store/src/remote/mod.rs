@@ -58,27 +58,28 @@
 //! Failures are logged and counted; they reach the caller only when the remote is
 //! [`required`](RemoteOptions::required).
 
+mod options;
+mod pool;
 mod resp;
 #[cfg(test)]
 mod tests;
 mod tiered;
+mod value;
 
 use std::fmt;
 use std::io;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use redis::{ConnectionAddr, IntoConnectionInfo};
-use sha2::Sha256;
-
+pub use options::{RemoteOptions, read_fleet_key};
 pub use resp::Reply;
 pub use tiered::{DEFAULT_READER_MEMORY, TieredStore};
 
+use self::options::redact;
+use self::pool::{Breaker, Server, invalid};
 use self::resp::Connection;
 use crate::Counter;
-use crate::entry::{Checksum, HEADER_LEN, Header};
+use crate::entry::HEADER_LEN;
 use crate::{Error, Key, Namespace, Result};
 
 /// The shortest fleet key accepted, in bytes.
@@ -99,107 +100,6 @@ pub const MAX_IDLE_CONNECTIONS: usize = 8;
 const KEY_PREFIX: &str = "filecache:v1:";
 const MAC_DOMAIN: &[u8] = b"filecache remote entry v1\0";
 
-/// How to reach the remote tier and how to use it. Made with [`RemoteOptions::new`]; set the
-/// fields to change the defaults (more may be added, so it cannot be built as a literal).
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct RemoteOptions {
-    /// `redis://HOST[:PORT][/DB]` (user and password may be given as `redis://USER:PASS@HOST`).
-    pub url: String,
-    /// The fleet key (at least 32 bytes): every value is MAC'd under it, and values without a
-    /// valid MAC are refused. Without one, reserved namespaces (compiled code) are not shared.
-    pub fleet_key: Option<Vec<u8>>,
-    /// Never write to the remote (no publish, no delete).
-    pub read_only: bool,
-    /// Remote failures are errors (`io`) instead of being logged and skipped.
-    pub required: bool,
-    /// How long connecting (with the handshake) may take.
-    pub connect_timeout: Duration,
-    /// How long one operation may take, its request and its whole reply (plus one second per
-    /// [`MIN_TRANSFER_RATE`] bytes of value it moves).
-    pub op_timeout: Duration,
-    /// The largest content sent or accepted, in bytes; larger entries stay local.
-    pub max_value_size: u64,
-    /// Consecutive failures that open the circuit breaker.
-    pub breaker_threshold: u32,
-    /// How long an open breaker skips the remote.
-    pub breaker_cooldown: Duration,
-    /// How long a published value lives in Redis (`SET … PX`); `None` (the default) keeps it
-    /// until the server evicts it. Bound the server itself too (see the module docs).
-    pub ttl: Option<Duration>,
-}
-
-impl RemoteOptions {
-    /// Options for `url` with the defaults: no fleet key, read-write, not required, 500 ms
-    /// timeouts, 64 MiB values, breaker open after 3 failures for 30 s, no TTL.
-    pub fn new(url: impl Into<String>) -> RemoteOptions {
-        RemoteOptions {
-            url: url.into(),
-            fleet_key: None,
-            read_only: false,
-            required: false,
-            connect_timeout: DEFAULT_TIMEOUT,
-            op_timeout: DEFAULT_TIMEOUT,
-            max_value_size: DEFAULT_MAX_VALUE_SIZE,
-            breaker_threshold: 3,
-            breaker_cooldown: Duration::from_secs(30),
-            ttl: None,
-        }
-    }
-}
-
-/// Reads a fleet key file: its bytes, as they are, are the key; at least 32 are required
-/// (e.g. `head -c 32 /dev/urandom > fleet.key`).
-pub fn read_fleet_key(path: &Path) -> Result<Vec<u8>> {
-    let key =
-        std::fs::read(path).map_err(|e| Error::io(format!("cannot read fleet key file {}", path.display()), e))?;
-    if key.len() < MIN_FLEET_KEY_LEN {
-        return Err(Error::io(
-            format!("invalid fleet key file {}", path.display()),
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "it holds {} bytes; a fleet key must hold at least {MIN_FLEET_KEY_LEN} random bytes \
-                     (e.g. `head -c 32 /dev/urandom > FILE`)",
-                    key.len()
-                ),
-            ),
-        ));
-    }
-    Ok(key)
-}
-
-impl fmt::Debug for RemoteOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteOptions")
-            .field("url", &redact(&self.url))
-            .field("fleet_key", &self.fleet_key.as_ref().map(|_| "<redacted>"))
-            .field("read_only", &self.read_only)
-            .field("required", &self.required)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("op_timeout", &self.op_timeout)
-            .field("max_value_size", &self.max_value_size)
-            .field("ttl", &self.ttl)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}<credentials>{}", &url[..s + 3], &url[at..]),
-        _ => url.to_string(),
-    }
-}
-
-/// Why a remote operation did not happen.
-enum Failure {
-    /// The circuit breaker is open.
-    Skipped,
-    /// It was tried and failed.
-    Failed(io::Error),
-}
-
 /// A shared cache tier in Redis. Cheap to clone; clones share the connections and the breaker.
 #[derive(Clone)]
 pub struct RemoteTier {
@@ -216,21 +116,6 @@ struct Inner {
     breaker: Mutex<Breaker>,
 }
 
-/// Where the server is and how to log in, from the URL.
-struct Server {
-    host: String,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    db: i64,
-}
-
-#[derive(Default)]
-struct Breaker {
-    consecutive_failures: u32,
-    open_until: Option<Instant>,
-}
-
 impl fmt::Debug for RemoteTier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteTier")
@@ -239,39 +124,12 @@ impl fmt::Debug for RemoteTier {
     }
 }
 
-fn invalid(url: &str, why: impl fmt::Display) -> Error {
-    Error::io(
-        format!("invalid remote URL {:?}", redact(url)),
-        io::Error::new(io::ErrorKind::InvalidInput, why.to_string()),
-    )
-}
-
 impl RemoteTier {
     /// Checks the options (URL, fleet key length) and makes a tier. Nothing is connected yet:
     /// the first operation connects (see [`RemoteTier::ping`] to check the server now).
     pub fn new(options: RemoteOptions) -> Result<RemoteTier> {
         let url = &options.url;
-        if !url.starts_with("redis://") {
-            return Err(invalid(url, "expected redis://HOST:PORT[/DB]"));
-        }
-        // No `CLIENT SETINFO` on connecting: it is a round trip before the first operation,
-        // which against a server that accepts connections but never answers cost a second
-        // timeout per failure.
-        // (The `redis` crate parses the URL, as every Redis client reads one; the connection is
-        // this module's own.)
-        let info = url.as_str().into_connection_info().map_err(|e| invalid(url, e))?;
-        let (host, port) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) if !host.is_empty() => (host.clone(), *port),
-            _ => return Err(invalid(url, "expected redis://HOST:PORT[/DB]")),
-        };
-        let settings = info.redis_settings();
-        let server = Server {
-            host,
-            port,
-            username: settings.username().map(str::to_string),
-            password: settings.password().map(str::to_string),
-            db: settings.db(),
-        };
+        let server = Server::parse(url)?;
         if let Some(key) = &options.fleet_key
             && key.len() < MIN_FLEET_KEY_LEN
         {
@@ -447,201 +305,6 @@ impl RemoteTier {
             }
         });
         done.or_else(|f| self.failed(local, "delete", f))
-    }
-
-    /// Counts a failure (not a skip), and makes it an error if the tier is required.
-    fn failed(&self, local: &Namespace, op: &'static str, f: Failure) -> Result<()> {
-        if matches!(f, Failure::Failed(_)) {
-            count(local, &[(Counter::RemoteErrors, 1)]);
-        }
-        if self.inner.options.required {
-            Err(self.failure_error(op, f))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn failure_error(&self, op: &str, f: Failure) -> Error {
-        let source = match f {
-            Failure::Skipped => io::Error::other("skipped after repeated failures (circuit breaker open)"),
-            Failure::Failed(e) => e,
-        };
-        Error::io(format!("remote tier {}: {op} failed", self.inner.shown), source)
-    }
-
-    /// Runs `f` on an idle connection, or a new one, unless the breaker is open; `f` is given
-    /// the operation's timeout ([`RemoteOptions::op_timeout`]). No lock is held while `f` runs,
-    /// so concurrent callers each use their own connection. A connection that failed is dropped
-    /// (its state is unknown); one that succeeded goes back to the pool.
-    fn call<T>(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(&mut Connection, Duration) -> io::Result<T>,
-    ) -> std::result::Result<T, Failure> {
-        if !self.breaker_allows() {
-            return Err(Failure::Skipped);
-        }
-        let idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let result = match idle {
-            Some(c) => Ok(c),
-            None => self.connect(),
-        }
-        .and_then(|mut c| f(&mut c, self.inner.options.op_timeout).map(|v| (v, c)));
-        match result {
-            Ok((v, c)) => {
-                self.record(op, None);
-                let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < MAX_IDLE_CONNECTIONS && c.is_clean() {
-                    idle.push(c);
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                self.record(op, Some(&e));
-                Err(Failure::Failed(e))
-            }
-        }
-    }
-
-    /// Idle connections kept now (for tests).
-    #[cfg(test)]
-    fn idle_connections(&self) -> usize {
-        self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    fn connect(&self) -> io::Result<Connection> {
-        let s = &self.inner.server;
-        Connection::connect(
-            &s.host,
-            s.port,
-            s.username.as_deref(),
-            s.password.as_deref(),
-            s.db,
-            self.inner.options.connect_timeout,
-        )
-    }
-
-    fn breaker_allows(&self) -> bool {
-        let b = self.inner.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        b.open_until.is_none_or(|until| Instant::now() >= until)
-    }
-
-    /// Updates the breaker with an outcome, and logs transitions (not every failure).
-    fn record(&self, op: &'static str, error: Option<&io::Error>) {
-        let opts = &self.inner.options;
-        let mut b = self.inner.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(error) = error else {
-            if b.consecutive_failures > 0 {
-                tracing::info!(remote = %self.inner.shown, "the remote tier answers again");
-            }
-            *b = Breaker::default();
-            return;
-        };
-        b.consecutive_failures = b.consecutive_failures.saturating_add(1);
-        if b.consecutive_failures == 1 {
-            tracing::warn!(remote = %self.inner.shown, op, error = %error, "remote tier failed; the local tier carries on");
-        } else {
-            tracing::debug!(remote = %self.inner.shown, op, error = %error, "remote tier failed again");
-        }
-        if b.consecutive_failures >= opts.breaker_threshold {
-            if b.consecutive_failures == opts.breaker_threshold {
-                tracing::warn!(
-                    remote = %self.inner.shown,
-                    failures = b.consecutive_failures,
-                    cooldown_ms = opts.breaker_cooldown.as_millis() as u64,
-                    "remote tier failing repeatedly; skipping it for the cool-down"
-                );
-            }
-            b.open_until = Some(Instant::now() + opts.breaker_cooldown);
-        }
-    }
-
-    fn mac(&self, namespace: &str) -> Option<Hmac<Sha256>> {
-        let key = self.inner.options.fleet_key.as_ref()?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-        mac.update(MAC_DOMAIN);
-        mac.update(&[namespace.len() as u8]);
-        mac.update(namespace.as_bytes());
-        Some(mac)
-    }
-
-    /// Bytes after the content: a MAC under a fleet key, else none.
-    fn trailer(&self) -> usize {
-        if self.inner.options.fleet_key.is_some() {
-            MAC_LEN
-        } else {
-            0
-        }
-    }
-
-    /// The value stored for `content`: header, content, and the MAC under a fleet key
-    /// (`None` for a reserved namespace without a fleet key).
-    pub(crate) fn encode(&self, namespace: &str, key: &Key, content: &[u8]) -> Option<Vec<u8>> {
-        if is_reserved(namespace) && self.inner.options.fleet_key.is_none() {
-            return None;
-        }
-        let header = Header {
-            len: content.len() as u64,
-            crc: Checksum::of(content),
-            key: *key,
-        }
-        .encode();
-        let mut value = Vec::with_capacity(HEADER_LEN + content.len() + self.trailer());
-        value.extend_from_slice(&header);
-        value.extend_from_slice(content);
-        if let Some(mut mac) = self.mac(namespace) {
-            mac.update(&value);
-            value.extend_from_slice(&mac.finalize().into_bytes());
-        }
-        Some(value)
-    }
-
-    /// Checks a value from the remote and returns its content, or why it is refused.
-    pub(crate) fn decode(
-        &self,
-        namespace: &str,
-        key: &Key,
-        mut value: Vec<u8>,
-        max_len: u64,
-    ) -> std::result::Result<Vec<u8>, &'static str> {
-        if is_reserved(namespace) && self.inner.options.fleet_key.is_none() {
-            return Err("no fleet key to check its MAC");
-        }
-        let trailer = self.trailer();
-        if value.len() < HEADER_LEN + trailer {
-            return Err(if trailer > 0 {
-                "shorter than a header and a MAC"
-            } else {
-                "shorter than a header"
-            });
-        }
-        if value.len() as u64
-            > (HEADER_LEN as u64)
-                .saturating_add(max_len)
-                .saturating_add(trailer as u64)
-        {
-            return Err("larger than the size limit");
-        }
-        if let Some(mut mac) = self.mac(namespace) {
-            let (body, tag) = value.split_at(value.len() - MAC_LEN);
-            mac.update(body);
-            mac.verify_slice(tag)
-                .map_err(|_| "MAC mismatch (not written under this fleet key)")?;
-            value.truncate(value.len() - MAC_LEN);
-        }
-        let header_bytes: &[u8; HEADER_LEN] = value[..HEADER_LEN].try_into().expect("checked length");
-        let header = Header::decode(header_bytes).map_err(|e| e.describe())?;
-        if header.key != *key {
-            return Err("written under another key");
-        }
-        if header.len != (value.len() - HEADER_LEN) as u64 {
-            return Err("length does not match the value's size");
-        }
-        if Checksum::of(&value[HEADER_LEN..]) != header.crc {
-            return Err("content checksum mismatch");
-        }
-        value.drain(..HEADER_LEN);
-        Ok(value)
     }
 }
 

@@ -74,6 +74,15 @@ fn timed_out(timeout: Duration) -> io::Error {
     )
 }
 
+/// The length of an array or bulk reply (`what`) from its header line; `None` for a negative one
+/// (the nil reply).
+fn length(rest: &str, what: &str) -> io::Result<Option<u64>> {
+    let n: i64 = rest
+        .parse()
+        .map_err(|_| protocol_error(format!("a malformed {what} length {rest:?}")))?;
+    Ok(u64::try_from(n).ok())
+}
+
 /// One connection to the server.
 pub(super) struct Connection {
     stream: TcpStream,
@@ -298,16 +307,13 @@ impl Connection {
             "+" => Ok(Reply::Status(rest.to_string())),
             "-" => Ok(Reply::Error(rest.to_string())),
             "*" => {
-                let n: i64 = rest
-                    .parse()
-                    .map_err(|_| protocol_error(format!("a malformed array length {rest:?}")))?;
-                if n < 0 {
+                let Some(n) = length(rest, "array")? else {
                     return Ok(Reply::Bulk(None));
-                }
+                };
                 if depth >= MAX_DEPTH {
                     return Err(protocol_error(format!("arrays nested deeper than {MAX_DEPTH}")));
                 }
-                let cost = (n as u64).saturating_mul(ELEMENT_COST);
+                let cost = n.saturating_mul(ELEMENT_COST);
                 if cost > *budget {
                     return Err(protocol_error(format!(
                         "an array of {n} elements in a reply of at most {max_bulk} bytes"
@@ -325,13 +331,9 @@ impl Connection {
                 .map(Reply::Integer)
                 .map_err(|_| protocol_error(format!("a malformed integer reply {rest:?}"))),
             "$" => {
-                let len: i64 = rest
-                    .parse()
-                    .map_err(|_| protocol_error(format!("a malformed bulk length {rest:?}")))?;
-                if len < 0 {
+                let Some(len) = length(rest, "bulk")? else {
                     return Ok(Reply::Bulk(None));
-                }
-                let len = len as u64;
+                };
                 if len > *budget {
                     return Err(protocol_error(format!(
                         "a reply of {len} bytes to a request for at most {max_bulk}"

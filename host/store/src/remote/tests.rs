@@ -726,11 +726,7 @@ fn finding_22_2_readers_served_from_memory_are_bounded_together() {
 /// together), and one declaring more is refused unread.
 #[test]
 fn commands_answer_errors_and_bound_arrays() {
-    use std::io::Write;
-    let server = FakeServer::start(|stream, _, _| {
-        let _ = stream.write_all(b"*3\r\n$2\r\nab\r\n:7\r\n*1\r\n-ERR inner\r\n");
-    });
-    let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    let (server, tier) = answering(b"*3\r\n$2\r\nab\r\n:7\r\n*1\r\n-ERR inner\r\n");
     let reply = tier.command("test", &[b"ANY"], 66).unwrap();
     assert_eq!(
         reply,
@@ -743,29 +739,25 @@ fn commands_answer_errors_and_bound_arrays() {
     // Three elements, two bytes and one element more cost 3 × 16 + 2 + 16 = 66: one byte less
     // is refused (a new tier: the fake server answers one request per connection).
     let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
-    let err = tier.command("test", &[b"ANY"], 65).unwrap_err();
-    assert!(
-        err.full_message().contains("an array of 1 elements"),
-        "{}",
-        err.full_message()
-    );
-    let server = FakeServer::start(|stream, _, _| {
-        let _ = stream.write_all(b"*100000000\r\n");
-    });
-    let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
-    let err = tier.command("test", &[b"ANY"], 1 << 20).unwrap_err();
-    assert!(
-        err.full_message().contains("100000000 elements"),
-        "{}",
-        err.full_message()
-    );
-    let server = FakeServer::start(|stream, _, _| {
-        let _ = stream.write_all(b"-NOSCRIPT no such script\r\n");
-    });
-    let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    let message = tier.command("test", &[b"ANY"], 65).unwrap_err().full_message();
+    assert!(message.contains("an array of 1 elements"), "{message}");
+    let (_server, tier) = answering(b"*100000000\r\n");
+    let message = tier.command("test", &[b"ANY"], 1 << 20).unwrap_err().full_message();
+    assert!(message.contains("100000000 elements"), "{message}");
+    let (_server, tier) = answering(b"-NOSCRIPT no such script\r\n");
     assert_eq!(
         tier.command("test", &[b"ANY"], 0).unwrap(),
         Reply::Error("NOSCRIPT no such script".into())
     );
     assert_eq!(tier.idle_connections(), 1);
+}
+
+/// A fake server that answers every request with `reply`, and a tier that uses it.
+fn answering(reply: &'static [u8]) -> (FakeServer, RemoteTier) {
+    use std::io::Write;
+    let server = FakeServer::start(move |stream, _, _| {
+        let _ = stream.write_all(reply);
+    });
+    let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    (server, tier)
 }
