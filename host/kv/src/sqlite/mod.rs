@@ -318,21 +318,11 @@ impl Engine for SqliteEngine {
             let mut total = 0u64;
             let mut out = Vec::with_capacity(keys.len());
             for key in keys {
-                let len = {
-                    let mut stmt = tx
-                        .prepare_cached("SELECT length(value) FROM kv WHERE key = ?1")
-                        .map_err(|e| self.db(e))?;
-                    let len: Option<i64> = stmt
-                        .query_row([key.as_bytes()], |r| r.get(0))
-                        .optional()
-                        .map_err(|e| self.db(e))?;
-                    len
-                };
-                let Some(len) = len else {
+                let Some(len) = self.value_len(&tx, key)? else {
                     out.push(None);
                     continue;
                 };
-                total = total.saturating_add(len as u64);
+                total = total.saturating_add(len);
                 if total > max_bytes {
                     return Err(Error::TooMuchAtOnce {
                         what: "get-many",

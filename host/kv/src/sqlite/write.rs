@@ -60,7 +60,9 @@ impl SqliteEngine {
         }
     }
 
-    pub(super) fn size_of(&self, tx: &Transaction<'_>, key: &str) -> Result<u64> {
+    /// The length of the value of `key` (`length` reads a value's size, not the value); `None`:
+    /// the key has no row.
+    pub(super) fn value_len(&self, tx: &Transaction<'_>, key: &str) -> Result<Option<u64>> {
         let mut stmt = tx
             .prepare_cached("SELECT length(value) FROM kv WHERE key = ?1")
             .map_err(|e| self.db(e))?;
@@ -68,7 +70,12 @@ impl SqliteEngine {
             .query_row([key.as_bytes()], |r| r.get(0))
             .optional()
             .map_err(|e| self.db(e))?;
-        Ok(len.map_or(0, |l| key.len() as u64 + l as u64))
+        Ok(len.map(|l| l as u64))
+    }
+
+    /// The bytes (key and value) the row of `key` holds; 0 if it has none.
+    pub(super) fn size_of(&self, tx: &Transaction<'_>, key: &str) -> Result<u64> {
+        Ok(self.value_len(tx, key)?.map_or(0, |l| key.len() as u64 + l))
     }
 
     /// The bytes (keys and values) the rows of `keys` (distinct) hold now: one statement per
