@@ -33,6 +33,22 @@ fn raw(root: &Path) -> rusqlite::Connection {
     c
 }
 
+/// Flips one byte of the value of key `bad` (set to "original value") behind the engine's back,
+/// so that its checksum no longer matches, and checks that the next read reports it damaged.
+fn damage_bad_and_read(root: &Path, b: &Bucket) {
+    raw(root)
+        .execute(
+            "UPDATE kv SET value = ?1 WHERE key = ?2",
+            rusqlite::params![&b"original valuf"[..], &b"bad"[..]],
+        )
+        .unwrap();
+    let err = b.get("bad").unwrap_err();
+    assert!(
+        matches!(err, Error::Store(filecache_store::Error::Corrupt { .. })),
+        "{err:?}"
+    );
+}
+
 fn odd_keys() -> Vec<String> {
     vec![
         String::new(),
@@ -122,17 +138,7 @@ fn a_damaged_value_is_reported_and_removed_never_served() {
     let before = ns.data_bytes().unwrap();
     assert_eq!(before, (4 + 4 + 3 + 14) as u64);
     // Flip a value behind the engine's back (its checksum no longer matches).
-    raw(d.path())
-        .execute(
-            "UPDATE kv SET value = ?1 WHERE key = ?2",
-            rusqlite::params![&b"original valuf"[..], &b"bad"[..]],
-        )
-        .unwrap();
-    let err = b.get("bad").unwrap_err();
-    assert!(
-        matches!(err, Error::Store(filecache_store::Error::Corrupt { .. })),
-        "{err:?}"
-    );
+    damage_bad_and_read(d.path(), &b);
     // Removed: the next read misses, and its bytes are given back to the quota.
     assert_eq!(b.get("bad").unwrap(), None);
     assert_eq!(ns.data_bytes().unwrap(), 8);
@@ -821,17 +827,7 @@ fn the_read_cache_never_serves_a_damaged_row() {
     let before = hits();
     assert_eq!(b.get("bad").unwrap().as_deref(), Some(&b"original value"[..]));
     assert_eq!(hits(), before + 1, "the value was not cached: nothing is tested");
-    raw(d.path())
-        .execute(
-            "UPDATE kv SET value = ?1 WHERE key = ?2",
-            rusqlite::params![&b"original valuf"[..], &b"bad"[..]],
-        )
-        .unwrap();
-    let err = b.get("bad").unwrap_err();
-    assert!(
-        matches!(err, Error::Store(filecache_store::Error::Corrupt { .. })),
-        "{err:?}"
-    );
+    damage_bad_and_read(d.path(), &b);
     // Found damaged, so not cached: removed, and the next reads miss.
     assert_eq!(b.get("bad").unwrap(), None);
     assert_eq!(b.get("bad").unwrap(), None);

@@ -55,164 +55,23 @@
 //! moves on) or a few more than asked for (never one fewer: none is dropped), and a cursor is
 //! meaningful only on the server that gave it.
 
+mod frame;
+mod scan;
+mod scripts;
+
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use filecache_store::NamespaceOptions;
-use filecache_store::entry::Checksum;
 use filecache_store::remote::{RemoteTier, Reply};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
-use crate::{
-    Engine, Error, KeyPage, MAX_KEY_LEN, Result, Usage, VerifyReport, Version, Versioned, overflow, parse, short,
-};
+use crate::{Engine, Error, KeyPage, Result, Usage, VerifyReport, Version, Versioned, overflow, parse, short};
+use frame::{HEAD, MAC_LEN, Read};
+use scripts::{DELETE_MANY, GET_MANY, SET_MANY, SWAP};
 
-const MAGIC: &[u8; 4] = b"fkv1";
-/// Magic, version, CRC32C.
-const HEAD: usize = 16;
-const MAC_LEN: usize = 32;
-const MAC_DOMAIN: &[u8] = b"filecache kv value v1\0";
 /// Compare-and-swap rounds an `increment` tries before giving up (each lost round means another
 /// writer's increment went through).
 const MAX_INCREMENT_ROUNDS: usize = 10_000;
-/// `SCAN` calls one page may take.
-const MAX_SCANS_PER_PAGE: usize = 32;
-
-/// A Lua script run with `EVALSHA` (and `EVAL` when the server does not know it yet).
-struct Script {
-    name: &'static str,
-    body: &'static str,
-    sha: OnceLock<String>,
-}
-
-impl Script {
-    const fn new(name: &'static str, body: &'static str) -> Script {
-        Script {
-            name,
-            body,
-            sha: OnceLock::new(),
-        }
-    }
-}
-
-/// KEYS: the meta hash, then the keys. ARGV: the quota, the prefix length, then a frame per key.
-/// Answers `{1}`, or `{0, bytes needed}` when the quota refuses.
-static SET_MANY: Script = Script::new(
-    "set",
-    r"
-local plen = tonumber(ARGV[2])
-local cur = {}
-local dbytes, dkeys = 0, 0
-for i = 2, #KEYS do
-  local k = KEYS[i]
-  local before = cur[k]
-  if before == nil then
-    local l = redis.call('STRLEN', k)
-    if l > 0 then before = (#k - plen) + l else before = 0 end
-  end
-  local after = (#k - plen) + #ARGV[i + 1]
-  dbytes = dbytes + after - before
-  if before == 0 then dkeys = dkeys + 1 end
-  cur[k] = after
-end
-if dbytes > 0 then
-  local used = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
-  if used + dbytes > tonumber(ARGV[1]) then return {0, dbytes} end
-end
-for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1]) end
-if dbytes ~= 0 then redis.call('HINCRBY', KEYS[1], 'bytes', string.format('%d', dbytes)) end
-if dkeys ~= 0 then redis.call('HINCRBY', KEYS[1], 'keys', string.format('%d', dkeys)) end
-return {1}
-",
-);
-
-/// KEYS: the meta hash, then the keys. ARGV: the prefix length. Answers how many were removed.
-static DELETE_MANY: Script = Script::new(
-    "delete",
-    r"
-local plen = tonumber(ARGV[1])
-local dbytes, dkeys = 0, 0
-for i = 2, #KEYS do
-  local k = KEYS[i]
-  local l = redis.call('STRLEN', k)
-  if l > 0 then
-    redis.call('DEL', k)
-    dbytes = dbytes - ((#k - plen) + l)
-    dkeys = dkeys - 1
-  end
-end
-if dbytes ~= 0 then redis.call('HINCRBY', KEYS[1], 'bytes', string.format('%d', dbytes)) end
-if dkeys ~= 0 then redis.call('HINCRBY', KEYS[1], 'keys', string.format('%d', dkeys)) end
-return -dkeys
-",
-);
-
-/// KEYS: the meta hash, the key. ARGV: the prefix length, the value to remove. Removes the key
-/// only if it still holds exactly that value (what `verify` found damaged). Answers 1 or 0.
-static DELETE_IF: Script = Script::new(
-    "remove damaged",
-    r"
-local v = redis.call('GET', KEYS[2])
-if v ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[2])
-local d = (#KEYS[2] - tonumber(ARGV[1])) + #v
-redis.call('HINCRBY', KEYS[1], 'bytes', string.format('%d', -d))
-redis.call('HINCRBY', KEYS[1], 'keys', -1)
-return 1
-",
-);
-
-/// KEYS: the meta hash, the key. ARGV: the quota, the prefix length, the expected version (8
-/// bytes; empty: no value expected), the new frame, how many bytes of a current value to answer.
-/// Answers `{1}` when written; `{0}` (no value now) or `{0, value now}` when the version did not
-/// match; `{2, bytes needed}` when the quota refuses.
-static SWAP: Script = Script::new(
-    "compare-and-swap",
-    r"
-local k = KEYS[2]
-local l = redis.call('STRLEN', k)
-local expected = ARGV[3]
-if l > 0 then
-  if expected == '' or redis.call('GETRANGE', k, 4, 11) ~= expected then
-    return {0, redis.call('GETRANGE', k, 0, tonumber(ARGV[5]) - 1)}
-  end
-elseif expected ~= '' then
-  return {0}
-end
-local klen = #k - tonumber(ARGV[2])
-local before = 0
-if l > 0 then before = klen + l end
-local d = klen + #ARGV[4] - before
-if d > 0 then
-  local used = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
-  if used + d > tonumber(ARGV[1]) then return {2, d} end
-end
-redis.call('SET', k, ARGV[4])
-if d ~= 0 then redis.call('HINCRBY', KEYS[1], 'bytes', string.format('%d', d)) end
-if l == 0 then redis.call('HINCRBY', KEYS[1], 'keys', 1) end
-return {1}
-",
-);
-
-/// KEYS: the keys. ARGV: how many bytes of each value to answer, the most bytes of values in
-/// all, the bytes of framing per value. Answers `{1, value…}` (empty: none) or `{0, bytes}` when
-/// the values hold more than allowed.
-static GET_MANY: Script = Script::new(
-    "get-many",
-    r"
-local each, total, over = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local sum = 0
-for i = 1, #KEYS do
-  local l = redis.call('STRLEN', KEYS[i])
-  if l > 0 then sum = sum + math.max(math.min(l, each) - over, 0) end
-end
-if sum > total then return {0, sum} end
-local out = {1}
-for i = 1, #KEYS do out[i + 1] = redis.call('GETRANGE', KEYS[i], 0, each - 1) end
-return out
-",
-);
 
 /// A bucket on a Redis server shared by a fleet: see the [module docs](self).
 ///
@@ -256,12 +115,6 @@ impl std::fmt::Debug for RedisEngine {
     }
 }
 
-/// A value as read: its content and version, or why it is refused.
-enum Read {
-    Missing,
-    Found(Vec<u8>, Version),
-}
-
 impl RedisEngine {
     /// The bucket of namespace `namespace` on the tier's server, with the namespace's limits
     /// (`max_entry_size`, `quota`) and read-only mode (the tier's
@@ -296,102 +149,6 @@ impl RedisEngine {
         k
     }
 
-    fn trailer(&self) -> usize {
-        if self.tier.options().fleet_key.is_some() {
-            MAC_LEN
-        } else {
-            0
-        }
-    }
-
-    /// The longest stored value accepted (an acceptable value, framed).
-    fn max_stored(&self) -> u64 {
-        (HEAD as u64 + self.trailer() as u64).saturating_add(self.max_value)
-    }
-
-    fn mac(&self, key: &str) -> Option<Hmac<Sha256>> {
-        let fleet_key = self.tier.options().fleet_key.as_ref()?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(fleet_key).expect("HMAC takes keys of any length");
-        mac.update(MAC_DOMAIN);
-        mac.update(&[self.namespace.len() as u8]);
-        mac.update(self.namespace.as_bytes());
-        mac.update(&(key.len() as u32).to_le_bytes());
-        mac.update(key.as_bytes());
-        Some(mac)
-    }
-
-    fn crc(key: &str, version: &[u8], value: &[u8]) -> u32 {
-        let mut c = Checksum::default();
-        c.update(key.as_bytes());
-        c.update(version);
-        c.update(value);
-        c.value()
-    }
-
-    fn encode(&self, key: &str, version: Version, value: &[u8]) -> Vec<u8> {
-        let v = version.0.to_le_bytes();
-        let mut out = Vec::with_capacity(HEAD + value.len() + self.trailer());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&v);
-        out.extend_from_slice(&Self::crc(key, &v, value).to_le_bytes());
-        out.extend_from_slice(value);
-        if let Some(mut mac) = self.mac(key) {
-            mac.update(&out);
-            out.extend_from_slice(&mac.finalize().into_bytes());
-        }
-        out
-    }
-
-    /// Checks a stored value (at most [`max_stored`](Self::max_stored) + 1 bytes of it).
-    fn decode(&self, key: &str, mut stored: Vec<u8>) -> Result<Read> {
-        if stored.is_empty() {
-            return Ok(Read::Missing);
-        }
-        if stored.len() as u64 > self.max_stored() {
-            // Written by a host with a larger limit: not damage, but not for this host.
-            return Err(filecache_store::Error::TooLarge { limit: self.max_value }.into());
-        }
-        let reject = |reason: &'static str| {
-            tracing::warn!(
-                server = %self.tier.shown_url(),
-                namespace = %self.namespace,
-                key = %short(key),
-                reason,
-                "refused a key-value value from Redis"
-            );
-            Error::Rejected {
-                namespace: self.namespace.clone(),
-                key: short(key),
-                reason,
-            }
-        };
-        let trailer = self.trailer();
-        if stored.len() < HEAD + trailer {
-            return Err(reject(if trailer > 0 {
-                "shorter than a frame and a MAC"
-            } else {
-                "shorter than a frame"
-            }));
-        }
-        if let Some(mut mac) = self.mac(key) {
-            let (body, tag) = stored.split_at(stored.len() - MAC_LEN);
-            mac.update(body);
-            mac.verify_slice(tag)
-                .map_err(|_| reject("MAC mismatch (not written under this host's fleet key)"))?;
-            stored.truncate(stored.len() - MAC_LEN);
-        }
-        if &stored[..4] != MAGIC {
-            return Err(reject("not a key-value value (no frame)"));
-        }
-        let v: [u8; 8] = stored[4..12].try_into().expect("checked length");
-        let crc = u32::from_le_bytes(stored[12..16].try_into().expect("checked length"));
-        if Self::crc(key, &v, &stored[HEAD..]) != crc {
-            return Err(reject("checksum mismatch"));
-        }
-        stored.drain(..HEAD);
-        Ok(Read::Found(stored, Version(u64::from_le_bytes(v))))
-    }
-
     fn remote(&self, e: filecache_store::Error) -> Error {
         Error::Remote {
             namespace: self.namespace.clone(),
@@ -415,36 +172,6 @@ impl RedisEngine {
 
     fn command(&self, op: &'static str, args: &[&[u8]], max_reply: u64) -> Result<Reply> {
         self.tier.command(op, args, max_reply).map_err(|e| self.remote(e))
-    }
-
-    /// Runs `script` (`EVALSHA`, or `EVAL` if the server does not have it yet).
-    fn eval(&self, script: &Script, keys: &[&[u8]], args: &[&[u8]], max_reply: u64) -> Result<Reply> {
-        let sha = match script.sha.get() {
-            Some(sha) => sha.as_bytes(),
-            None => match self.command("script load", &[b"SCRIPT", b"LOAD", script.body.as_bytes()], 64)? {
-                Reply::Bulk(Some(sha)) if sha.len() == 40 => script
-                    .sha
-                    .get_or_init(|| String::from_utf8_lossy(&sha).into_owned())
-                    .as_bytes(),
-                other => return Err(self.unexpected("script load", &other)),
-            },
-        };
-        let numkeys = keys.len().to_string();
-        let mut argv: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
-        argv.extend([&b"EVALSHA"[..], sha, numkeys.as_bytes()]);
-        argv.extend_from_slice(keys);
-        argv.extend_from_slice(args);
-        let mut reply = self.command(script.name, &argv, max_reply)?;
-        if matches!(&reply, Reply::Error(e) if e.starts_with("NOSCRIPT")) {
-            // The server restarted or its scripts were flushed: EVAL caches it again.
-            argv[0] = b"EVAL";
-            argv[1] = script.body.as_bytes();
-            reply = self.command(script.name, &argv, max_reply)?;
-        }
-        match reply {
-            Reply::Error(_) => Err(self.unexpected(script.name, &reply)),
-            reply => Ok(reply),
-        }
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -487,58 +214,6 @@ impl RedisEngine {
             Read::Missing => None,
             Read::Found(v, ver) => Some((v, ver)),
         })
-    }
-
-    /// One page of `SCAN`: the next cursor and the bucket's keys it returned.
-    fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>)> {
-        let mut pattern = self.prefix.clone();
-        pattern.push(b'*');
-        let cursor = cursor.to_string();
-        let count_s = count.to_string();
-        // SCAN's COUNT is a hint: allow four times as many keys as asked, of the longest kind.
-        let bound = ((count as u64).saturating_mul(4) + 16)
-            .saturating_mul(self.prefix.len() as u64 + MAX_KEY_LEN as u64 + 16)
-            .saturating_add(64);
-        let reply = self.command(
-            "list-keys",
-            &[
-                b"SCAN",
-                cursor.as_bytes(),
-                b"MATCH",
-                &pattern,
-                b"COUNT",
-                count_s.as_bytes(),
-            ],
-            bound,
-        )?;
-        let Reply::Array(mut parts) = reply else {
-            return Err(self.unexpected("list-keys", &reply));
-        };
-        let (Some(Reply::Array(keys)), Some(Reply::Bulk(Some(next))), None) = (parts.pop(), parts.pop(), parts.pop())
-        else {
-            return Err(self.unexpected("list-keys", &Reply::Array(parts)));
-        };
-        let next = std::str::from_utf8(&next)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| self.unexpected("list-keys", &Reply::Bulk(Some(next.clone()))))?;
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            let Reply::Bulk(Some(k)) = k else {
-                return Err(self.unexpected("list-keys", &k));
-            };
-            let Some(rest) = k.strip_prefix(&self.prefix[..]) else {
-                continue; // not ours (a server answering past its MATCH)
-            };
-            match String::from_utf8(rest.to_vec()) {
-                Ok(s) if s.len() <= MAX_KEY_LEN => out.push(s),
-                _ => tracing::warn!(
-                    namespace = %self.namespace,
-                    "a key in the shared bucket is not UTF-8 or too long (not written by filecache): left out"
-                ),
-            }
-        }
-        Ok((next, out))
     }
 
     /// Writes `value` under `key` if its version is `expected`, by [`SWAP`]; the version
@@ -644,26 +319,6 @@ impl RedisEngine {
                 short(key)
             ),
         })
-    }
-
-    fn remove_damaged(&self, key: &str, stored: &[u8]) -> Result<()> {
-        let plen = self.prefix.len().to_string();
-        let dkey = self.data_key(key);
-        match self.eval(&DELETE_IF, &[&self.meta, &dkey], &[plen.as_bytes(), stored], 16)? {
-            Reply::Integer(_) => Ok(()),
-            other => Err(self.unexpected("remove damaged", &other)),
-        }
-    }
-
-    /// The stored bytes of `key`, unchecked (for `verify`).
-    fn raw(&self, key: &str) -> Result<Vec<u8>> {
-        let last = self.max_stored().min(i64::MAX as u64 - 1);
-        let end = last.to_string();
-        let dkey = self.data_key(key);
-        match self.command("verify", &[b"GETRANGE", &dkey, b"0", end.as_bytes()], last + 1)? {
-            Reply::Bulk(v) => Ok(v.unwrap_or_default()),
-            other => Err(self.unexpected("verify", &other)),
-        }
     }
 }
 
@@ -785,22 +440,7 @@ impl Engine for RedisEngine {
     }
 
     fn list_keys(&self, from: u64, limit: usize) -> Result<KeyPage> {
-        let step = (limit / 4).max(1);
-        let mut keys = Vec::new();
-        let mut cursor = from;
-        for _ in 0..MAX_SCANS_PER_PAGE {
-            let (next, found) = self.scan(cursor, step)?;
-            keys.extend(found);
-            cursor = next;
-            // Another step could take the page past `limit`.
-            if cursor == 0 || keys.len() + step > limit {
-                break;
-            }
-        }
-        Ok(KeyPage {
-            keys,
-            next: (cursor != 0).then_some(cursor),
-        })
+        self.list_page(from, limit)
     }
 
     fn usage(&self) -> Result<Usage> {
@@ -827,53 +467,10 @@ impl Engine for RedisEngine {
     }
 
     fn verify(&self) -> Result<VerifyReport> {
-        let mut report = VerifyReport::default();
-        let mut from = 0;
-        loop {
-            let page = self.list_keys(from, crate::MAX_PAGE)?;
-            for key in page.keys {
-                let stored = self.raw(&key)?;
-                match self.decode(&key, stored.clone()) {
-                    Ok(Read::Found(..)) => report.ok += 1,
-                    Ok(Read::Missing) => {}
-                    Err(Error::Rejected { reason, .. }) => {
-                        if !self.read_only {
-                            self.remove_damaged(&key, &stored)?;
-                        }
-                        report.damaged.push((short(&key), reason));
-                    }
-                    // Over this host's size limit: another host's value, not damage.
-                    Err(Error::Store(filecache_store::Error::TooLarge { .. })) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            match page.next {
-                Some(n) => from = n,
-                None => return Ok(report),
-            }
-        }
+        self.verify_values()
     }
 
     fn clear(&self) -> Result<u64> {
-        self.check_writable()?;
-        let mut removed = 0u64;
-        let mut from = 0;
-        loop {
-            let page = self.list_keys(from, crate::MAX_PAGE)?;
-            if !page.keys.is_empty() {
-                let dkeys: Vec<Vec<u8>> = page.keys.iter().map(|k| self.data_key(k)).collect();
-                let mut all: Vec<&[u8]> = vec![&self.meta];
-                all.extend(dkeys.iter().map(Vec::as_slice));
-                let plen = self.prefix.len().to_string();
-                match self.eval(&DELETE_MANY, &all, &[plen.as_bytes()], 16)? {
-                    Reply::Integer(n) => removed += n.max(0) as u64,
-                    other => return Err(self.unexpected("clear", &other)),
-                }
-            }
-            match page.next {
-                Some(n) => from = n,
-                None => return Ok(removed),
-            }
-        }
+        self.clear_all()
     }
 }
