@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cap_std::fs::Dir;
 
 use super::{DEFAULT_MAX_HANDLES, FileCacheCtx, HandleBudget};
-use crate::{Durability, Namespace, NamespaceOptions, EntryStore};
+use crate::{Durability, EntryStore, Namespace, NamespaceOptions};
 
 /// Why [`FileCacheCtxBuilder::build`] failed.
 #[derive(Debug, thiserror::Error)]

@@ -43,7 +43,7 @@ pub use builder::{BuildError, FileCacheCtxBuilder};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::store::{EntryReader, EntryWriter};
-use crate::{Key, EntryStore};
+use crate::{EntryStore, Key};
 
 mod generated {
     pub(super) mod sync {

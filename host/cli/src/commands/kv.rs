@@ -207,7 +207,11 @@ impl KvCommand {
                     Some(v) => std::io::stdout().write_all(&v).context("cannot write to stdout")?,
                     None => {
                         let place = if self.remote.is_some() { " (in Redis)" } else { "" };
-                        eprintln!("no value for key {} in namespace {}{place}", escape(&key), self.namespace);
+                        eprintln!(
+                            "no value for key {} in namespace {}{place}",
+                            escape(&key),
+                            self.namespace
+                        );
                         return Ok(ExitCode::FAILURE);
                     }
                 }
