@@ -11,14 +11,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
-use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
-use filecache_host::{FileCacheCtx, FileCacheView};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::plugin::{self, Loaded, PluginArgs, PluginView, Role, Storage};
+use super::plugin::{self, Instance, Loaded, PluginArgs, Role, Storage};
 use crate::limits::{Hit, Limits, MemoryLimit};
 
 #[derive(Args)]
@@ -32,33 +29,8 @@ pub struct RunCommand {
     args: Vec<OsString>,
 }
 
-/// One run's store data.
-pub struct Host {
-    wasi: WasiCtx,
-    cache: FileCacheCtx,
-    kv: KeyValueCtx,
-    table: ResourceTable,
-    memory: MemoryLimit,
-}
-
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl PluginView for Host {
-    fn cache(&mut self) -> FileCacheView<'_> {
-        FileCacheView::new(&self.cache, &mut self.table)
-    }
-
-    fn kv(&mut self) -> KeyValueView<'_> {
-        KeyValueView::new(&self.kv, &mut self.table)
-    }
-}
+/// One run's store data: the instance's, with nothing added.
+pub type Host = Instance;
 
 impl RunCommand {
     pub fn execute(self) -> Result<ExitCode> {
@@ -123,17 +95,11 @@ fn link(loaded: &Loaded, path: &Path) -> Result<CommandPre<Host>> {
 fn context(storage: &Storage, engine: &Engine, args: &[String], limits: &Limits) -> Result<Store<Host>> {
     let mut wasi = storage.wasi()?;
     wasi.inherit_stdio().args(args);
-    let cache = storage.cache_ctx()?;
-    let host = Host {
-        wasi: wasi.build(),
-        kv: storage.kv_ctx(&cache),
-        cache,
-        table: ResourceTable::new(),
-        memory: MemoryLimit {
-            max: limits.max_memory_size,
-            flag: "-W max-memory-size",
-        },
+    let memory = MemoryLimit {
+        max: limits.max_memory_size,
+        flag: "-W max-memory-size",
     };
+    let host = storage.instance(wasi.build(), ResourceTable::new(), memory, ())?;
     let mut store = Store::new(engine, host);
     store.limiter(|h| &mut h.memory);
     if let Some(fuel) = limits.fuel {

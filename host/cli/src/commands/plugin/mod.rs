@@ -22,7 +22,7 @@ use wasmtime::component::Component;
 
 pub use self::args::{PluginArgs, parse_duration};
 pub use self::load::{Role, expect_role};
-pub use self::storage::{PluginView, Storage, add_to_linker_async, add_to_linker_sync};
+pub use self::storage::{Instance, Storage, add_to_linker_async, add_to_linker_sync};
 
 /// The options, checked; nothing created yet.
 pub struct Plugin {

@@ -10,12 +10,13 @@ use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
 use filecache_host::kv::{Bucket, RedisEngine};
 use filecache_host::remote::TieredStore;
 use filecache_host::{EntryStore, FileCacheCtx, FileCacheView, Namespace};
-use wasmtime::component::Linker;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::load::with_remote;
 use super::{Loaded, Plugin};
 use crate::common::open_cache;
+use crate::limits::MemoryLimit;
 
 impl Plugin {
     /// Creates the cache if it does not exist yet (storing the component's code compiled in
@@ -128,23 +129,70 @@ impl Storage {
     }
 }
 
-/// What every plugin instance's store data gives the cache and key-value bindings.
-pub trait PluginView: Send + 'static {
-    fn cache(&mut self) -> FileCacheView<'_>;
-    fn kv(&mut self) -> KeyValueView<'_>;
+/// One instance's store data, for `run` and `serve` alike: WASI, the cache and key-value
+/// contexts (one handle budget), the resource table they share, the memory limit, and what the
+/// command adds (`X`: nothing for `run`, the `wasi:http` context for `serve`).
+pub struct Instance<X = ()> {
+    wasi: WasiCtx,
+    cache: FileCacheCtx,
+    kv: KeyValueCtx,
+    pub table: ResourceTable,
+    pub memory: MemoryLimit,
+    pub extra: X,
+}
+
+impl Storage {
+    /// A fresh instance's store data over this storage: `wasi` built by the caller from
+    /// [`wasi`](Self::wasi), `table` with whatever capacity the command sets.
+    pub fn instance<X>(
+        &self,
+        wasi: WasiCtx,
+        table: ResourceTable,
+        memory: MemoryLimit,
+        extra: X,
+    ) -> Result<Instance<X>> {
+        let cache = self.cache_ctx()?;
+        Ok(Instance {
+            wasi,
+            kv: self.kv_ctx(&cache),
+            cache,
+            table,
+            memory,
+            extra,
+        })
+    }
+}
+
+impl<X: Send + 'static> WasiView for Instance<X> {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl<X: Send + 'static> Instance<X> {
+    fn cache_view(&mut self) -> FileCacheView<'_> {
+        FileCacheView::new(&self.cache, &mut self.table)
+    }
+
+    fn kv_view(&mut self) -> KeyValueView<'_> {
+        KeyValueView::new(&self.kv, &mut self.table)
+    }
 }
 
 /// Links `filecache:cache` and `wasi:keyvalue` (both drafts), synchronous, as `run` calls them.
-pub fn add_to_linker_sync<T: PluginView>(linker: &mut Linker<T>) -> Result<()> {
-    filecache_host::add_to_linker(linker, T::cache)?;
-    filecache_host::keyvalue::add_to_linker(linker, T::kv)?;
+pub fn add_to_linker_sync<X: Send + 'static>(linker: &mut Linker<Instance<X>>) -> Result<()> {
+    filecache_host::add_to_linker(linker, Instance::<X>::cache_view)?;
+    filecache_host::keyvalue::add_to_linker(linker, Instance::<X>::kv_view)?;
     Ok(())
 }
 
 /// Links `filecache:cache` and `wasi:keyvalue` (both drafts), asynchronous, as `serve` calls
 /// them.
-pub fn add_to_linker_async<T: PluginView>(linker: &mut Linker<T>) -> Result<()> {
-    filecache_host::add_to_linker_async(linker, T::cache)?;
-    filecache_host::keyvalue::add_to_linker_async(linker, T::kv)?;
+pub fn add_to_linker_async<X: Send + 'static>(linker: &mut Linker<Instance<X>>) -> Result<()> {
+    filecache_host::add_to_linker_async(linker, Instance::<X>::cache_view)?;
+    filecache_host::keyvalue::add_to_linker_async(linker, Instance::<X>::kv_view)?;
     Ok(())
 }

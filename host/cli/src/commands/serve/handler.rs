@@ -7,56 +7,32 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
-use filecache_host::keyvalue::{KeyValueCtx, KeyValueView};
-use filecache_host::{FileCacheCtx, FileCacheView};
 use http_body_util::{BodyExt, Full};
 use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Store, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::super::plugin::{PluginView, Storage};
+use super::super::plugin::{Instance, Storage};
 use crate::limits::{Hit, MemoryLimit};
 
 /// A request's store data.
-pub(super) struct Host {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
+pub(super) type Host = Instance<Http>;
+
+/// What `serve` adds to an instance's store data: the `wasi:http` context and its hooks.
+pub(super) struct Http {
+    ctx: WasiHttpCtx,
     hooks: NoOutgoing,
-    cache: FileCacheCtx,
-    kv: KeyValueCtx,
-    table: ResourceTable,
-    memory: MemoryLimit,
-}
-
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl PluginView for Host {
-    fn cache(&mut self) -> FileCacheView<'_> {
-        FileCacheView::new(&self.cache, &mut self.table)
-    }
-
-    fn kv(&mut self) -> KeyValueView<'_> {
-        KeyValueView::new(&self.kv, &mut self.table)
-    }
 }
 
 impl WasiHttpView for Host {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
-            ctx: &mut self.http,
+            ctx: &mut self.extra.ctx,
             table: &mut self.table,
-            hooks: &mut self.hooks,
+            hooks: &mut self.extra.hooks,
         }
     }
 }
@@ -151,19 +127,15 @@ impl Server {
         wasi.inherit_stdout().inherit_stderr();
         let mut table = ResourceTable::new();
         table.set_max_capacity(self.max_resources);
-        let cache = self.storage.cache_ctx()?;
-        let host = Host {
-            wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            hooks: NoOutgoing,
-            kv: self.storage.kv_ctx(&cache),
-            cache,
-            table,
-            memory: MemoryLimit {
-                max: self.max_memory_size,
-                flag: self.memory_flag,
-            },
+        let memory = MemoryLimit {
+            max: self.max_memory_size,
+            flag: self.memory_flag,
         };
+        let http = Http {
+            ctx: WasiHttpCtx::new(),
+            hooks: NoOutgoing,
+        };
+        let host = self.storage.instance(wasi.build(), table, memory, http)?;
         let mut store = Store::new(self.pre.instance_pre().engine(), host);
         store.limiter(|h| &mut h.memory);
         if let Some(fuel) = self.fuel {
