@@ -254,22 +254,7 @@ fn an_unmodified_wasmtime_keyvalue_handler_keeps_its_state_and_counts_exactly() 
 
     // 8 clients x 50 increments of one key, each on its own connection: every count is handed
     // out exactly once.
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let addr = server.addr;
-            std::thread::spawn(move || {
-                (0..50)
-                    .map(|_| {
-                        let r = request(addr, "POST", "/kv/incr/hits", b"");
-                        assert_eq!(r.status, 200, "{}", r.text());
-                        r.text().trim().parse::<u64>().unwrap()
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let mut counts: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    counts.sort_unstable();
+    let counts = counts_from_clients(server.addr, "/kv/incr/hits", 8, 50);
     assert_eq!(counts, (1..=400).collect::<Vec<_>>());
     assert_eq!(server.post("/kv/incr/hits", b"").text(), "401\n");
 
@@ -550,22 +535,7 @@ fn the_python_kit_http_example_keeps_its_state_across_requests_and_restarts() {
     // count handed out exactly once.
     let put = request(server.addr, "PUT", "/notes/greeting", b"hi from python");
     assert_eq!((put.status, put.text().as_str()), (200, "stored 14 bytes\n"));
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let addr = server.addr;
-            std::thread::spawn(move || {
-                (0..5)
-                    .map(|_| {
-                        let r = request(addr, "POST", "/visit", b"");
-                        assert_eq!(r.status, 200, "{}", r.text());
-                        r.text().trim().parse::<u64>().unwrap()
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let mut counts: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    counts.sort_unstable();
+    let counts = counts_from_clients(server.addr, "/visit", 4, 5);
     assert_eq!(counts, (1..=20).collect::<Vec<_>>());
     assert_eq!(server.get("/notes/nothing").status, 404);
     assert_eq!(server.get("/nowhere").status, 404);
@@ -585,4 +555,25 @@ fn the_python_kit_http_example_keeps_its_state_across_requests_and_restarts() {
     );
     let log = server.log();
     assert!(log.contains("POST /visit 200 "), "{log}");
+}
+
+/// `clients` clients at once, each on its own connections, each POSTing `path` `each` times and
+/// reading the count it was handed: every count, sorted.
+fn counts_from_clients(addr: SocketAddr, path: &'static str, clients: usize, each: usize) -> Vec<u64> {
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..each)
+                    .map(|_| {
+                        let r = request(addr, "POST", path, b"");
+                        assert_eq!(r.status, 200, "{}", r.text());
+                        r.text().trim().parse::<u64>().unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut counts: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    counts.sort_unstable();
+    counts
 }
