@@ -146,9 +146,10 @@ mod tests {
         }
         let took = start.elapsed();
         // Before the fix, each of the 300 reads after the first failed flush waited 100 ms for
-        // the lock (30 s in all); now none waits.
+        // the lock (30 s in all); now none waits. The bound is half of that, not a speed target:
+        // the reads themselves took over 3 s under Wine on a loaded 2-core machine.
         assert!(
-            took < Duration::from_secs(3),
+            took < Duration::from_secs(15),
             "{reads} reads took {took:?} with the lock held"
         );
         assert_eq!(ns.counts().hits, reads, "the uses are kept");
