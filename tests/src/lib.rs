@@ -6,6 +6,22 @@ use std::path::Path;
 mod redis;
 pub use redis::RedisServer;
 
+/// A model test's seed: `PROPTEST_RNG_SEED` when set (to replay a failure), else a new one,
+/// printed (with `name`) so that any failure can be replayed exactly.
+pub fn model_test_seed(name: &str) -> u64 {
+    let seed = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{name} seed: {seed} (replay with PROPTEST_RNG_SEED={seed})");
+    seed
+}
+
 /// The demo plugin: pre-compresses a folder of assets with Brotli, memoized in the cache.
 pub fn brotli_assets_wasm() -> &'static Path {
     Path::new(env!("FILECACHE_WASM_BROTLI_ASSETS"))

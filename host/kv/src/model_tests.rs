@@ -346,26 +346,11 @@ fn check_ops(quota: Option<u64>, ops: &[Op]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The run's seed: `PROPTEST_RNG_SEED` when set (to replay a failure), else a new one, printed.
-fn seed() -> u64 {
-    let seed = std::env::var("PROPTEST_RNG_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("kv model test seed: {seed} (replay with PROPTEST_RNG_SEED={seed})");
-    seed
-}
-
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 48,
         failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel("proptest-regressions"))),
-        rng_seed: proptest::test_runner::RngSeed::Fixed(seed()),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(filecache_tests::model_test_seed("kv model test")),
         ..ProptestConfig::default()
     })]
 

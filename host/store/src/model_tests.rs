@@ -46,27 +46,11 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The run's seed: `PROPTEST_RNG_SEED` when set (to replay a failure), else a new one, printed
-/// so that any failure can be replayed exactly.
-fn seed() -> u64 {
-    let seed = std::env::var("PROPTEST_RNG_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("model test seed: {seed} (replay with PROPTEST_RNG_SEED={seed})");
-    seed
-}
-
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 96,
         failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(REGRESSIONS))),
-        rng_seed: proptest::test_runner::RngSeed::Fixed(seed()),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(filecache_tests::model_test_seed("model test")),
         ..ProptestConfig::default()
     })]
 
