@@ -17,9 +17,6 @@ python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
-# SQLite's headers and library: host/benches/keyvalue.rs measures against a rusqlite store
-# linked to the system's libsqlite3 (built by `cargo clippy --all-targets` too).
-{ pkg-config --exists sqlite3 2>/dev/null || [ -e /usr/include/sqlite3.h ]; } || missing+=(libsqlite3-dev)
 
 if ((${#missing[@]})); then
     if ! command -v apt-get >/dev/null 2>&1; then
