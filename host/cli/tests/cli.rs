@@ -34,16 +34,8 @@ fn max_entry_size_is_enforced() {
 fn quota_evicts_least_recently_used() {
     let cache = TestCache::new();
     cache.contract(&["--quota", "64KiB"], &["quota", "65536"]);
-    let stats = cache.cli("stats", &["--json"]);
-    assert_success(&stats, "stats");
-    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
-    let default = json["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "default")
-        .unwrap();
-    assert!(default["bytes"].as_u64().unwrap() <= 65536, "{json}");
+    let default = cache.namespace_stats("default");
+    assert!(default["bytes"].as_u64().unwrap() <= 65536, "{default}");
 }
 
 /// Issue 22, finding 1: an empty entry is charged what its file costs on disk (its header,
@@ -68,20 +60,12 @@ fn empty_entries_are_charged_so_the_quota_bounds_the_files() {
         .map(|p| std::fs::metadata(p).unwrap().len().div_ceil(4096) * 4096)
         .sum();
     assert!(disk <= 64 << 10, "{disk} bytes on disk under a 64 KiB quota");
-    let stats = cache.cli("stats", &["--json"]);
-    assert_success(&stats, "stats");
-    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
-    let default = json["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "default")
-        .unwrap();
-    assert_eq!(default["entries"].as_u64(), Some(entries.len() as u64), "{json}");
+    let default = cache.namespace_stats("default");
+    assert_eq!(default["entries"].as_u64(), Some(entries.len() as u64), "{default}");
     assert_eq!(
         default["bytes"].as_u64(),
         Some(disk),
-        "stats shows what is charged: {json}"
+        "stats shows what is charged: {default}"
     );
 }
 
@@ -258,7 +242,7 @@ fn maintenance_commands() {
     cache.contract(&["--namespace", "two"], &["absent", "t"]);
     let out = cache.cli("clear", &[]);
     assert_success(&out, "clear all");
-    let json: serde_json::Value = serde_json::from_slice(&cache.cli("stats", &["--json"]).stdout).unwrap();
+    let json = cache.stats_json();
     assert_eq!(json["total"]["entries"], 0);
 }
 
@@ -575,13 +559,7 @@ fn processes_racing_on_one_namespace_see_exact_content_and_keep_the_quota() {
         max_seen > quota / 2,
         "the race filled the namespace ({max_seen} bytes at most)"
     );
-    let stats: serde_json::Value = serde_json::from_slice(&cache.cli("stats", &["--json"]).stdout).unwrap();
-    let race = stats["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "race")
-        .unwrap();
+    let race = cache.namespace_stats("race");
     assert!(race["bytes"].as_u64().unwrap() <= quota, "over quota: {race}");
     let out = cache.cli("verify", &[]);
     assert_success(&out, "verify");

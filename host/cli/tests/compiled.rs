@@ -7,15 +7,9 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-fn stats_json(cache: &TestCache) -> serde_json::Value {
-    let out = cache.cli("stats", &["--json"]);
-    assert_success(&out, "stats");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// `(entries, hits, misses, rejected)` of the `.compiled` namespace.
 fn compiled_counts(cache: &TestCache) -> (u64, u64, u64, u64) {
-    let json = stats_json(cache);
+    let json = cache.stats_json();
     let ns = json["namespaces"]
         .as_array()
         .unwrap()

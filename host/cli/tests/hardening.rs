@@ -6,15 +6,7 @@ mod common;
 use common::*;
 
 fn namespace_counts(cache: &TestCache, namespace: &str) -> (u64, u64) {
-    let out = cache.cli("stats", &["--json"]);
-    assert_success(&out, "stats --json");
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ns = json["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == namespace)
-        .unwrap_or_else(|| panic!("no namespace {namespace} in {json}"));
+    let ns = cache.namespace_stats(namespace);
     (ns["hits"].as_u64().unwrap(), ns["misses"].as_u64().unwrap())
 }
 

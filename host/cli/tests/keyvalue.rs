@@ -281,13 +281,7 @@ fn stats_verify_gc_and_clear_cover_keyvalue_data() {
     std::fs::write(&value, vec![7u8; 5000]).unwrap();
     kv(&cache, &["set", "big", "--file", value.to_str().unwrap()]);
     assert_eq!(kv(&cache, &["get", "big"]).len(), 5000);
-    let stats: serde_json::Value = serde_json::from_str(&stdout(&cache.cli("stats", &["--json"]))).unwrap();
-    let ns = stats["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "default")
-        .unwrap();
+    let ns = cache.namespace_stats("default");
     assert_eq!(ns["kv_keys"], 2);
     assert_eq!(ns["kv_bytes"], 1 + 1 + 3 + 5000);
     // gc counts key-value data but never removes it.
@@ -327,13 +321,7 @@ fn stats_verify_gc_and_clear_cover_keyvalue_data() {
         "{cleared}"
     );
     assert_eq!(kv(&cache, &["list"]), "");
-    let stats: serde_json::Value = serde_json::from_str(&stdout(&cache.cli("stats", &["--json"]))).unwrap();
-    let ns = stats["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "default")
-        .unwrap();
+    let ns = cache.namespace_stats("default");
     assert_eq!((ns["kv_keys"].as_u64(), ns["kv_bytes"].as_u64()), (Some(0), Some(0)));
     // Values from stdin.
     let mut child = filecache()

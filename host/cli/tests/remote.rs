@@ -10,21 +10,9 @@ use common::*;
 use filecache_host::remote::{RemoteOptions, RemoteTier, TieredStore};
 use filecache_host::{EntryStore, FileCache, Key, NamespaceOptions};
 
-fn json_stats(cache: &TestCache) -> serde_json::Value {
-    let out = cache.cli("stats", &["--json"]);
-    assert_success(&out, "stats --json");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// The counters of `namespace` in `filecache stats --json`.
 fn counter(cache: &TestCache, namespace: &str, name: &str) -> u64 {
-    let json = json_stats(cache);
-    let ns = json["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == namespace)
-        .unwrap_or_else(|| panic!("no namespace {namespace} in {json}"));
+    let ns = cache.namespace_stats(namespace);
     ns[name].as_u64().unwrap_or_else(|| panic!("no {name} in {ns}"))
 }
 

@@ -225,21 +225,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn stats_json(cache: &TestCache) -> serde_json::Value {
-    let out = cache.cli("stats", &["--json"]);
-    assert_success(&out, "stats --json");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn namespace_stats<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    stats["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap_or_else(|| panic!("no namespace {name} in {stats:#}"))
-}
-
 #[test]
 fn an_unmodified_wasmtime_keyvalue_handler_keeps_its_state_and_counts_exactly() {
     let cache = cache_with_code();
@@ -268,7 +253,7 @@ fn an_unmodified_wasmtime_keyvalue_handler_keeps_its_state_and_counts_exactly() 
 #[test]
 fn what_a_response_said_was_stored_survives_kill_9_and_the_code_is_not_recompiled() {
     let cache = cache_with_code();
-    let compiles = |c: &TestCache| namespace_stats(&stats_json(c), ".compiled")["misses"].clone();
+    let compiles = |c: &TestCache| c.namespace_stats(".compiled")["misses"].clone();
     let compiled_before = compiles(&cache);
     let mut server = Server::start(&cache.dir(), http_cache_wasm(), &["--bucket", "shared"]);
     let put = request(server.addr, "PUT", "/cache/put/kept", b"cached bytes");
@@ -367,14 +352,13 @@ fn a_64k_cache_route_hits_after_its_first_miss_and_stats_sees_it() {
     // While it runs (counts are written every second) and after it stops.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let stats = stats_json(&cache);
-        let web = namespace_stats(&stats, "web");
+        let web = cache.namespace_stats("web");
         if web["hits"] == 3 {
             assert_eq!(web["misses"], 1);
             assert_eq!(web["entries"], 1);
             break;
         }
-        assert!(Instant::now() < deadline, "stats never saw the hits: {stats:#}");
+        assert!(Instant::now() < deadline, "stats never saw the hits: {web:#}");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(server.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)).success());

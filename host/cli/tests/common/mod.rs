@@ -63,11 +63,32 @@ impl TestCache {
             .output()
             .unwrap()
     }
+    /// `filecache stats --json`, required to succeed.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let out = self.cli("stats", &["--json"]);
+        assert_success(&out, "stats --json");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+    /// Namespace `name`'s object in `filecache stats --json`.
+    pub fn namespace_stats(&self, name: &str) -> serde_json::Value {
+        namespace_in(&self.stats_json(), name).clone()
+    }
     /// The file of the entry for `seed` (key = SHA-256 of the seed string) in `namespace`.
     pub fn entry_file(&self, namespace: &str, seed: &str) -> PathBuf {
         let key = filecache_host::Key::digest(seed.as_bytes()).to_string();
         self.dir().join(namespace).join(&key[..2]).join(key)
     }
+}
+
+/// Namespace `name`'s object in the output of `filecache stats --json` (a panic showing all of
+/// it when there is none).
+pub fn namespace_in<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    stats["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no namespace {name} in {stats:#}"))
 }
 
 pub fn assert_success(out: &Output, what: &str) {
