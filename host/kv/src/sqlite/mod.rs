@@ -203,10 +203,8 @@ impl SqliteEngine {
 
     /// Refuses a write on a read-only namespace, and a key and value over the limits.
     fn check_write(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.check_writable()?;
         let opts = self.ns.options();
-        if opts.read_only {
-            return Err(filecache_store::Error::ReadOnly.into());
-        }
         if value.len() as u64 > opts.max_entry_size {
             return Err(filecache_store::Error::TooLarge {
                 limit: opts.max_entry_size,
