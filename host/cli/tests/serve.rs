@@ -75,6 +75,20 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once `done` holds for it, or as it is after 10 s. The server writes a request's
+    /// line as its response goes out, and a thread copies the pipe into `log`, so the line can
+    /// reach `log` a moment after the client has read the response (CI saw 400 of 401).
+    fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if done(&log) || start.elapsed() > Duration::from_secs(10) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn get(&self, path: &str) -> Response {
         request(self.addr, "GET", path, b"")
     }
@@ -244,7 +258,7 @@ fn an_unmodified_wasmtime_keyvalue_handler_keeps_its_state_and_counts_exactly() 
     assert_eq!(server.post("/kv/incr/hits", b"").text(), "401\n");
 
     // One line per request at FILECACHE_LOG=info: method, path, status, time.
-    let log = server.log();
+    let log = server.log_when(|log| log.matches("POST /kv/incr/hits 200 ").count() >= 401);
     assert!(log.contains("GET /kv/get/greeting 404 "), "{log}");
     assert!(log.contains("PUT /kv/set/greeting 200 "), "{log}");
     assert_eq!(log.matches("POST /kv/incr/hits 200 ").count(), 401, "{log}");
@@ -305,7 +319,7 @@ fn failures_answer_5xx_and_the_server_goes_on() {
     check("/resources/1000", 500, "--max-resources");
     check("/resources/10", 200, "held 10");
     check("/bucket/not-granted/incr/x", 403, "access-denied");
-    let log = server.log();
+    let log = server.log_when(|log| log.contains("GET /trap 500 ") && log.contains("GET /spin 504 "));
     assert!(log.contains("GET /trap 500 "), "{log}");
     assert!(log.contains("GET /spin 504 "), "{log}");
 }
@@ -537,7 +551,7 @@ fn the_python_kit_http_example_keeps_its_state_across_requests_and_restarts() {
         (rendered.header("x-cache"), rendered.text().as_str()),
         (Some("hit"), html)
     );
-    let log = server.log();
+    let log = server.log_when(|log| log.contains("POST /visit 200 "));
     assert!(log.contains("POST /visit 200 "), "{log}");
 }
 
