@@ -215,9 +215,12 @@ fn processes_compiling_the_same_component_at_once_all_succeed() {
         .unwrap()
         .reserved_namespace(".compiled", NamespaceOptions::default())
         .unwrap();
+    // A namespace gets its `state` with its first write: made here, as a writer would.
     let lock = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .create(true)
+        .truncate(false)
         .open(compiled.join("state"))
         .unwrap();
     lock.lock().unwrap();

@@ -939,6 +939,52 @@ fn stats_gc_verify_clear() {
     assert!(cache.stats().unwrap().iter().all(|s| s.entries == 0));
 }
 
+/// Issue 26, item 4: opening a namespace for writing creates nothing in it; its lock file
+/// (`state`) and `tmp/` come with the first write. So `verify` of a sound namespace leaves it as
+/// it was, and makes them only when it has damage to remove.
+#[test]
+fn a_namespace_gets_its_lock_file_and_temporary_directory_only_when_written() {
+    let (d, cache) = cache();
+    let listing = |ns: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(d.path().join("cache").join(ns))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let ns = ns(&cache);
+    assert!(listing("test").is_empty(), "{:?}", listing("test"));
+    let report = cache.verify(&mut |_| {}).unwrap();
+    assert_eq!((report.checked, report.removed), (0, 0));
+    cache.stats().unwrap();
+    assert!(listing("test").is_empty(), "verify created {:?}", listing("test"));
+
+    let key = Key::digest(b"k");
+    ns.add(&key, &content(1, 5000)).unwrap();
+    let shard = key.to_string()[..2].to_string();
+    assert_eq!(listing("test"), [shard.as_str(), "state", "tmp"]);
+    drop(ns);
+
+    // A sound entry in a namespace without them (copied from elsewhere, say): still nothing.
+    std::fs::remove_file(d.path().join("cache/test/state")).unwrap();
+    std::fs::remove_dir(d.path().join("cache/test/tmp")).unwrap();
+    let report = cache.verify(&mut |_| {}).unwrap();
+    assert_eq!((report.checked, report.ok, report.removed), (1, 1, 0));
+    assert_eq!(listing("test"), [shard.as_str()]);
+
+    // A damaged one: verify removes it, and needs the lock (so `state`) to do it.
+    let path = entry_path(d.path(), "test", &key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[HEADER_LEN + 10] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let report = cache.verify(&mut |_| {}).unwrap();
+    assert_eq!((report.checked, report.ok, report.removed), (1, 0, 1));
+    assert!(!path.exists(), "the damaged entry was removed");
+    assert!(listing("test").contains(&"state".to_string()), "{:?}", listing("test"));
+    assert_eq!(cache.stats().unwrap()[0].entries, 0);
+}
+
 #[test]
 fn verify_and_stats_do_not_count_as_use() {
     let (_d, cache) = cache();

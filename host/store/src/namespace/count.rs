@@ -29,7 +29,7 @@ impl Namespace {
     /// [`count`](Self::count); without `wait`, counts nothing and answers `false` when the lock
     /// is not free at once.
     fn count_with(&self, deltas: &[(Counter, u64)], wait: bool) -> Result<bool> {
-        let (Some(dir), Some(_)) = (self.dir(), &self.inner.writable) else {
+        let (Some(dir), false) = (self.dir(), self.inner.options.read_only) else {
             return Ok(true);
         };
         let _lk = if wait {

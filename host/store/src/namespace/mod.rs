@@ -9,6 +9,10 @@
 //!   00/ … ff/      entries, named by their key in hex
 //! ```
 //!
+//! `state` and `tmp/` are created by the first operation that needs them (a write, a delete,
+//! removing a damaged entry, counting uses), not by opening: a namespace that is only looked at,
+//! even through a writable handle (`verify` finding nothing to remove), is left as it was.
+//!
 //! Publishing (rename into place), deleting, evicting and removing a corrupt entry all happen
 //! under the namespace lock (an in-process mutex plus an `flock` on `state`, so other processes
 //! are excluded too); reads take no lock. The usage counter is updated before the rename, so a
@@ -30,7 +34,7 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
@@ -111,8 +115,9 @@ struct Inner {
     name: String,
     /// `None` only for a read-only namespace that does not exist on disk: every key misses.
     dir: Option<Dir>,
-    /// `None` when read-only.
-    writable: Option<Writable>,
+    /// Made by the first operation that writes ([`Namespace::writable`]), which creates `state`
+    /// and `tmp/`; never for a read-only namespace.
+    writable: OnceLock<Writable>,
     options: NamespaceOptions,
     /// How many temporary files of dead writers opening the namespace reclaimed.
     reclaimed_at_open: AtomicU64,
@@ -163,16 +168,12 @@ impl Namespace {
     }
 
     pub(super) fn with_dir(name: String, dir: Option<Dir>, options: NamespaceOptions) -> Result<Namespace> {
-        let writable = match (&dir, options.read_only) {
-            (Some(dir), false) => Some(Writable::open(&name, dir)?),
-            _ => None,
-        };
         let ns = Namespace {
             flushes: true,
             inner: Arc::new(Inner {
                 name,
                 dir,
-                writable,
+                writable: OnceLock::new(),
                 options,
                 reclaimed_at_open: AtomicU64::new(0),
                 uses: uses::Uses::default(),
@@ -216,8 +217,34 @@ impl Namespace {
         self.inner.dir.as_ref()
     }
 
+    /// What writing needs (the lock, `tmp/`), made on first use: [`Error::ReadOnly`] for a
+    /// read-only namespace.
     fn writable(&self) -> Result<&Writable> {
-        self.inner.writable.as_ref().ok_or(Error::ReadOnly)
+        if let Some(w) = self.inner.writable.get() {
+            return Ok(w);
+        }
+        let dir = match (self.dir(), self.inner.options.read_only) {
+            (Some(dir), false) => dir,
+            _ => return Err(Error::ReadOnly),
+        };
+        // Two threads may both get here: both create (or find) the same `state` and `tmp/`, and
+        // the handles of the one that loses are dropped before anything was locked through them.
+        let w = Writable::open(&self.inner.name, dir)?;
+        Ok(self.inner.writable.get_or_init(|| w))
+    }
+
+    /// The namespace's `tmp/` if it exists, without creating it: where a writable handle that
+    /// has not written yet looks for temporary files of dead writers.
+    fn existing_tmp(&self) -> Result<Option<Dir>> {
+        let Some(dir) = self.dir() else { return Ok(None) };
+        match dir.open_dir_nofollow(TMP_DIR) {
+            Ok(tmp) => Ok(Some(tmp)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(Error::io(
+                format!("cannot open the temporary directory of namespace {:?}", self.inner.name),
+                e,
+            )),
+        }
     }
 
     fn dir(&self) -> Option<&Dir> {

@@ -276,7 +276,7 @@ impl FileWriter {
     fn discard(&mut self) {
         self.release();
         self.out = None;
-        if let (Some(name), Some(w)) = (self.tmp_name.take(), self.ns.inner.writable.as_ref()) {
+        if let (Some(name), Some(w)) = (self.tmp_name.take(), self.ns.inner.writable.get()) {
             let _ = w.tmp.remove_file(name);
         }
     }

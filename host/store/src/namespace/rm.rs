@@ -94,25 +94,40 @@ impl Namespace {
 
     /// Removes temporary files whose writer is gone (not holding its lock). Returns how many.
     pub fn reclaim_temporary_files(&self) -> Result<u64> {
-        let Some(w) = &self.inner.writable else { return Ok(0) };
+        if self.inner.options.read_only {
+            return Ok(0);
+        }
+        // Before this handle's first write, `tmp/` is only opened, never created: there is
+        // nothing to reclaim where there is none.
+        let opened;
+        let tmp = match self.inner.writable.get() {
+            Some(w) => &w.tmp,
+            None => match self.existing_tmp()? {
+                Some(tmp) => {
+                    opened = tmp;
+                    &opened
+                }
+                None => return Ok(0),
+            },
+        };
         let mut removed = 0;
-        for entry in w.tmp.entries().context(|| "cannot list temporary files".into())? {
+        for entry in tmp.entries().context(|| "cannot list temporary files".into())? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
             let mut oo = OpenOptions::new();
             oo.read(true).follow(FollowSymlinks::No);
             sys::nonblocking(&mut oo);
-            match w.tmp.open_with(&name, &oo) {
+            match tmp.open_with(&name, &oo) {
                 Ok(f) => {
                     let f = f.into_std();
                     // A live writer holds the lock for as long as its file exists.
-                    if sys::try_lock(&f).is_ok() && w.tmp.remove_file(&name).is_ok() {
+                    if sys::try_lock(&f).is_ok() && tmp.remove_file(&name).is_ok() {
                         removed += 1;
                     }
                 }
                 // Not a regular file we can open (a symlink, say): it is not ours to keep.
                 Err(_) => {
-                    if w.tmp.remove_file_or_symlink(&name).is_ok() {
+                    if tmp.remove_file_or_symlink(&name).is_ok() {
                         removed += 1;
                     }
                 }
@@ -125,7 +140,8 @@ impl Namespace {
     /// open cannot lose its name, it is first renamed into `tmp/` (see `crate::sys::remove_file`),
     /// so that the entry's name is free at once.
     pub(super) fn remove_entry_file(&self, dir: &Dir, rel: &str) -> io::Result<()> {
-        match &self.inner.writable {
+        // Called under the lock, so a writable handle has made its `tmp/` by now.
+        match self.inner.writable.get() {
             Some(w) => sys::remove_file(dir, rel, &w.tmp),
             None => dir.remove_file_or_symlink(rel),
         }
