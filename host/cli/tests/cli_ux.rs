@@ -306,6 +306,7 @@ fn commands_that_only_look_create_nothing() {
         &["stats"][..],
         &["stats", "--json"],
         &["verify"],
+        &["gc", "--max-size", "1GiB"],
         &["kv", "get", "k"],
         &["kv", "list"],
     ] {
@@ -318,6 +319,12 @@ fn commands_that_only_look_create_nothing() {
         );
         assert!(!dir.exists(), "{args:?} created the cache directory");
     }
+    let help = cache.cli("gc", &["--help"]);
+    assert!(
+        stdout(&help).contains("2 on an error, including a cache directory that does not exist"),
+        "{}",
+        stdout(&help)
+    );
     for args in [&["clear"][..], &["clear", "--namespace", "a"], &["kv", "delete", "k"]] {
         let out = cache.cli(args[0], &args[1..]);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));

@@ -6,7 +6,12 @@ use filecache_host::size::{format_size, parse_size};
 
 use crate::common::{CacheDirArg, count, progress_bar};
 
+/// `gc --help` ends with this (the codes of `verify` and `stats`: 2 is a failure).
+const EXIT_STATUS: &str = "Exit status: 0 when the cache fits SIZE (after evicting what it had to); 2 on an error, \
+                           including a cache directory that does not exist (gc creates none).";
+
 #[derive(Args)]
+#[command(after_help = EXIT_STATUS)]
 pub struct GcCommand {
     #[command(flatten)]
     cache: CacheDirArg,
@@ -17,7 +22,9 @@ pub struct GcCommand {
 
 impl GcCommand {
     pub fn execute(self) -> Result<()> {
-        let (_, cache) = self.cache.open()?;
+        // Collecting a cache that does not exist is a mistake worth hearing about (a wrong
+        // --cache-dir, most likely), as `stats` and `verify` say; creating one would hide it.
+        let (_, cache) = self.cache.open_existing()?;
         // Key-value data counts toward the size with its exact figure (a crash may have left a
         // namespace's charge too high).
         filecache_host::kv::maintenance::recount(&cache).map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
