@@ -240,6 +240,56 @@ fn with_redis_dead_or_stalled_calls_fail_on_time_and_the_run_ends_cleanly() {
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
 }
 
+#[test]
+fn remote_timeout_is_how_long_a_stalled_server_may_take_in_run_and_kv() {
+    // A server that accepts connections (the kernel's backlog) and never answers. Without a fleet
+    // key nothing else of the run reaches it (compiled code is not shared): the one key-value
+    // call fails at the deadline given, 1500 ms, not at the default 500 ms.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let host = TestCache::new();
+    let timeout = ["--remote", url.as_str(), "--remote-timeout", "1500ms"];
+    let start = Instant::now();
+    let out = host.run(keyvalue_wasm(), &timeout, &["get", "n"]);
+    let took = start.elapsed();
+    assert_success(&out, "get with Redis stalled");
+    let got = stdout(&out);
+    assert!(got.starts_with("error other: ") && got.contains("(1500 ms"), "{got}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+
+    let start = Instant::now();
+    let out = host.cli("kv", &[&timeout[..], &["get", "n"]].concat());
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("(1500 ms"), "{}", stderr(&out));
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+
+    // A zero timeout, or one without --remote, is refused before anything is tried.
+    for (flags, expect) in [
+        (
+            &["--remote", url.as_str(), "--remote-timeout", "0"][..],
+            "a timeout of 0",
+        ),
+        (&["--remote", url.as_str(), "--remote-timeout", "0ms"], "a timeout of 0"),
+        (
+            &["--remote", url.as_str(), "--remote-timeout", "soon"],
+            "not a duration",
+        ),
+        (&["--remote-timeout", "2s"], "--remote"),
+    ] {
+        let out = host.cli("kv", &[flags, &["get", "n"]].concat());
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        assert!(stderr(&out).contains(expect), "{flags:?}: {}", stderr(&out));
+    }
+    drop(listener);
+}
+
 /// `filecache serve … --addr 127.0.0.1:0` once it listens, and its address; killed when dropped.
 struct Serve(Child, SocketAddr);
 

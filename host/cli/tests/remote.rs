@@ -291,6 +291,30 @@ fn read_only_remote_never_writes() {
 }
 
 #[test]
+fn remote_timeout_bounds_the_cache_tier_too() {
+    // A socket that accepts connections but never answers: --remote-required pings it before
+    // the run, and the ping fails at the deadline given (1500 ms), not at the default (500 ms).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let a = TestCache::new();
+    let start = Instant::now();
+    let out = a.run(
+        contract_wasm(),
+        &["--remote", &url, "--remote-required", "--remote-timeout", "1500ms"],
+        &["absent", "x"],
+    );
+    let took = start.elapsed();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("(1500 ms") && err.contains("--remote-required"), "{err}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    drop(listener);
+}
+
+#[test]
 fn remote_flags_are_checked_before_anything_is_created() {
     let cache = TestCache::new();
     let fail = |flags: &[&str], expect: &str| {
@@ -328,6 +352,17 @@ fn remote_flags_are_checked_before_anything_is_created() {
         "at least 32 random bytes",
     );
     fail(&["--remote-read-only"], "--remote");
+    fail(&["--remote-timeout", "2s"], "--remote");
+    for zero in ["0", "0ms", "00s"] {
+        fail(
+            &["--remote", "redis://127.0.0.1:1", "--remote-timeout", zero],
+            "a timeout of 0 would fail every remote operation",
+        );
+    }
+    fail(
+        &["--remote", "redis://127.0.0.1:1", "--remote-timeout", "2 s"],
+        "unknown unit",
+    );
     // A key file of 32 bytes and a remote that is down: the run goes on locally.
     let good = cache.tmp.path().join("fleet.key");
     std::fs::write(&good, [7u8; 32]).unwrap();

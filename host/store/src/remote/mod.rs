@@ -147,6 +147,12 @@ impl RemoteTier {
         if options.breaker_threshold == 0 {
             return Err(invalid(url, "the breaker threshold must be at least 1"));
         }
+        if options.connect_timeout.is_zero() || options.op_timeout.is_zero() {
+            return Err(invalid(
+                url,
+                "the connect and operation timeouts must be at least 1 ms (a zero timeout fails every operation)",
+            ));
+        }
         if options.ttl.is_some_and(|ttl| ttl.as_millis() == 0) {
             return Err(invalid(url, "a TTL must be at least 1 ms"));
         }
