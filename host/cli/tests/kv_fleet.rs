@@ -227,6 +227,11 @@ fn with_redis_dead_or_stalled_calls_fail_on_time_and_the_run_ends_cleanly() {
     let got = stdout(&out);
     assert!(got.starts_with("error other: ") && got.contains("Redis"), "{got}");
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    let log = stderr(&out);
+    assert!(
+        log.contains("key-value call failed; the guest got `other`") && !log.contains("carries on"),
+        "{log}"
+    );
     assert_no_local_bucket(&host);
 
     // A server that accepts connections and never answers: the compiled-code lookups and the
@@ -259,6 +264,15 @@ fn remote_timeout_is_how_long_a_stalled_server_may_take_in_run_and_kv() {
         took >= Duration::from_millis(1500) && took < Duration::from_secs(15),
         "{took:?}"
     );
+    // The one failed call is logged once, as what it is: no cache-tier "carries on" line.
+    let log = stderr(&out);
+    assert_eq!(
+        log.matches("key-value call failed; the guest got `other` (no local fallback)")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("(1500 ms") && !log.contains("carries on"), "{log}");
 
     let start = Instant::now();
     let out = host.cli("kv", &[&timeout[..], &["get", "n"]].concat());

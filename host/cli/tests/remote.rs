@@ -122,8 +122,15 @@ fn a_remote_that_never_answers_costs_a_run_the_timeouts_only() {
     TestCache::new().contract(&[], &["basics"]);
     let local = start.elapsed();
     let start = Instant::now();
-    a.contract(&["--remote", &url], &["basics"]);
+    let out = a.contract(&["--remote", &url], &["basics"]);
     let took = start.elapsed();
+    // The cache tier's failure is logged once (not once per call), and says what happens.
+    let log = stderr(&out);
+    assert_eq!(
+        log.matches("remote tier failed; the local tier carries on").count(),
+        1,
+        "{log}"
+    );
     // basics makes hundreds of cache calls; the breaker stops after 3 timeouts of 500 ms (1.5 s
     // over the control; without the breaker, minutes).
     assert!(

@@ -76,7 +76,7 @@ pub use resp::Reply;
 pub use tiered::{DEFAULT_READER_MEMORY, TieredStore};
 
 use self::options::redact;
-use self::pool::{Breaker, Server, invalid};
+use self::pool::{Breaker, Caller, Server, invalid};
 use self::resp::Connection;
 use crate::Counter;
 use crate::entry::HEADER_LEN;
@@ -174,9 +174,11 @@ impl RemoteTier {
 
     /// Connects (if needed) and pings the server; an error says why it cannot be reached.
     pub fn ping(&self) -> Result<()> {
-        self.call("ping", |c, timeout| match c.query(&[b"PING"], 0, timeout)? {
-            Reply::Status(s) if s == "PONG" => Ok(()),
-            other => Err(unexpected(other)),
+        self.call(Caller::Client, "ping", |c, timeout| {
+            match c.query(&[b"PING"], 0, timeout)? {
+                Reply::Status(s) if s == "PONG" => Ok(()),
+                other => Err(unexpected(other)),
+            }
         })
         .map_err(|f| self.failure_error("ping", f))
     }
@@ -188,9 +190,10 @@ impl RemoteTier {
     /// refused unread. For clients of the same server that need other commands than the tier's
     /// (key-value buckets): a failure here is always an error, whether the tier is
     /// [`required`](RemoteOptions::required) or not, and counts towards the breaker (`op` names
-    /// the operation in messages).
+    /// the operation in messages); the tier does not log it (the caller, which has no local
+    /// tier to fall back on, reports it).
     pub fn command(&self, op: &'static str, args: &[&[u8]], max_reply: u64) -> Result<Reply> {
-        self.call(op, |c, timeout| c.query_any(args, max_reply, timeout))
+        self.call(Caller::Client, op, |c, timeout| c.query_any(args, max_reply, timeout))
             .map_err(|f| self.failure_error(op, f))
     }
 
@@ -228,7 +231,7 @@ impl RemoteTier {
             .min(i64::MAX as u64 - 1);
         let rkey = Self::redis_key(namespace, key);
         let end = last.to_string();
-        let got = self.call("get", |c, timeout| {
+        let got = self.call(Caller::Cache, "get", |c, timeout| {
             // The reply holds bytes 0 to `last`: at most `last + 1` of them.
             match c.query(&[b"GETRANGE", rkey.as_bytes(), b"0", end.as_bytes()], last + 1, timeout)? {
                 Reply::Bulk(v) => Ok(v.unwrap_or_default()),
@@ -284,7 +287,7 @@ impl RemoteTier {
         let ttl_ms = opts
             .ttl
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).to_string());
-        let done = self.call("set", |c, timeout| {
+        let done = self.call(Caller::Cache, "set", |c, timeout| {
             let mut args: Vec<&[u8]> = vec![b"SET", rkey.as_bytes(), &value];
             if let Some(ms) = &ttl_ms {
                 args.extend([&b"PX"[..], ms.as_bytes()]);
@@ -304,7 +307,7 @@ impl RemoteTier {
             return Ok(());
         }
         let rkey = Self::redis_key(local.name(), key);
-        let done = self.call("delete", |c, timeout| {
+        let done = self.call(Caller::Cache, "delete", |c, timeout| {
             match c.query(&[b"DEL", rkey.as_bytes()], 0, timeout)? {
                 Reply::Integer(_) => Ok(()),
                 other => Err(unexpected(other)),
