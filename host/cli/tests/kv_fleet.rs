@@ -246,6 +246,59 @@ fn with_redis_dead_or_stalled_calls_fail_on_time_and_the_run_ends_cleanly() {
 }
 
 #[test]
+fn stats_remote_lists_the_fleets_buckets_with_keys_and_bytes() {
+    let fleet = Fleet::start();
+    let (a, b) = (TestCache::new(), TestCache::new());
+    assert_eq!(
+        fleet.run(&a, keyvalue_wasm(), &[], &["increment", "visits", "1", "3"]),
+        "value 3\n"
+    );
+    assert_success(
+        &fleet.kv(&b, &["--namespace", "other", "set", "greeting", "hello"]),
+        "kv set",
+    );
+    // Host b never ran the default namespace's plugin: the fleet's buckets are listed all the same.
+    std::fs::create_dir_all(b.dir()).unwrap();
+    let url = fleet.redis.url();
+    let out = b.cli("stats", &["--json", "--remote", &url, "--remote-timeout", "2s"]);
+    assert_success(&out, "stats --json --remote");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let buckets = json["remote"]["buckets"].as_array().unwrap();
+    let names: Vec<&str> = buckets.iter().map(|b| b["namespace"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default", "other"], "{json}");
+    assert_eq!(buckets[0]["keys"], 1);
+    assert_eq!(buckets[1]["keys"], 1);
+    // Bytes are what the quota is charged: the key and the framed value (32-byte MAC included).
+    let greeting = buckets[1]["bytes"].as_u64().unwrap();
+    assert!(greeting > ("greeting".len() + "hello".len() + 32) as u64, "{json}");
+    assert_eq!(json["remote"]["server"], url.as_str());
+
+    let out = b.cli("stats", &["--remote", &url]);
+    assert_success(&out, "stats --remote");
+    let table = stdout(&out);
+    assert!(table.contains("key-value buckets in Redis"), "{table}");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("other "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(line.split_whitespace().nth(1), Some("1"), "{table}");
+    // Without --remote, nothing of Redis.
+    assert!(!stdout(&b.cli("stats", &[])).contains("Redis"));
+
+    // A server that cannot be reached fails the command, naming it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled = format!("redis://{}", listener.local_addr().unwrap());
+    let out = b.cli("stats", &["--remote", &stalled, "--remote-timeout", "200ms"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot list the key-value buckets") && err.contains("(200 ms"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
+#[test]
 fn remote_timeout_is_how_long_a_stalled_server_may_take_in_run_and_kv() {
     // A server that accepts connections (the kernel's backlog) and never answers. Without a fleet
     // key nothing else of the run reaches it (compiled code is not shared): the one key-value
