@@ -322,6 +322,44 @@ fn remote_timeout_bounds_the_cache_tier_too() {
 }
 
 #[test]
+fn a_required_remote_that_stalls_after_the_ping_fails_cache_calls_and_says_so() {
+    // A server that answers PING (so --remote-required lets the run start) and nothing after.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let (mut seen, mut buf, mut ponged) = (Vec::new(), [0u8; 4096], false);
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    seen.extend_from_slice(&buf[..n]);
+                    if !ponged && seen.windows(4).any(|w| w == b"PING") {
+                        ponged = true;
+                        let _ = stream.write_all(b"+PONG\r\n");
+                    }
+                }
+            });
+        }
+    });
+    let a = TestCache::new();
+    let out = a.run(
+        contract_wasm(),
+        &["--remote", &url, "--remote-required", "--remote-timeout", "300ms"],
+        &["absent", "x"],
+    );
+    // The lookup fails at the 300 ms deadline, and the log says the operation failed, not that
+    // the local tier carried on.
+    let log = stderr(&out);
+    assert!(
+        log.contains("remote tier failed; the cache operation fails (the remote is required)"),
+        "{log}\n{}",
+        stdout(&out)
+    );
+    assert!(log.contains("(300 ms") && !log.contains("carries on"), "{log}");
+}
+
+#[test]
 fn remote_flags_are_checked_before_anything_is_created() {
     let cache = TestCache::new();
     let fail = |flags: &[&str], expect: &str| {
