@@ -125,7 +125,7 @@ impl fmt::Debug for RemoteTier {
 }
 
 impl RemoteTier {
-    /// Checks the options (URL, fleet key length) and makes a tier. Nothing is connected yet:
+    /// Checks the options (URL, fleet key length, non-zero timeouts and TTL) and makes a tier. Nothing is connected yet:
     /// the first operation connects (see [`RemoteTier::ping`] to check the server now).
     pub fn new(options: RemoteOptions) -> Result<RemoteTier> {
         let url = &options.url;
