@@ -87,8 +87,8 @@ struct RemoteArgs {
     #[arg(long, value_name = "DURATION", requires = "remote", value_parser = parse_duration)]
     remote_ttl: Option<Duration>,
     /// How long connecting to the remote, and then each operation on it, may take before it
-    /// fails (e.g. 200ms, 2s): a cache lookup then carries on locally, a key-value call answers
-    /// `other` [default: 500ms]
+    /// fails (e.g. 200ms, 2s): a cache operation then carries on locally (an `io` error with
+    /// --remote-required), a key-value call answers `other` [default: 500ms]
     #[arg(long, value_name = "DURATION", requires = "remote", value_parser = parse_remote_timeout)]
     remote_timeout: Option<Duration>,
 }
