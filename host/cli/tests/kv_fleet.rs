@@ -227,6 +227,11 @@ fn with_redis_dead_or_stalled_calls_fail_on_time_and_the_run_ends_cleanly() {
     let got = stdout(&out);
     assert!(got.starts_with("error other: ") && got.contains("Redis"), "{got}");
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    let log = stderr(&out);
+    assert!(
+        log.contains("key-value call failed; the guest got `other`") && !log.contains("carries on"),
+        "{log}"
+    );
     assert_no_local_bucket(&host);
 
     // A server that accepts connections and never answers: the compiled-code lookups and the
@@ -238,6 +243,121 @@ fn with_redis_dead_or_stalled_calls_fail_on_time_and_the_run_ends_cleanly() {
     assert_success(&out, "get with Redis stalled");
     assert!(stdout(&out).starts_with("error other: "), "{}", stdout(&out));
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+}
+
+#[test]
+fn stats_remote_lists_the_fleets_buckets_with_keys_and_bytes() {
+    let fleet = Fleet::start();
+    let (a, b) = (TestCache::new(), TestCache::new());
+    assert_eq!(
+        fleet.run(&a, keyvalue_wasm(), &[], &["increment", "visits", "1", "3"]),
+        "value 3\n"
+    );
+    assert_success(
+        &fleet.kv(&b, &["--namespace", "other", "set", "greeting", "hello"]),
+        "kv set",
+    );
+    // Host b never ran the default namespace's plugin: the fleet's buckets are listed all the same.
+    std::fs::create_dir_all(b.dir()).unwrap();
+    let url = fleet.redis.url();
+    let out = b.cli("stats", &["--json", "--remote", &url, "--remote-timeout", "2s"]);
+    assert_success(&out, "stats --json --remote");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let buckets = json["remote"]["buckets"].as_array().unwrap();
+    let names: Vec<&str> = buckets.iter().map(|b| b["namespace"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default", "other"], "{json}");
+    assert_eq!(buckets[0]["keys"], 1);
+    assert_eq!(buckets[1]["keys"], 1);
+    // Bytes are what the quota is charged: the key and the framed value (32-byte MAC included).
+    let greeting = buckets[1]["bytes"].as_u64().unwrap();
+    assert!(greeting > ("greeting".len() + "hello".len() + 32) as u64, "{json}");
+    assert_eq!(json["remote"]["server"], url.as_str());
+
+    let out = b.cli("stats", &["--remote", &url]);
+    assert_success(&out, "stats --remote");
+    let table = stdout(&out);
+    assert!(table.contains("key-value buckets in Redis"), "{table}");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("other "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(line.split_whitespace().nth(1), Some("1"), "{table}");
+    // Without --remote, nothing of Redis.
+    assert!(!stdout(&b.cli("stats", &[])).contains("Redis"));
+
+    // A server that cannot be reached fails the command, naming it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled = format!("redis://{}", listener.local_addr().unwrap());
+    let out = b.cli("stats", &["--remote", &stalled, "--remote-timeout", "200ms"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot list the key-value buckets") && err.contains("(200 ms"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
+#[test]
+fn remote_timeout_is_how_long_a_stalled_server_may_take_in_run_and_kv() {
+    // A server that accepts connections (the kernel's backlog) and never answers. Without a fleet
+    // key nothing else of the run reaches it (compiled code is not shared): the one key-value
+    // call fails at the deadline given, 1500 ms, not at the default 500 ms.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let host = TestCache::new();
+    let timeout = ["--remote", url.as_str(), "--remote-timeout", "1500ms"];
+    let start = Instant::now();
+    let out = host.run(keyvalue_wasm(), &timeout, &["get", "n"]);
+    let took = start.elapsed();
+    assert_success(&out, "get with Redis stalled");
+    let got = stdout(&out);
+    assert!(got.starts_with("error other: ") && got.contains("(1500 ms"), "{got}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    // The one failed call is logged once, as what it is: no cache-tier "carries on" line.
+    let log = stderr(&out);
+    assert_eq!(
+        log.matches("key-value call failed; the guest got `other` (no local fallback)")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("(1500 ms") && !log.contains("carries on"), "{log}");
+
+    let start = Instant::now();
+    let out = host.cli("kv", &[&timeout[..], &["get", "n"]].concat());
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // The error, once, and no cache-tier line: `kv` has no local tier to carry on with.
+    let err = stderr(&out);
+    assert!(err.contains("(1500 ms") && !err.contains("carries on"), "{err}");
+    assert_eq!(err.matches("no complete answer").count(), 1, "{err}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+
+    // A zero timeout, or one without --remote, is refused before anything is tried.
+    for (flags, expect) in [
+        (
+            &["--remote", url.as_str(), "--remote-timeout", "0"][..],
+            "a timeout of 0",
+        ),
+        (&["--remote", url.as_str(), "--remote-timeout", "0ms"], "a timeout of 0"),
+        (
+            &["--remote", url.as_str(), "--remote-timeout", "soon"],
+            "not a duration",
+        ),
+        (&["--remote-timeout", "2s"], "--remote"),
+    ] {
+        let out = host.cli("kv", &[flags, &["get", "n"]].concat());
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        assert!(stderr(&out).contains(expect), "{flags:?}: {}", stderr(&out));
+    }
+    drop(listener);
 }
 
 /// `filecache serve … --addr 127.0.0.1:0` once it listens, and its address; killed when dropped.

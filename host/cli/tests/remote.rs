@@ -122,8 +122,15 @@ fn a_remote_that_never_answers_costs_a_run_the_timeouts_only() {
     TestCache::new().contract(&[], &["basics"]);
     let local = start.elapsed();
     let start = Instant::now();
-    a.contract(&["--remote", &url], &["basics"]);
+    let out = a.contract(&["--remote", &url], &["basics"]);
     let took = start.elapsed();
+    // The cache tier's failure is logged once (not once per call), and says what happens.
+    let log = stderr(&out);
+    assert_eq!(
+        log.matches("remote tier failed; the local tier carries on").count(),
+        1,
+        "{log}"
+    );
     // basics makes hundreds of cache calls; the breaker stops after 3 timeouts of 500 ms (1.5 s
     // over the control; without the breaker, minutes).
     assert!(
@@ -291,6 +298,68 @@ fn read_only_remote_never_writes() {
 }
 
 #[test]
+fn remote_timeout_bounds_the_cache_tier_too() {
+    // A socket that accepts connections but never answers: --remote-required pings it before
+    // the run, and the ping fails at the deadline given (1500 ms), not at the default (500 ms).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let a = TestCache::new();
+    let start = Instant::now();
+    let out = a.run(
+        contract_wasm(),
+        &["--remote", &url, "--remote-required", "--remote-timeout", "1500ms"],
+        &["absent", "x"],
+    );
+    let took = start.elapsed();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("(1500 ms") && err.contains("--remote-required"), "{err}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    drop(listener);
+}
+
+#[test]
+fn a_required_remote_that_stalls_after_the_ping_fails_cache_calls_and_says_so() {
+    // A server that answers PING (so --remote-required lets the run start) and nothing after.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let (mut seen, mut buf, mut ponged) = (Vec::new(), [0u8; 4096], false);
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    seen.extend_from_slice(&buf[..n]);
+                    if !ponged && seen.windows(4).any(|w| w == b"PING") {
+                        ponged = true;
+                        let _ = stream.write_all(b"+PONG\r\n");
+                    }
+                }
+            });
+        }
+    });
+    let a = TestCache::new();
+    let out = a.run(
+        contract_wasm(),
+        &["--remote", &url, "--remote-required", "--remote-timeout", "300ms"],
+        &["absent", "x"],
+    );
+    // The lookup fails at the 300 ms deadline, and the log says the operation failed, not that
+    // the local tier carried on.
+    let log = stderr(&out);
+    assert!(
+        log.contains("remote tier failed; the cache operation fails (the remote is required)"),
+        "{log}\n{}",
+        stdout(&out)
+    );
+    assert!(log.contains("(300 ms") && !log.contains("carries on"), "{log}");
+}
+
+#[test]
 fn remote_flags_are_checked_before_anything_is_created() {
     let cache = TestCache::new();
     let fail = |flags: &[&str], expect: &str| {
@@ -328,6 +397,17 @@ fn remote_flags_are_checked_before_anything_is_created() {
         "at least 32 random bytes",
     );
     fail(&["--remote-read-only"], "--remote");
+    fail(&["--remote-timeout", "2s"], "--remote");
+    for zero in ["0", "0ms", "00s"] {
+        fail(
+            &["--remote", "redis://127.0.0.1:1", "--remote-timeout", zero],
+            "a timeout of 0 would fail every remote operation",
+        );
+    }
+    fail(
+        &["--remote", "redis://127.0.0.1:1", "--remote-timeout", "2 s"],
+        "unknown unit",
+    );
     // A key file of 32 bytes and a remote that is down: the run goes on locally.
     let good = cache.tmp.path().join("fleet.key");
     std::fs::write(&good, [7u8; 32]).unwrap();

@@ -130,6 +130,32 @@ fn increments_keep_the_sqlite_engines_rules_and_errors() {
 }
 
 #[test]
+fn every_bucket_on_the_server_is_listed_with_its_usage() {
+    let redis = RedisServer::start();
+    let tier = RemoteTier::new(options(&redis.url(), None)).unwrap();
+    assert!(RedisEngine::buckets(&tier).unwrap().is_empty());
+    let (a, b) = (bucket(&redis, "a"), bucket(&redis, "plugin.b"));
+    a.set("k", b"of a").unwrap();
+    for i in 0..1500 {
+        b.set(&format!("key {i}"), b"value").unwrap();
+    }
+    // Other keys on the server: cache entries, a foreign key shaped almost like a bucket's.
+    redis.cli(&["SET", "filecache:v1:a:00", "entry"]);
+    redis.cli(&["HSET", "filecache:kv1:{Not A Name}:meta", "bytes", "1"]);
+    let listed = RedisEngine::buckets(&tier).unwrap();
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a", "plugin.b"]);
+    assert_eq!(listed[0].1, a.usage().unwrap());
+    assert_eq!(listed[1].1.keys, 1500);
+    assert_eq!(listed[1].1, b.usage().unwrap());
+    assert!(listed[0].1.bytes > 4 && listed[1].1.bytes > 1500 * 10);
+    // A cleared bucket is still listed, empty.
+    a.clear().unwrap();
+    let listed = RedisEngine::buckets(&tier).unwrap();
+    assert_eq!((listed[0].0.as_str(), listed[0].1.keys, listed[0].1.bytes), ("a", 0, 0));
+}
+
+#[test]
 fn buckets_and_cache_entries_never_collide() {
     let redis = RedisServer::start();
     let a = bucket(&redis, "a");

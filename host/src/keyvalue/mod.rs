@@ -123,9 +123,15 @@ impl From<kv::Error> for KeyValueError {
             kv::Error::Store(filecache_store::Error::ReadOnly) => KeyValueError::AccessDenied,
             e => {
                 let message = e.full_message();
-                if let kv::Error::Store(filecache_store::Error::Io { .. } | filecache_store::Error::Corrupt { .. }) = e
-                {
-                    tracing::warn!(error = %message, "key-value storage error");
+                match e {
+                    kv::Error::Store(filecache_store::Error::Io { .. } | filecache_store::Error::Corrupt { .. }) => {
+                        tracing::warn!(error = %message, "key-value storage error");
+                    }
+                    // The shared server (Redis) failed: the call fails, with no local fallback.
+                    kv::Error::Remote { .. } => {
+                        tracing::warn!(error = %message, "key-value call failed; the guest got `other` (no local fallback)");
+                    }
+                    _ => {}
                 }
                 KeyValueError::Other(message)
             }

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -17,6 +18,7 @@ use filecache_host::kv::{Bucket, DATABASE_FILE, RECORDS_DIR, RedisEngine};
 use filecache_host::remote::{RemoteOptions, RemoteTier, read_fleet_key};
 use filecache_host::store::{DEFAULT_NAMESPACE, validate_namespace_name};
 
+use crate::commands::plugin::parse_remote_timeout;
 use crate::common::CacheDirArg;
 
 /// `kv --help` ends with this.
@@ -45,6 +47,10 @@ pub struct KvCommand {
     /// without a valid MAC are refused
     #[arg(long, value_name = "FILE", requires = "remote", global = true)]
     remote_key_file: Option<PathBuf>,
+    /// How long connecting to Redis, and then each operation, may take before the command fails
+    /// (e.g. 200ms, 2s) [default: 500ms]
+    #[arg(long, value_name = "DURATION", requires = "remote", global = true, value_parser = parse_remote_timeout)]
+    remote_timeout: Option<Duration>,
     #[command(subcommand)]
     op: KvOp,
 }
@@ -172,6 +178,10 @@ impl KvCommand {
                 validate_namespace_name(&self.namespace)?;
                 let mut remote = RemoteOptions::new(url.clone());
                 remote.fleet_key = self.remote_key_file.as_deref().map(read_fleet_key).transpose()?;
+                if let Some(timeout) = self.remote_timeout {
+                    remote.connect_timeout = timeout;
+                    remote.op_timeout = timeout;
+                }
                 let engine = RedisEngine::new(RemoteTier::new(remote)?, &self.namespace, &options.read_only(read_only))
                     .map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
                 Some(Bucket::from_engine(Arc::new(engine)))

@@ -1,10 +1,16 @@
-//! `filecache stats`: entries, bytes, hits and misses per namespace.
+//! `filecache stats`: entries, bytes, hits and misses per namespace; with `--remote`, the
+//! `wasi:keyvalue` buckets a fleet shares in Redis too.
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
 use clap::Args;
 use filecache_host::compiled;
+use filecache_host::kv::{RedisEngine, Usage};
+use filecache_host::remote::{RemoteOptions, RemoteTier};
 use filecache_host::size::format_size;
 
+use crate::commands::plugin::parse_remote_timeout;
 use crate::common::{CacheDirArg, count};
 
 #[derive(Args)]
@@ -14,6 +20,27 @@ pub struct StatsCommand {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Also list the wasi:keyvalue buckets a fleet shares in this Redis server (what `run`/`serve
+    /// --remote` serve): every namespace's, whichever host wrote it, with its keys and the bytes
+    /// charged to its quota
+    #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
+    remote: Option<String>,
+    /// How long connecting to Redis, and then each operation, may take [default: 500ms]
+    #[arg(long, value_name = "DURATION", requires = "remote", value_parser = parse_remote_timeout)]
+    remote_timeout: Option<Duration>,
+}
+
+/// The buckets in the Redis server at `url`, and the server as shown (without credentials).
+fn remote_buckets(url: &str, timeout: Option<Duration>) -> Result<(String, Vec<(String, Usage)>)> {
+    let mut options = RemoteOptions::new(url);
+    if let Some(timeout) = timeout {
+        options.connect_timeout = timeout;
+        options.op_timeout = timeout;
+    }
+    let tier = RemoteTier::new(options)?;
+    let buckets = RedisEngine::buckets(&tier)
+        .map_err(|e| anyhow!("cannot list the key-value buckets in Redis: {}", e.full_message()))?;
+    Ok((tier.shown_url().to_string(), buckets))
 }
 
 impl StatsCommand {
@@ -30,12 +57,25 @@ impl StatsCommand {
             }
         }
         let (entries, bytes) = stats.iter().fold((0, 0), |(e, b), s| (e + s.entries, b + s.bytes));
+        // Asked before anything is printed: a server that cannot be read fails the command whole.
+        let shared = self
+            .remote
+            .as_deref()
+            .map(|url| remote_buckets(url, self.remote_timeout))
+            .transpose()?;
         if self.json {
-            let out = serde_json::json!({
+            let mut out = serde_json::json!({
                 "cache_dir": dir,
                 "namespaces": stats,
                 "total": { "entries": entries, "bytes": bytes },
             });
+            if let Some((server, buckets)) = &shared {
+                let buckets: Vec<_> = buckets
+                    .iter()
+                    .map(|(name, u)| serde_json::json!({ "namespace": name, "keys": u.keys, "bytes": u.bytes }))
+                    .collect();
+                out["remote"] = serde_json::json!({ "server": server, "buckets": buckets });
+            }
             println!("{}", serde_json::to_string_pretty(&out)?);
             return Ok(());
         }
@@ -87,6 +127,23 @@ impl StatsCommand {
                 count(c.counts.misses, "compile", "compiles"),
                 c.counts.rejected
             );
+        }
+        if let Some((server, buckets)) = shared {
+            if buckets.is_empty() {
+                println!("key-value buckets in Redis ({server}): none");
+            } else {
+                println!("key-value buckets in Redis ({server}), shared by the fleet, counted in their quotas:");
+                let width = buckets
+                    .iter()
+                    .map(|(n, _)| n.chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .max(32);
+                println!("{:<width$} {:>10} {:>12}", "namespace", "keys", "size");
+                for (name, usage) in &buckets {
+                    println!("{:<width$} {:>10} {:>12}", name, usage.keys, format_size(usage.bytes));
+                }
+            }
         }
         Ok(())
     }

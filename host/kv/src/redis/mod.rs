@@ -55,6 +55,7 @@
 //! moves on) or a few more than asked for (never one fewer: none is dropped), and a cursor is
 //! meaningful only on the server that gave it.
 
+mod buckets;
 mod frame;
 mod scan;
 mod scripts;
@@ -64,6 +65,8 @@ use std::sync::Mutex;
 
 use filecache_store::NamespaceOptions;
 use filecache_store::remote::{RemoteTier, Reply};
+
+pub use buckets::MAX_BUCKETS_LISTED;
 
 use crate::{Engine, Error, KeyPage, Result, Usage, VerifyReport, Version, Versioned, overflow, parse, short};
 use frame::{HEAD, MAC_LEN, Read};

@@ -76,7 +76,7 @@ pub use resp::Reply;
 pub use tiered::{DEFAULT_READER_MEMORY, TieredStore};
 
 use self::options::redact;
-use self::pool::{Breaker, Server, invalid};
+use self::pool::{Breaker, Caller, Server, invalid};
 use self::resp::Connection;
 use crate::Counter;
 use crate::entry::HEADER_LEN;
@@ -125,7 +125,7 @@ impl fmt::Debug for RemoteTier {
 }
 
 impl RemoteTier {
-    /// Checks the options (URL, fleet key length) and makes a tier. Nothing is connected yet:
+    /// Checks the options (URL, fleet key length, non-zero timeouts and TTL) and makes a tier. Nothing is connected yet:
     /// the first operation connects (see [`RemoteTier::ping`] to check the server now).
     pub fn new(options: RemoteOptions) -> Result<RemoteTier> {
         let url = &options.url;
@@ -146,6 +146,12 @@ impl RemoteTier {
         }
         if options.breaker_threshold == 0 {
             return Err(invalid(url, "the breaker threshold must be at least 1"));
+        }
+        if options.connect_timeout.is_zero() || options.op_timeout.is_zero() {
+            return Err(invalid(
+                url,
+                "the connect and operation timeouts must be at least 1 ms (a zero timeout fails every operation)",
+            ));
         }
         if options.ttl.is_some_and(|ttl| ttl.as_millis() == 0) {
             return Err(invalid(url, "a TTL must be at least 1 ms"));
@@ -168,9 +174,11 @@ impl RemoteTier {
 
     /// Connects (if needed) and pings the server; an error says why it cannot be reached.
     pub fn ping(&self) -> Result<()> {
-        self.call("ping", |c, timeout| match c.query(&[b"PING"], 0, timeout)? {
-            Reply::Status(s) if s == "PONG" => Ok(()),
-            other => Err(unexpected(other)),
+        self.call(Caller::Client, "ping", |c, timeout| {
+            match c.query(&[b"PING"], 0, timeout)? {
+                Reply::Status(s) if s == "PONG" => Ok(()),
+                other => Err(unexpected(other)),
+            }
         })
         .map_err(|f| self.failure_error("ping", f))
     }
@@ -182,9 +190,10 @@ impl RemoteTier {
     /// refused unread. For clients of the same server that need other commands than the tier's
     /// (key-value buckets): a failure here is always an error, whether the tier is
     /// [`required`](RemoteOptions::required) or not, and counts towards the breaker (`op` names
-    /// the operation in messages).
+    /// the operation in messages); the tier does not log it (the caller, which has no local
+    /// tier to fall back on, reports it).
     pub fn command(&self, op: &'static str, args: &[&[u8]], max_reply: u64) -> Result<Reply> {
-        self.call(op, |c, timeout| c.query_any(args, max_reply, timeout))
+        self.call(Caller::Client, op, |c, timeout| c.query_any(args, max_reply, timeout))
             .map_err(|f| self.failure_error(op, f))
     }
 
@@ -222,7 +231,7 @@ impl RemoteTier {
             .min(i64::MAX as u64 - 1);
         let rkey = Self::redis_key(namespace, key);
         let end = last.to_string();
-        let got = self.call("get", |c, timeout| {
+        let got = self.call(Caller::Cache, "get", |c, timeout| {
             // The reply holds bytes 0 to `last`: at most `last + 1` of them.
             match c.query(&[b"GETRANGE", rkey.as_bytes(), b"0", end.as_bytes()], last + 1, timeout)? {
                 Reply::Bulk(v) => Ok(v.unwrap_or_default()),
@@ -278,7 +287,7 @@ impl RemoteTier {
         let ttl_ms = opts
             .ttl
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).to_string());
-        let done = self.call("set", |c, timeout| {
+        let done = self.call(Caller::Cache, "set", |c, timeout| {
             let mut args: Vec<&[u8]> = vec![b"SET", rkey.as_bytes(), &value];
             if let Some(ms) = &ttl_ms {
                 args.extend([&b"PX"[..], ms.as_bytes()]);
@@ -298,7 +307,7 @@ impl RemoteTier {
             return Ok(());
         }
         let rkey = Self::redis_key(local.name(), key);
-        let done = self.call("delete", |c, timeout| {
+        let done = self.call(Caller::Cache, "delete", |c, timeout| {
             match c.query(&[b"DEL", rkey.as_bytes()], 0, timeout)? {
                 Reply::Integer(_) => Ok(()),
                 other => Err(unexpected(other)),

@@ -22,10 +22,10 @@ pub struct RemoteOptions {
     pub read_only: bool,
     /// Remote failures are errors (`io`) instead of being logged and skipped.
     pub required: bool,
-    /// How long connecting (with the handshake) may take.
+    /// How long connecting (with the handshake) may take; not zero.
     pub connect_timeout: Duration,
     /// How long one operation may take, its request and its whole reply (plus one second per
-    /// [`MIN_TRANSFER_RATE`](super::MIN_TRANSFER_RATE) bytes of value it moves).
+    /// [`MIN_TRANSFER_RATE`](super::MIN_TRANSFER_RATE) bytes of value it moves); not zero.
     pub op_timeout: Duration,
     /// The largest content sent or accepted, in bytes; larger entries stay local.
     pub max_value_size: u64,

@@ -60,6 +60,20 @@ impl Server {
 pub(super) struct Breaker {
     consecutive_failures: u32,
     open_until: Option<Instant>,
+    /// Whether the cache tier's first failure since the last success was logged (so that it is
+    /// logged once, whichever caller failed first).
+    cache_warned: bool,
+}
+
+/// Who runs an operation, which decides what its failure means and who logs it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Caller {
+    /// The cache tier ([`RemoteTier::fetch`], `publish`, `remove`): unless the tier is required,
+    /// a failure is logged here and the local tier carries on.
+    Cache,
+    /// A client that gets the error and reports it itself ([`RemoteTier::command`], for
+    /// key-value buckets, which have no local fallback; [`RemoteTier::ping`]).
+    Client,
 }
 
 pub(super) fn invalid(url: &str, why: impl fmt::Display) -> Error {
@@ -96,6 +110,7 @@ impl RemoteTier {
     /// (its state is unknown); one that succeeded goes back to the pool.
     pub(super) fn call<T>(
         &self,
+        caller: Caller,
         op: &'static str,
         f: impl FnOnce(&mut Connection, Duration) -> io::Result<T>,
     ) -> std::result::Result<T, Failure> {
@@ -110,7 +125,7 @@ impl RemoteTier {
         .and_then(|mut c| f(&mut c, self.inner.options.op_timeout).map(|v| (v, c)));
         match result {
             Ok((v, c)) => {
-                self.record(op, None);
+                self.record(caller, op, None);
                 let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
                 if idle.len() < MAX_IDLE_CONNECTIONS && c.is_clean() {
                     idle.push(c);
@@ -118,7 +133,7 @@ impl RemoteTier {
                 Ok(v)
             }
             Err(e) => {
-                self.record(op, Some(&e));
+                self.record(caller, op, Some(&e));
                 Err(Failure::Failed(e))
             }
         }
@@ -147,8 +162,11 @@ impl RemoteTier {
         b.open_until.is_none_or(|until| Instant::now() >= until)
     }
 
-    /// Updates the breaker with an outcome, and logs transitions (not every failure).
-    pub(super) fn record(&self, op: &'static str, error: Option<&io::Error>) {
+    /// Updates the breaker with an outcome, and logs transitions: the cache tier's first failure
+    /// (once until the next success), the breaker opening, the server answering again. A
+    /// [`Caller::Client`]'s failure is the client's to report (it gets the error): only a debug
+    /// line here.
+    pub(super) fn record(&self, caller: Caller, op: &'static str, error: Option<&io::Error>) {
         let opts = &self.inner.options;
         let mut b = self.inner.breaker.lock().unwrap_or_else(|p| p.into_inner());
         let Some(error) = error else {
@@ -159,10 +177,21 @@ impl RemoteTier {
             return;
         };
         b.consecutive_failures = b.consecutive_failures.saturating_add(1);
-        if b.consecutive_failures == 1 {
-            tracing::warn!(remote = %self.inner.shown, op, error = %error, "remote tier failed; the local tier carries on");
-        } else {
-            tracing::debug!(remote = %self.inner.shown, op, error = %error, "remote tier failed again");
+        match caller {
+            Caller::Cache if !b.cache_warned => {
+                b.cache_warned = true;
+                if opts.required {
+                    tracing::warn!(remote = %self.inner.shown, op, error = %error, "remote tier failed; the cache operation fails (the remote is required)");
+                } else {
+                    tracing::warn!(remote = %self.inner.shown, op, error = %error, "remote tier failed; the local tier carries on");
+                }
+            }
+            Caller::Cache => {
+                tracing::debug!(remote = %self.inner.shown, op, error = %error, "remote tier failed again");
+            }
+            Caller::Client => {
+                tracing::debug!(remote = %self.inner.shown, op, error = %error, "remote operation failed (its caller reports it)");
+            }
         }
         if b.consecutive_failures >= opts.breaker_threshold {
             if b.consecutive_failures == opts.breaker_threshold {

@@ -198,6 +198,15 @@ fn options_are_checked() {
     o.fleet_key = Some(vec![1; 31]);
     let err = RemoteTier::new(o).unwrap_err().full_message();
     assert!(err.contains("at least 32"), "{err}");
+    for zero in [
+        |o: &mut RemoteOptions| o.connect_timeout = Duration::ZERO,
+        |o: &mut RemoteOptions| o.op_timeout = Duration::ZERO,
+    ] {
+        let mut o = RemoteOptions::new("redis://localhost");
+        zero(&mut o);
+        let err = RemoteTier::new(o).unwrap_err().full_message();
+        assert!(err.contains("timeouts must be at least 1 ms"), "{err}");
+    }
 
     let url = "redis://user:s3cret@localhost:6379/0";
     let t = RemoteTier::new(RemoteOptions::new(url)).unwrap();

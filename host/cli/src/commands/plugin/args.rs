@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use filecache_host::compiled::CompiledOptions;
-use filecache_host::remote::{RemoteOptions, RemoteTier, read_fleet_key};
+use filecache_host::remote::{DEFAULT_TIMEOUT, RemoteOptions, RemoteTier, read_fleet_key};
 use filecache_host::size::parse_size;
 use filecache_host::store::{DEFAULT_NAMESPACE, validate_namespace_name};
 use filecache_host::{Durability, NamespaceOptions};
@@ -86,6 +86,11 @@ struct RemoteArgs {
     /// the server evicts them; run it with maxmemory and maxmemory-policy allkeys-lru]
     #[arg(long, value_name = "DURATION", requires = "remote", value_parser = parse_duration)]
     remote_ttl: Option<Duration>,
+    /// How long connecting to the remote, and then each operation on it, may take before it
+    /// fails (e.g. 200ms, 2s): a cache operation then carries on locally (an `io` error with
+    /// --remote-required), a key-value call answers `other` [default: 500ms]
+    #[arg(long, value_name = "DURATION", requires = "remote", value_parser = parse_remote_timeout)]
+    remote_timeout: Option<Duration>,
 }
 
 /// Parses `--quota`: a size, at least 1 byte.
@@ -130,6 +135,19 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_millis(millis))
 }
 
+/// Parses `--remote-timeout`: a duration (as `--remote-ttl`), at least 1 ms.
+pub fn parse_remote_timeout(text: &str) -> std::result::Result<Duration, String> {
+    let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !number.is_empty() && number.bytes().all(|b| b == b'0') {
+        return Err(format!(
+            "{text:?}: a timeout of 0 would fail every remote operation before it is sent; give how long \
+             one may take, e.g. 200ms or 2s (without --remote-timeout: {}ms)",
+            DEFAULT_TIMEOUT.as_millis()
+        ));
+    }
+    parse_duration(text)
+}
+
 impl RemoteArgs {
     /// The remote tier asked for, checked; a required one must answer now.
     fn tier(&self) -> Result<Option<RemoteTier>> {
@@ -139,6 +157,10 @@ impl RemoteArgs {
         options.read_only = self.remote_read_only;
         options.required = self.remote_required;
         options.ttl = self.remote_ttl;
+        if let Some(timeout) = self.remote_timeout {
+            options.connect_timeout = timeout;
+            options.op_timeout = timeout;
+        }
         let tier = RemoteTier::new(options)?;
         if self.remote_required {
             tier.ping()
