@@ -19,8 +19,13 @@ fn options(url: &str, key: Option<&[u8]>) -> RemoteOptions {
 }
 
 /// A host's view of bucket `ns`: its own tier (connections, breaker), as another process has.
+/// Its timeouts are 10 s, not the default 500 ms: in these tests the time a call takes is not
+/// the point, and a call a loaded machine delayed past 500 ms would fail them as a timeout.
 fn host(url: &str, key: Option<&[u8]>, ns: &str, ns_options: NamespaceOptions) -> Bucket {
-    let tier = RemoteTier::new(options(url, key)).unwrap();
+    let mut options = options(url, key);
+    options.connect_timeout = Duration::from_secs(10);
+    options.op_timeout = Duration::from_secs(10);
+    let tier = RemoteTier::new(options).unwrap();
     Bucket::from_engine(Arc::new(RedisEngine::new(tier, ns, &ns_options).unwrap()))
 }
 
