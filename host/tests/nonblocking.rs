@@ -145,6 +145,20 @@ impl Setup {
     }
 }
 
+/// Runs `test` on a runtime of two workers, one test at a time: the tests measure stalls of
+/// their executor and the time their guests take, which another test of this file compiling its
+/// guest (on every core) or running its own guests beside them would add to.
+fn serially(test: impl Future<Output = ()>) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test);
+}
+
 /// Runs `guests` guests of `gets` gets each at once, with a task ticking every 10 ms beside
 /// them; returns the longest gap the ticker saw and the time the guests took.
 async fn run_with_ticker(setup: &Setup, guests: usize, gets: u32) -> (Duration, Duration) {
@@ -175,50 +189,61 @@ async fn run_with_ticker(setup: &Setup, guests: usize, gets: u32) -> (Duration, 
     (ticker.await.unwrap(), took)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_guest_waiting_on_a_silent_remote_does_not_block_the_executor() {
-    let setup = Setup::new(true);
-    // Four guests (twice the workers), each waiting on the remote twice.
-    let (gap, took) = run_with_ticker(&setup, 4, 2).await;
-    eprintln!("async: longest tick gap {gap:?}, guests took {took:?}");
-    assert!(took >= 2 * STALL, "the remote did not stall the guests ({took:?})");
-    assert!(gap < STALL / 2, "the ticker stalled for {gap:?}");
-    #[cfg(feature = "remote")]
-    assert_eq!(setup.local.counts().remote_errors, 8);
+#[test]
+fn a_guest_waiting_on_a_silent_remote_does_not_block_the_executor() {
+    serially(async {
+        let setup = Setup::new(true);
+        // Four guests (twice the workers), each waiting on the remote twice.
+        let (gap, took) = run_with_ticker(&setup, 4, 2).await;
+        eprintln!("async: longest tick gap {gap:?}, guests took {took:?}");
+        assert!(took >= 2 * STALL, "the remote did not stall the guests ({took:?})");
+        assert!(gap < STALL / 2, "the ticker stalled for {gap:?}");
+        #[cfg(feature = "remote")]
+        assert_eq!(setup.local.counts().remote_errors, 8);
+    });
 }
 
 /// The control: the same run with the synchronous host functions blocks the workers, and the
 /// ticker sees it. (So the test above measures something that can fail.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_sync_host_functions_do_block_the_executor() {
-    let setup = Setup::new(false);
-    let (gap, took) = run_with_ticker(&setup, 4, 2).await;
-    eprintln!("sync: longest tick gap {gap:?}, guests took {took:?}");
-    assert!(
-        gap >= STALL,
-        "the ticker saw no stall ({gap:?}): the measurement cannot tell"
-    );
+#[test]
+fn control_sync_host_functions_do_block_the_executor() {
+    serially(async {
+        let setup = Setup::new(false);
+        let (gap, took) = run_with_ticker(&setup, 4, 2).await;
+        eprintln!("sync: longest tick gap {gap:?}, guests took {took:?}");
+        assert!(
+            gap >= STALL,
+            "the ticker saw no stall ({gap:?}): the measurement cannot tell"
+        );
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixteen_guests_wait_at_once() {
-    let setup = Setup::new(true);
-    // One guest alone: one get that waits out the timeout.
-    let start = Instant::now();
-    setup.guest(1).await;
-    let one = start.elapsed();
-    assert!(one >= STALL, "{one:?}");
+#[test]
+fn sixteen_guests_wait_at_once() {
+    serially(async {
+        let setup = Setup::new(true);
+        // One guest alone: one get that waits out the timeout.
+        let start = Instant::now();
+        setup.guest(1).await;
+        let one = start.elapsed();
+        assert!(one >= STALL, "{one:?}");
 
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..16).map(|_| tokio::spawn(setup.guest(1))).collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let sixteen = start.elapsed();
-    eprintln!("one guest {one:?}, sixteen at once {sixteen:?}");
-    // Serialised (one connection, or the workers blocked) they would take 16 (or 8, on two
-    // workers) times as long; in parallel about as long as one. A generous bound: 4x.
-    assert!(sixteen < 4 * one, "sixteen guests took {sixteen:?}, one {one:?}");
-    #[cfg(feature = "remote")]
-    assert_eq!(setup.local.counts().remote_errors, 17);
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..16).map(|_| tokio::spawn(setup.guest(1))).collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let sixteen = start.elapsed();
+        eprintln!("one guest {one:?}, sixteen at once {sixteen:?}");
+        // Serialised they would take at least 8 stalls (two workers blocked, each waiting out 8
+        // gets in turn) or 16 (queued on one connection); in parallel about as long as one, plus
+        // sixteen instantiations. The bound is under 8 stalls, not a multiple of `one`: on a loaded
+        // machine the instantiations alone can take several times what one guest's did.
+        assert!(
+            sixteen < 7 * STALL,
+            "sixteen guests took {sixteen:?} (one alone {one:?}): they waited in turn"
+        );
+        #[cfg(feature = "remote")]
+        assert_eq!(setup.local.counts().remote_errors, 17);
+    });
 }

@@ -43,54 +43,71 @@ impl RedisServer {
                 .and_then(|l| l.local_addr())
                 .expect("cannot find a free loopback port")
                 .port();
-            let mut command = Command::new("redis-server");
-            die_with_parent(&mut command);
-            let mut child = command
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-                .arg("--dir")
-                .arg(std::env::temp_dir())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("cannot start redis-server");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let out = child.wait_with_output().expect("redis-server output");
-                    last_error = format!(
-                        "redis-server exited with {status}: {}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    let mut server = RedisServer {
-                        child: Some(child),
-                        port,
-                    };
-                    // The port was free when found, but another test may have started its own
-                    // server on it first (ours then fails to bind): answer only for our process.
-                    let pid = server.child.as_ref().map(Child::id);
-                    match server.try_cli(&["INFO", "server"]) {
-                        Ok(info) if info_pid(&info) == pid => return server,
-                        Ok(_) => last_error = format!("port {port} was taken by another redis-server"),
-                        Err(e) => last_error = format!("redis-server did not answer INFO: {e}"),
-                    }
-                    server.kill();
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last_error = "redis-server did not answer within 10 s".into();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            match RedisServer::start_on(port) {
+                Ok(server) => return server,
+                Err(e) => last_error = e,
             }
         }
         panic!("cannot start redis-server: {last_error}");
+    }
+
+    /// Kills the server (if it runs) and starts a new one, empty, on the same port: a server
+    /// that died and came back where its clients look. Like [`RedisServer::start`]'s, the new
+    /// server dies with the test, and it is ours (not another test's that took the port
+    /// meanwhile). Panics if it cannot start.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port;
+        *self = RedisServer::start_on(port)
+            .unwrap_or_else(|e| panic!("cannot start redis-server again on port {port}: {e}"));
+    }
+
+    /// Starts a server on `port` and waits (at most 10 s) until it answers.
+    fn start_on(port: u16) -> Result<RedisServer, String> {
+        let mut command = Command::new("redis-server");
+        die_with_parent(&mut command);
+        let mut child = command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let out = child.wait_with_output().expect("redis-server output");
+                return Err(format!(
+                    "redis-server exited with {status}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let mut server = RedisServer {
+                    child: Some(child),
+                    port,
+                };
+                // The port was free when found, but another test may have started its own
+                // server on it first (ours then fails to bind): answer only for our process.
+                let pid = server.child.as_ref().map(Child::id);
+                let error = match server.try_cli(&["INFO", "server"]) {
+                    Ok(info) if info_pid(&info) == pid => return Ok(server),
+                    Ok(_) => format!("port {port} was taken by another redis-server"),
+                    Err(e) => format!("redis-server did not answer INFO: {e}"),
+                };
+                server.kill();
+                return Err(error);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("redis-server did not answer within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The server's port.

@@ -511,8 +511,11 @@ fn child_process() {
     let b = bucket(&FileCache::open(root.join("cache")).unwrap());
     match task.as_str() {
         "increment" => {
-            // Wait for the start signal so that every process increments at once.
+            // Wait for the start signal so that every process increments at once (at most a
+            // minute: a test that failed before giving it leaves no process waiting for ever).
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while !root.join("go").exists() {
+                assert!(std::time::Instant::now() < deadline, "no start signal after 60 s");
                 std::thread::sleep(Duration::from_millis(1));
             }
             // For a fixed while rather than a fixed count, so that the processes surely overlap.
@@ -541,20 +544,65 @@ fn child_process() {
     }
 }
 
-fn child(root: &Path, task: &str) -> std::process::Child {
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "tests::child_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("FILECACHE_KV_CHILD_ROOT", root)
-        .env("FILECACHE_KV_CHILD_TASK", task)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+/// A child process of the cross-process tests, killed and reaped when dropped: a test that fails
+/// while its children run leaves none running on (a writer of batches runs until killed), holding
+/// the test run's stderr and the files of its temporary directory.
+struct Running(std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the file `path` exists: fails, instead of waiting for ever, when `c` ends first
+/// (it failed, or found no test to run) or after a minute.
+#[cfg(unix)]
+fn wait_for_file(c: &mut Running, path: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        if let Some(status) = c.try_wait().unwrap() {
+            panic!("the child process ended ({status}) before making {}", path.display());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child process made no {} in 60 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn child(root: &Path, task: &str) -> Running {
+    Running(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "tests::child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("FILECACHE_KV_CHILD_ROOT", root)
+            .env("FILECACHE_KV_CHILD_TASK", task)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Increments from four processes at once for 300 ms: none is lost, and they really did
@@ -607,9 +655,15 @@ fn increments_from_threads_on_separate_handles_are_atomic_and_contend() {
             let root = d.path().to_path_buf();
             let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let b = bucket(&FileCache::open(root.join("cache")).unwrap());
-                b.get("warm up").unwrap();
+                // A thread that failed here must still reach the barrier, or the others would
+                // wait there for ever: its failure is raised once they are released.
+                let opened = std::panic::catch_unwind(|| {
+                    let b = bucket(&FileCache::open(root.join("cache")).unwrap());
+                    b.get("warm up").unwrap();
+                    b
+                });
                 barrier.wait();
+                let b = opened.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 let before = crate::sqlite::BUSY_WAITS.with(|n| n.get());
                 // For a fixed while rather than a fixed count, so that the threads surely overlap.
                 let end = std::time::Instant::now() + Duration::from_millis(300);
@@ -646,14 +700,21 @@ fn increments_from_threads_on_separate_handles_are_atomic_and_contend() {
 fn a_batch_killed_at_any_point_is_all_old_or_all_new() {
     let (d, cache) = cache();
     let mut generations = std::collections::BTreeSet::new();
-    for round in 0..8u64 {
+    let mut round = 0u64;
+    // Eight rounds; more (at most 16) while every kill found the same generation committed.
+    while round < 8 || (generations.len() < 2 && round < 16) {
         let _ = std::fs::remove_file(d.path().join("started"));
         let mut c = child(d.path(), "batches");
-        while !d.path().join("started").exists() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // Let it run a varying while, so that the kills land at different points of a batch.
-        std::thread::sleep(Duration::from_micros(1000 + round * 1700));
+        wait_for_file(&mut c, &d.path().join("started"));
+        // Let it run a varying while, so that the kills land at different points of a batch: 1
+        // to 13 ms; then, where a batch takes longer than that (a loaded machine: every kill
+        // landed in the second batch), twice as long each round, up to 3.3 s.
+        let delay = if round < 8 {
+            Duration::from_micros(1000 + round * 1700)
+        } else {
+            Duration::from_micros(12_900 << (round - 7))
+        };
+        std::thread::sleep(delay);
         c.kill().unwrap();
         c.wait().unwrap();
         let b = bucket(&cache);
@@ -667,8 +728,12 @@ fn a_batch_killed_at_any_point_is_all_old_or_all_new() {
         // The charge stays at least what the data holds (a kill may leave it higher).
         let usage = b.usage().unwrap();
         assert!(ns_of(&cache).data_bytes().unwrap() >= usage.bytes);
+        round += 1;
     }
-    assert!(generations.len() > 1, "the kills all landed at the same point");
+    assert!(
+        generations.len() > 1,
+        "the kills of {round} rounds all landed at the same point"
+    );
 }
 
 #[test]

@@ -9,6 +9,16 @@ use super::*;
 use crate::EntryStore;
 use crate::{FileCache, NamespaceOptions};
 
+/// Options for `url` with timeouts (10 s) that no load of the machine reaches, for the tests
+/// against a real or fake server in which the time a call takes is not the point: there, a call
+/// that a loaded machine delayed past the default 500 ms would fail as a timeout.
+fn patient(url: String) -> RemoteOptions {
+    let mut o = RemoteOptions::new(url);
+    o.connect_timeout = Duration::from_secs(10);
+    o.op_timeout = Duration::from_secs(10);
+    o
+}
+
 fn tier(fleet_key: Option<&[u8]>) -> RemoteTier {
     let mut o = RemoteOptions::new("redis://127.0.0.1:1");
     o.fleet_key = fleet_key.map(<[u8]>::to_vec);
@@ -360,7 +370,7 @@ fn concurrent_callers_do_not_queue_on_one_connection() {
 #[test]
 fn connections_are_pooled() {
     let redis = filecache_tests::RedisServer::start();
-    let remote = RemoteTier::new(RemoteOptions::new(redis.url())).unwrap();
+    let remote = RemoteTier::new(patient(redis.url())).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ns = local(&dir);
     for i in 0..20u32 {
@@ -393,7 +403,7 @@ fn connections_are_pooled() {
 #[test]
 fn finding_3_named_directory_namespaces_are_isolated_through_redis() {
     let redis = filecache_tests::RedisServer::start();
-    let remote = RemoteTier::new(RemoteOptions::new(redis.url())).unwrap();
+    let remote = RemoteTier::new(patient(redis.url())).unwrap();
     let open = |root: &tempfile::TempDir, name: &str| {
         let path = root.path().join(name);
         std::fs::create_dir_all(&path).unwrap();
@@ -428,11 +438,11 @@ fn finding_3_named_directory_namespaces_are_isolated_through_redis() {
 #[test]
 fn finding_6_planted_plugin_values_are_refused_and_values_expire() {
     let redis = filecache_tests::RedisServer::start();
-    let mut o = RemoteOptions::new(redis.url());
+    let mut o = patient(redis.url());
     o.fleet_key = Some(FLEET.to_vec());
     o.ttl = Some(Duration::from_secs(60));
     let fleet = RemoteTier::new(o).unwrap();
-    let attacker = RemoteTier::new(RemoteOptions::new(redis.url())).unwrap();
+    let attacker = RemoteTier::new(patient(redis.url())).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ns = local(&dir);
     let key = Key::digest(b"planted");
@@ -461,7 +471,7 @@ fn finding_6_planted_plugin_values_are_refused_and_values_expire() {
     );
 
     // A short TTL: the value is gone from Redis once it passes.
-    let mut o = RemoteOptions::new(redis.url());
+    let mut o = patient(redis.url());
     o.fleet_key = Some(FLEET.to_vec());
     o.ttl = Some(Duration::from_millis(200));
     let short = TieredStore::new(ns.clone(), RemoteTier::new(o).unwrap()).unwrap();
@@ -695,7 +705,7 @@ fn finding_22_2_readers_served_from_memory_are_bounded_together() {
         .unwrap()
         .namespace("plugin", NamespaceOptions::default().read_only(true))
         .unwrap();
-    let remote = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    let remote = RemoteTier::new(patient(server.url())).unwrap();
     let store = TieredStore::new(read_only, remote).unwrap().with_reader_memory(3 << 20);
     let mut readers: Vec<_> = (0..3)
         .map(|_| store.open(&key).unwrap().expect("found remotely"))
@@ -747,7 +757,7 @@ fn commands_answer_errors_and_bound_arrays() {
     );
     // Three elements, two bytes and one element more cost 3 × 16 + 2 + 16 = 66: one byte less
     // is refused (a new tier: the fake server answers one request per connection).
-    let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    let tier = RemoteTier::new(patient(server.url())).unwrap();
     let message = tier.command("test", &[b"ANY"], 65).unwrap_err().full_message();
     assert!(message.contains("an array of 1 elements"), "{message}");
     let (_server, tier) = answering(b"*100000000\r\n");
@@ -767,6 +777,6 @@ fn answering(reply: &'static [u8]) -> (FakeServer, RemoteTier) {
     let server = FakeServer::start(move |stream, _, _| {
         let _ = stream.write_all(reply);
     });
-    let tier = RemoteTier::new(RemoteOptions::new(server.url())).unwrap();
+    let tier = RemoteTier::new(patient(server.url())).unwrap();
     (server, tier)
 }
