@@ -33,13 +33,17 @@ impl Fleet {
         }
     }
 
-    /// `--remote URL --remote-key-file FILE`
+    /// `--remote URL --remote-key-file FILE --remote-timeout 5s`: a call to the live server gets
+    /// 5 s rather than the default 500 ms, so that a pause of a loaded machine is not a failed
+    /// call; the tests of deadlines give their own.
     fn flags(&self) -> Vec<String> {
         vec![
             "--remote".into(),
             self.redis.url(),
             "--remote-key-file".into(),
             self.key_file.display().to_string(),
+            "--remote-timeout".into(),
+            "5s".into(),
         ]
     }
 
@@ -379,16 +383,28 @@ impl Serve {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let log = std::thread::spawn(move || {
+            let mut log = String::new();
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.strip_prefix("Serving HTTP on http://") {
                     let _ = tx.send(rest.trim_end_matches('/').parse::<SocketAddr>().unwrap());
                 }
+                log.push_str(&line);
+                log.push('\n');
             }
+            log
         });
-        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("serve did not start");
-        Serve(child, addr)
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => Serve(child, addr),
+            Err(_) => {
+                // Not left running, and what it said is in the failure: its stderr closes when
+                // it ends, so the thread has read all of it once joined.
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                panic!("serve did not start ({status:?}):\n{}", log.join().unwrap());
+            }
+        }
     }
 
     /// `POST path` on a new connection: the status and the whole raw response.

@@ -25,7 +25,8 @@ fn redis_key(namespace: &str, seed: &str) -> String {
 fn two_hosts_share_plugin_entries_through_redis() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let remote = ["--remote", url.as_str()];
+    // 5 s per call, not 500 ms: a pause of a loaded machine must not turn a hit into a miss.
+    let remote = ["--remote", url.as_str(), "--remote-timeout", "5s"];
     let (a, b) = (TestCache::new(), TestCache::new());
 
     a.contract(&remote, &["put", "shared", "100000"]);
@@ -197,7 +198,8 @@ fn server_killed_in_the_middle_of_a_run() {
 fn value_corrupted_in_redis_is_not_served_nor_copied() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let remote = ["--remote", url.as_str()];
+    // 5 s per call, not 500 ms: a pause of a loaded machine must not turn a hit into a miss.
+    let remote = ["--remote", url.as_str(), "--remote-timeout", "5s"];
     let (a, b) = (TestCache::new(), TestCache::new());
     a.contract(&remote, &["put", "victim", "50000"]);
     a.contract(&remote, &["put", "header-victim", "5000"]);
