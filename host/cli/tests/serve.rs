@@ -300,6 +300,9 @@ fn failures_answer_5xx_and_the_server_goes_on() {
             "32MiB",
             "--max-resources",
             "100",
+            // Longer than --request-timeout: it is not the limit that fires, nor the one named.
+            "-W",
+            "timeout=60s",
         ],
     );
     let check = |path: &str, status: u16, says: &str| {
@@ -311,8 +314,8 @@ fn failures_answer_5xx_and_the_server_goes_on() {
     };
     check("/trap", 500, "the handler failed");
     let start = Instant::now();
-    check("/spin", 504, "--request-timeout");
-    check("/sleep/5000", 504, "--request-timeout");
+    check("/spin", 504, "within --request-timeout (1s)");
+    check("/sleep/5000", 504, "within --request-timeout (1s)");
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     check("/alloc/64", 500, "--max-memory-size");
     check("/alloc/4", 200, "");
@@ -348,6 +351,43 @@ fn w_limits_apply_to_each_request() {
     // Within both, a request is served.
     assert_eq!(server.get("/plain").text(), "hello\n");
     assert_eq!(server.get("/alloc/4").status, 200);
+}
+
+/// A `-W timeout` shorter than --request-timeout is the limit that stops a request, whether the
+/// handler computes (epoch interruption) or waits in a host call (the request's task is dropped),
+/// and the 504 and the log line name it, not --request-timeout.
+#[test]
+fn a_w_timeout_shorter_than_the_request_timeout_is_the_one_named() {
+    let cache = cache_with_code();
+    let server = Server::start(
+        &cache.dir(),
+        http_cache_wasm(),
+        &["-W", "timeout=1s", "--request-timeout", "30s"],
+    );
+    let start = Instant::now();
+    for path in ["/spin", "/sleep/30000"] {
+        let r = server.get(path);
+        assert_eq!(r.status, 504, "{path}: {}", r.text());
+        assert_eq!(
+            r.text(),
+            "the handler did not finish within -W timeout (1s)\n",
+            "{path}"
+        );
+    }
+    // Cut at the limit, not at the request timeout or the end of the sleep (30 s).
+    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    assert_eq!(server.get("/sleep/10").text(), "slept\n");
+    let log = server.log_when(|log| log.contains("GET /sleep/30000 504 "));
+    for path in ["/spin", "/sleep/30000"] {
+        assert!(
+            log.contains(&format!(
+                "GET {path}: the handler did not finish within -W timeout (1s)"
+            )),
+            "{log}"
+        );
+        assert!(log.contains(&format!("GET {path} 504 ")), "{log}");
+    }
+    assert!(!log.contains("within --request-timeout"), "{log}");
 }
 
 #[test]

@@ -36,7 +36,8 @@ pub struct ServeCommand {
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR)]
     addr: SocketAddr,
     /// Wall time a request's handler may run (to its last byte), checked by epoch interruption;
-    /// after it the request is cancelled and answered 504 if no response was sent yet
+    /// after it the request is cancelled and answered 504 if no response was sent yet (a shorter
+    /// `-W timeout` wins, and the 504 names it)
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
     /// Most linear memory each of a request's instance memories may grow to; a handler that asks
@@ -92,8 +93,14 @@ impl ServeCommand {
             self.max_memory_size = Some(w);
             memory_flag = "-W max-memory-size";
         }
-        if let Some(t) = limits.timeout {
-            self.request_timeout = self.request_timeout.min(t);
+        // A `-W timeout` as short as --request-timeout (its default included) is the one that
+        // fires, and the one a 504 names.
+        let mut timeout_flag = "--request-timeout";
+        if let Some(t) = limits.timeout
+            && t <= self.request_timeout
+        {
+            self.request_timeout = t;
+            timeout_flag = "-W timeout";
         }
         let mut plugin = self.plugin.check(&path)?;
         let mut config = plugin.config();
@@ -149,6 +156,7 @@ impl ServeCommand {
             storage,
             requests: Arc::new(tokio::sync::Semaphore::new(self.max_concurrent_requests.max(1))),
             request_timeout: self.request_timeout,
+            timeout_flag,
             max_memory_size: self.max_memory_size,
             memory_flag,
             fuel: limits.fuel,
