@@ -576,33 +576,50 @@ fn w_timeout_stops_a_run_waiting_in_a_host_call() {
     assert_success(&fine, "sleep 10 ms under -W timeout=60s");
     assert!(cache.entry_file("timeout", "hostile/pending").is_file());
 
-    // Blocked reading a standard input that is never closed.
-    let start = Instant::now();
-    let mut child = filecache()
-        .arg("run")
-        .arg("--cache-dir")
-        .arg(cache.dir())
-        .args(flags("timeout=1s"))
-        .arg(hostile)
-        .arg("read-stdin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
+    // Blocked on a standard input that is never closed (wasmtime-wasi reads it on a thread of
+    // its own), and on a FIFO with no writer in a --dir (a read on tokio's blocking pool, which
+    // cannot be cancelled: the run leaves it behind after its grace period).
+    let fifo_dir = cache.tmp.path().join("fifo");
+    std::fs::create_dir(&fifo_dir).unwrap();
+    let fifo = std::ffi::CString::new(fifo_dir.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let dir = format!("{}::/data", fifo_dir.display());
+    for (what, extra, args) in [
+        ("reading stdin", None, ["read-stdin", ""]),
+        ("reading a FIFO", Some(dir.as_str()), ["read-file", "/data/fifo"]),
+    ] {
+        let start = Instant::now();
+        let mut run = filecache();
+        run.arg("run")
+            .arg("--cache-dir")
+            .arg(cache.dir())
+            .args(flags("timeout=1s"));
+        if let Some(dir) = extra {
+            run.args(["--dir", dir]);
         }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("a run reading stdin under -W timeout=1s still running after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(134), "{}", stderr(&out));
-    says_timeout(&stderr(&out));
+        let mut child = run
+            .arg(hostile)
+            .args(args.iter().filter(|a| !a.is_empty()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("a run {what} under -W timeout=1s still running after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(status.code(), Some(134), "{what}: {}", stderr(&out));
+        says_timeout(&stderr(&out));
+    }
 }

@@ -9,7 +9,7 @@ use filecache_test_programs::{
 
 const USAGE: &str = "hostile SCENARIO; scenarios: many-handles | huge-add [SIZE [LIMIT]] | \
     write-after-too-large [LIMIT] | miss-loop N | drop-all | stream-big SIZE | grow-memory SIZE | spin | \
-    sleep MS | read-stdin";
+    sleep MS | read-stdin | read-file PATH";
 
 /// The default `--max-entry-size`.
 const DEFAULT_LIMIT: u64 = 64 * MIB;
@@ -47,6 +47,7 @@ fn main() {
                 .expect("sleep MS: a whole number of milliseconds"),
         ),
         "read-stdin" => read_stdin(),
+        "read-file" => read_file(arg(rest, 0, "read-file PATH")),
         other => panic!("unknown scenario {other:?}; usage: {USAGE}"),
     }
     println!("ok {scenario}");
@@ -350,4 +351,11 @@ fn read_stdin() {
     let mut input = Vec::new();
     std::io::stdin().read_to_end(&mut input).expect("read stdin");
     println!("read {} bytes", input.len());
+}
+
+/// Reads the file at PATH (in a preopened directory) to its end: a host call that waits as long
+/// as the file gives nothing (a FIFO with no writer).
+fn read_file(path: &str) {
+    let content = std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    println!("read {} bytes", content.len());
 }
