@@ -390,6 +390,27 @@ fn a_w_timeout_shorter_than_the_request_timeout_is_the_one_named() {
     assert!(!log.contains("within --request-timeout"), "{log}");
 }
 
+/// A request cut by its timeout while WASI waits in a read that cannot be cancelled (a FIFO with
+/// no writer, in a --dir: a blocked thread of tokio's blocking pool) is answered 504, the server
+/// goes on, and SIGTERM still stops it (the shutdown leaves the stuck thread behind).
+#[test]
+fn a_request_stuck_in_a_blocking_read_is_cut_and_does_not_hold_up_the_shutdown() {
+    let cache = cache_with_code();
+    let fifo_dir = cache.tmp.path().join("fifo");
+    std::fs::create_dir(&fifo_dir).unwrap();
+    let fifo = std::ffi::CString::new(fifo_dir.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let dir = format!("{}::/data", fifo_dir.display());
+    let mut server = Server::start(&cache.dir(), http_cache_wasm(), &["--dir", &dir, "-W", "timeout=1s"]);
+    let r = server.get("/read-file/data/fifo");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("within -W timeout (1s)"), "{}", r.text());
+    assert_eq!(server.get("/plain").text(), "hello\n");
+    let status = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", server.log());
+}
+
 #[test]
 fn a_64k_cache_route_hits_after_its_first_miss_and_stats_sees_it() {
     let cache = cache_with_code();

@@ -30,6 +30,10 @@ use super::plugin::{self, PluginArgs, Role, parse_duration};
 /// `wasmtime serve`'s default address.
 const DEFAULT_ADDR: &str = "0.0.0.0:8080";
 
+/// How long the shutdown waits, once the requests are over, for work left on tokio's blocking
+/// pool.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 #[derive(Args)]
 pub struct ServeCommand {
     /// The address to listen on (port 0: any free port; the start-up line says which)
@@ -78,7 +82,13 @@ impl ServeCommand {
             .enable_all()
             .build()
             .context("cannot start the tokio runtime")?;
-        runtime.block_on(self.serve())
+        let result = runtime.block_on(self.serve());
+        // Dropping the runtime would wait for every task on its blocking pool, and one can be
+        // stuck for good: a request cut by its timeout while WASI read a FIFO or a hung network
+        // file of a --dir (a blocking read cannot be cancelled). The requests are over by now;
+        // what is left gets a moment, then the process exits without it.
+        runtime.shutdown_timeout(SHUTDOWN_GRACE);
+        result
     }
 
     async fn serve(mut self) -> Result<()> {
