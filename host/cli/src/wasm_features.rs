@@ -23,8 +23,8 @@ const LIMITS: &[(&str, &str, &str)] = &[
     (
         "timeout",
         "DURATION",
-        "wall time the component's WebAssembly code may run (e.g. 500ms, 10s, 5m), enforced by epoch \
-         interruption; then it is stopped",
+        "wall time the component may run (e.g. 500ms, 10s, 5m), computing (stopped by epoch \
+         interruption) or waiting in a WASI call such as a sleep or a read of stdin; then it is stopped",
     ),
     (
         "fuel",

@@ -524,3 +524,95 @@ fn a_negative_or_zero_quota_is_refused_with_a_useful_message() {
     assert!(stderr(&zero).contains("--read-only"), "{}", stderr(&zero));
     assert!(!cache.dir().exists());
 }
+
+/// Item 6: `-W timeout` ends a run whatever the guest is doing, not only while it runs
+/// WebAssembly code: a guest asleep in a host call, or reading a standard input that stays open,
+/// is stopped at the limit with the same message and exit code 134 as a spinning one. What it
+/// committed stays; what it had not committed leaves nothing behind; its hit is counted.
+#[test]
+fn w_timeout_stops_a_run_waiting_in_a_host_call() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let cache = TestCache::new();
+    let hostile = filecache_tests::hostile_wasm();
+    let flags = |timeout: &'static str| ["--namespace", "timeout", "-W", timeout];
+    let says_timeout = |err: &str| {
+        assert!(err.contains("was stopped: it ran longer than -W timeout (1s)"), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    };
+    // A 60 s sleep in a host call, cut at about 1 s (the bound leaves room for a loaded machine).
+    let start = Instant::now();
+    let slept = cache.run(hostile, &flags("timeout=1s"), &["sleep", "60000"]);
+    let elapsed = start.elapsed();
+    assert_eq!(slept.status.code(), Some(134), "{}", stderr(&slept));
+    says_timeout(&stderr(&slept));
+    assert!(stdout(&slept).contains("holding a writer"), "{}", stdout(&slept));
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    // The committed entry is there and reads back; the uncommitted writer left no entry and no
+    // temporary file; the run's hit reached the counters.
+    assert!(cache.entry_file("timeout", "hostile/kept").is_file());
+    assert!(!cache.entry_file("timeout", "hostile/pending").exists());
+    let tmp = cache.dir().join("timeout").join("tmp");
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let stats = cache.namespace_stats("timeout");
+    assert_eq!(
+        (stats["entries"].as_u64(), stats["hits"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats:#}"
+    );
+    // Within the limit, the same run ends and commits its writer.
+    let fine = cache.run(hostile, &flags("timeout=60s"), &["sleep", "10"]);
+    assert_success(&fine, "sleep 10 ms under -W timeout=60s");
+    assert!(cache.entry_file("timeout", "hostile/pending").is_file());
+
+    // Blocked on a standard input that is never closed (wasmtime-wasi reads it on a thread of
+    // its own), and on a FIFO with no writer in a --dir (a read on tokio's blocking pool, which
+    // cannot be cancelled: the run leaves it behind after its grace period).
+    let fifo_dir = cache.tmp.path().join("fifo");
+    std::fs::create_dir(&fifo_dir).unwrap();
+    let fifo = std::ffi::CString::new(fifo_dir.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let dir = format!("{}::/data", fifo_dir.display());
+    for (what, extra, args) in [
+        ("reading stdin", None, ["read-stdin", ""]),
+        ("reading a FIFO", Some(dir.as_str()), ["read-file", "/data/fifo"]),
+    ] {
+        let start = Instant::now();
+        let mut run = filecache();
+        run.arg("run")
+            .arg("--cache-dir")
+            .arg(cache.dir())
+            .args(flags("timeout=1s"));
+        if let Some(dir) = extra {
+            run.args(["--dir", dir]);
+        }
+        let mut child = run
+            .arg(hostile)
+            .args(args.iter().filter(|a| !a.is_empty()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("a run {what} under -W timeout=1s still running after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(status.code(), Some(134), "{what}: {}", stderr(&out));
+        says_timeout(&stderr(&out));
+    }
+}

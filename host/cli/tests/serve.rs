@@ -300,6 +300,9 @@ fn failures_answer_5xx_and_the_server_goes_on() {
             "32MiB",
             "--max-resources",
             "100",
+            // Longer than --request-timeout: it is not the limit that fires, nor the one named.
+            "-W",
+            "timeout=60s",
         ],
     );
     let check = |path: &str, status: u16, says: &str| {
@@ -311,8 +314,8 @@ fn failures_answer_5xx_and_the_server_goes_on() {
     };
     check("/trap", 500, "the handler failed");
     let start = Instant::now();
-    check("/spin", 504, "--request-timeout");
-    check("/sleep/5000", 504, "--request-timeout");
+    check("/spin", 504, "within --request-timeout (1s)");
+    check("/sleep/5000", 504, "within --request-timeout (1s)");
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     check("/alloc/64", 500, "--max-memory-size");
     check("/alloc/4", 200, "");
@@ -348,6 +351,64 @@ fn w_limits_apply_to_each_request() {
     // Within both, a request is served.
     assert_eq!(server.get("/plain").text(), "hello\n");
     assert_eq!(server.get("/alloc/4").status, 200);
+}
+
+/// A `-W timeout` shorter than --request-timeout is the limit that stops a request, whether the
+/// handler computes (epoch interruption) or waits in a host call (the request's task is dropped),
+/// and the 504 and the log line name it, not --request-timeout.
+#[test]
+fn a_w_timeout_shorter_than_the_request_timeout_is_the_one_named() {
+    let cache = cache_with_code();
+    let server = Server::start(
+        &cache.dir(),
+        http_cache_wasm(),
+        &["-W", "timeout=1s", "--request-timeout", "30s"],
+    );
+    let start = Instant::now();
+    for path in ["/spin", "/sleep/30000"] {
+        let r = server.get(path);
+        assert_eq!(r.status, 504, "{path}: {}", r.text());
+        assert_eq!(
+            r.text(),
+            "the handler did not finish within -W timeout (1s)\n",
+            "{path}"
+        );
+    }
+    // Cut at the limit, not at the request timeout or the end of the sleep (30 s).
+    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    assert_eq!(server.get("/sleep/10").text(), "slept\n");
+    let log = server.log_when(|log| log.contains("GET /sleep/30000 504 "));
+    for path in ["/spin", "/sleep/30000"] {
+        assert!(
+            log.contains(&format!(
+                "GET {path}: the handler did not finish within -W timeout (1s)"
+            )),
+            "{log}"
+        );
+        assert!(log.contains(&format!("GET {path} 504 ")), "{log}");
+    }
+    assert!(!log.contains("within --request-timeout"), "{log}");
+}
+
+/// A request cut by its timeout while WASI waits in a read that cannot be cancelled (a FIFO with
+/// no writer, in a --dir: a blocked thread of tokio's blocking pool) is answered 504, the server
+/// goes on, and SIGTERM still stops it (the shutdown leaves the stuck thread behind).
+#[test]
+fn a_request_stuck_in_a_blocking_read_is_cut_and_does_not_hold_up_the_shutdown() {
+    let cache = cache_with_code();
+    let fifo_dir = cache.tmp.path().join("fifo");
+    std::fs::create_dir(&fifo_dir).unwrap();
+    let fifo = std::ffi::CString::new(fifo_dir.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let dir = format!("{}::/data", fifo_dir.display());
+    let mut server = Server::start(&cache.dir(), http_cache_wasm(), &["--dir", &dir, "-W", "timeout=1s"]);
+    let r = server.get("/read-file/data/fifo");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("within -W timeout (1s)"), "{}", r.text());
+    assert_eq!(server.get("/plain").text(), "hello\n");
+    let status = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", server.log());
 }
 
 #[test]

@@ -8,7 +8,8 @@ use filecache_test_programs::{
 };
 
 const USAGE: &str = "hostile SCENARIO; scenarios: many-handles | huge-add [SIZE [LIMIT]] | \
-    write-after-too-large [LIMIT] | miss-loop N | drop-all | stream-big SIZE | grow-memory SIZE | spin";
+    write-after-too-large [LIMIT] | miss-loop N | drop-all | stream-big SIZE | grow-memory SIZE | spin | \
+    sleep MS | read-stdin | read-file PATH";
 
 /// The default `--max-entry-size`.
 const DEFAULT_LIMIT: u64 = 64 * MIB;
@@ -39,6 +40,14 @@ fn main() {
         ),
         "grow-memory" => grow_memory(parse_size(arg(rest, 0, "grow-memory SIZE"))),
         "spin" => spin(),
+        "sleep" => sleep(
+            Ctx::new("hostile", "sleep"),
+            arg(rest, 0, "sleep MS")
+                .parse()
+                .expect("sleep MS: a whole number of milliseconds"),
+        ),
+        "read-stdin" => read_stdin(),
+        "read-file" => read_file(arg(rest, 0, "read-file PATH")),
         other => panic!("unknown scenario {other:?}; usage: {USAGE}"),
     }
     println!("ok {scenario}");
@@ -319,4 +328,34 @@ fn spin() {
     loop {
         n = std::hint::black_box(n.wrapping_add(1));
     }
+}
+
+/// Commits an entry (`hostile/kept`) and reads it back (a hit), opens a writer
+/// (`hostile/pending`) and writes 1 MiB into it, then waits MS milliseconds inside a host call
+/// (std's sleep: a wasi:clocks pollable, blocked on) before committing it: for `-W timeout`
+/// against a guest that is not running WebAssembly code, and what such a stop leaves behind.
+fn sleep(cx: Ctx, ms: u64) {
+    let kept = key_for("hostile/kept");
+    cx.put_stream("put kept", &kept, &content("hostile/kept", 1000), 1000);
+    cx.assert_get("get kept", &kept, &content("hostile/kept", 1000));
+    let pending = cx.ok("create pending", create(&key_for("hostile/pending")));
+    cx.ok("write pending", pending.write(&content("hostile/pending", MIB)));
+    println!("holding a writer; sleeping {ms} ms");
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    cx.ok("commit pending", Writer::commit(pending));
+}
+
+/// Reads standard input to its end: a host call that waits as long as the input stays open.
+fn read_stdin() {
+    use std::io::Read;
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input).expect("read stdin");
+    println!("read {} bytes", input.len());
+}
+
+/// Reads the file at PATH (in a preopened directory) to its end: a host call that waits as long
+/// as the file gives nothing (a FIFO with no writer).
+fn read_file(path: &str) {
+    let content = std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    println!("read {} bytes", content.len());
 }

@@ -11,7 +11,9 @@
 //! - `POST /bucket/NAME/incr/KEY`: increments KEY in the bucket granted as NAME.
 //! - `POST /echo`: reads the whole body and answers its length.
 //! - `GET /trap`, `GET /spin` (loops forever), `GET /sleep/MS` (waits in a host call),
-//!   `GET /alloc/MIB` (allocates), `GET /resources/N` (holds N `fields` resources).
+//!   `GET /alloc/MIB` (allocates), `GET /resources/N` (holds N `fields` resources),
+//!   `GET /read-file/PATH...` (reads the file `/PATH` of a `--dir`: waits in a host call as long
+//!   as the file gives nothing, a FIFO with no writer).
 
 mod bindings {
     wit_bindgen::generate!({
@@ -96,6 +98,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
                 text(out, 200, "slept\n")
             }
+            ["read-file", file @ ..] => match std::fs::read(format!("/{}", file.join("/"))) {
+                Ok(bytes) => text(out, 200, &format!("read {} bytes\n", bytes.len())),
+                Err(e) => text(out, 500, &format!("read: {e}\n")),
+            },
             ["alloc", mib] => {
                 let mib: usize = mib.parse().unwrap_or(0);
                 let bytes = std::hint::black_box(vec![1u8; mib << 20]);

@@ -65,6 +65,8 @@ pub(super) struct Server {
     pub(super) storage: Storage,
     pub(super) requests: Arc<tokio::sync::Semaphore>,
     pub(super) request_timeout: Duration,
+    /// The flag that set `request_timeout` (`--request-timeout` or `-W timeout`), for the 504.
+    pub(super) timeout_flag: &'static str,
     pub(super) max_memory_size: Option<u64>,
     /// The flag that set `max_memory_size`, for the message when it is hit.
     pub(super) memory_flag: &'static str,
@@ -226,6 +228,7 @@ impl Server {
     fn limits(&self) -> Limits {
         Limits {
             request_timeout: self.request_timeout,
+            timeout_flag: self.timeout_flag,
             max_resources: self.max_resources,
         }
     }
@@ -234,6 +237,7 @@ impl Server {
 /// The limits a failure is explained by.
 struct Limits {
     request_timeout: Duration,
+    timeout_flag: &'static str,
     max_resources: usize,
 }
 
@@ -280,8 +284,8 @@ fn timed_out(limits: &Limits) -> Failure {
     Failure::new(
         504,
         format!(
-            "the handler did not finish within --request-timeout ({:?})",
-            limits.request_timeout
+            "the handler did not finish within {} ({:?})",
+            limits.timeout_flag, limits.request_timeout
         ),
     )
 }

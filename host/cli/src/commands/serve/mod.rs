@@ -30,13 +30,18 @@ use super::plugin::{self, PluginArgs, Role, parse_duration};
 /// `wasmtime serve`'s default address.
 const DEFAULT_ADDR: &str = "0.0.0.0:8080";
 
+/// How long the shutdown waits, once the requests are over, for work left on tokio's blocking
+/// pool.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 #[derive(Args)]
 pub struct ServeCommand {
     /// The address to listen on (port 0: any free port; the start-up line says which)
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR)]
     addr: SocketAddr,
     /// Wall time a request's handler may run (to its last byte), checked by epoch interruption;
-    /// after it the request is cancelled and answered 504 if no response was sent yet
+    /// after it the request is cancelled and answered 504 if no response was sent yet (a shorter
+    /// `-W timeout` wins, and the 504 names it)
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
     /// Most linear memory each of a request's instance memories may grow to; a handler that asks
@@ -77,7 +82,13 @@ impl ServeCommand {
             .enable_all()
             .build()
             .context("cannot start the tokio runtime")?;
-        runtime.block_on(self.serve())
+        let result = runtime.block_on(self.serve());
+        // Dropping the runtime would wait for every task on its blocking pool, and one can be
+        // stuck for good: a request cut by its timeout while WASI read a FIFO or a hung network
+        // file of a --dir (a blocking read cannot be cancelled). The requests are over by now;
+        // what is left gets a moment, then the process exits without it.
+        runtime.shutdown_timeout(SHUTDOWN_GRACE);
+        result
     }
 
     async fn serve(mut self) -> Result<()> {
@@ -92,8 +103,14 @@ impl ServeCommand {
             self.max_memory_size = Some(w);
             memory_flag = "-W max-memory-size";
         }
-        if let Some(t) = limits.timeout {
-            self.request_timeout = self.request_timeout.min(t);
+        // A `-W timeout` as short as --request-timeout (its default included) is the one that
+        // fires, and the one a 504 names.
+        let mut timeout_flag = "--request-timeout";
+        if let Some(t) = limits.timeout
+            && t <= self.request_timeout
+        {
+            self.request_timeout = t;
+            timeout_flag = "-W timeout";
         }
         let mut plugin = self.plugin.check(&path)?;
         let mut config = plugin.config();
@@ -149,6 +166,7 @@ impl ServeCommand {
             storage,
             requests: Arc::new(tokio::sync::Semaphore::new(self.max_concurrent_requests.max(1))),
             request_timeout: self.request_timeout,
+            timeout_flag,
             max_memory_size: self.max_memory_size,
             memory_flag,
             fuel: limits.fuel,
