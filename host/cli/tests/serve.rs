@@ -31,7 +31,8 @@ impl Server {
     /// `filecache serve --cache-dir DIR --addr 127.0.0.1:0 FLAGS... WASM`, once it listens.
     fn start(cache_dir: &Path, wasm: &Path, flags: &[&str]) -> Server {
         let mut child = filecache()
-            .env("FILECACHE_LOG", "info")
+            // Each request's line at its end, and (debug) at its start.
+            .env("FILECACHE_LOG", "info,filecache::commands::serve::handler=debug")
             .arg("serve")
             .arg("--cache-dir")
             .arg(cache_dir)
@@ -481,7 +482,10 @@ fn shutdown_finishes_the_requests_in_flight_and_a_gone_client_costs_nothing() {
     // A request in flight when SIGTERM comes is answered; the process then exits cleanly.
     let addr = server.addr;
     let in_flight = std::thread::spawn(move || request(addr, "GET", "/sleep/1500", b""));
-    std::thread::sleep(Duration::from_millis(500));
+    // The signal comes once the handler has the request, however long the thread took to send it.
+    let log = server.log_when(|log| log.contains("GET /sleep/1500 started"));
+    assert!(log.contains("GET /sleep/1500 started"), "{log}");
+    std::thread::sleep(Duration::from_millis(200));
     let status = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
     assert!(status.success(), "{status:?}\n{}", server.log());
     let answered = in_flight.join().unwrap();

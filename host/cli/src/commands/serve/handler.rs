@@ -296,6 +296,7 @@ impl Server {
         let start = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        tracing::debug!("{method} {path} started");
         let response = match self.respond(request).await {
             Ok(response) => response,
             Err(failure) => {
