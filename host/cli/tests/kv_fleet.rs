@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::serve::Server;
 use common::*;
 use filecache_host::kv::RedisEngine;
 use filecache_tests::{http_keyvalue_wasm, keyvalue_draft2_wasm, keyvalue_wasm};
@@ -364,91 +363,25 @@ fn remote_timeout_is_how_long_a_stalled_server_may_take_in_run_and_kv() {
     drop(listener);
 }
 
-/// `filecache serve … --addr 127.0.0.1:0` once it listens, and its address; killed when dropped.
-struct Serve(Child, SocketAddr);
-
-impl Serve {
-    fn start(fleet: &Fleet, host: &TestCache, wasm: &std::path::Path) -> Serve {
-        let mut child = filecache()
-            .env("FILECACHE_LOG", "info")
-            .arg("serve")
-            .arg("--cache-dir")
-            .arg(host.dir())
-            .args(["--addr", "127.0.0.1:0"])
-            .args(fleet.flags())
-            .arg(wasm)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log = std::thread::spawn(move || {
-            let mut log = String::new();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("Serving HTTP on http://") {
-                    let _ = tx.send(rest.trim_end_matches('/').parse::<SocketAddr>().unwrap());
-                }
-                log.push_str(&line);
-                log.push('\n');
-            }
-            log
-        });
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => Serve(child, addr),
-            Err(_) => {
-                // Not left running, and what it said is in the failure: its stderr closes when
-                // it ends, so the thread has read all of it once joined.
-                let _ = child.kill();
-                let status = child.wait().unwrap();
-                panic!("serve did not start ({status:?}):\n{}", log.join().unwrap());
-            }
-        }
-    }
-
-    /// `POST path` on a new connection: the status and the whole raw response.
-    fn post(&self, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.1).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        write!(
-            stream,
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-            self.1
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).unwrap();
-        let raw = String::from_utf8_lossy(&raw).into_owned();
-        let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        (status, raw)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn two_serve_hosts_behind_a_balancer_share_one_counter() {
     let fleet = Fleet::start();
     let hosts = [TestCache::new(), TestCache::new()];
-    let servers: Vec<Serve> = hosts
+    let flags = fleet.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let servers: Vec<Server> = hosts
         .iter()
-        .map(|h| Serve::start(&fleet, h, http_keyvalue_wasm()))
+        .map(|h| Server::start(&h.dir(), http_keyvalue_wasm(), &flags))
         .collect();
     for i in 0..20 {
-        let (status, raw) = servers[i % 2].post("/kv/incr/visits");
-        assert_eq!(status, 200, "{raw}");
+        let response = servers[i % 2].post("/kv/incr/visits", b"");
+        assert_eq!(response.status, 200, "{response:?}");
     }
     let out = fleet.kv(&hosts[0], &["get", "visits"]);
     assert_success(&out, "kv get");
     assert_eq!(stdout(&out), "20");
-    let (_, raw) = servers[1].post("/kv/incr/visits");
-    assert!(raw.contains("21"), "{raw}");
+    let response = servers[1].post("/kv/incr/visits", b"");
+    assert!(response.text().contains("21"), "{response:?}");
     for host in &hosts {
         assert_no_local_bucket(host);
     }

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[cfg(unix)]
+pub mod serve;
+
 pub use filecache_tests::{
     RedisServer, brotli_assets_wasm, contract_wasm, demo_assets_dir, hostile_wasm, markdown_wasm,
 };
