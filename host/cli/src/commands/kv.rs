@@ -15,10 +15,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use filecache_host::NamespaceOptions;
 use filecache_host::kv::{Bucket, DATABASE_FILE, RECORDS_DIR, RedisEngine};
-use filecache_host::remote::{RemoteOptions, RemoteTier, read_fleet_key};
+use filecache_host::remote::RemoteTier;
 use filecache_host::store::{DEFAULT_NAMESPACE, validate_namespace_name};
 
-use crate::commands::plugin::parse_remote_timeout;
+use crate::commands::plugin::{parse_remote_timeout, remote_options};
 use crate::common::CacheDirArg;
 
 /// `kv --help` ends with this.
@@ -176,12 +176,7 @@ impl KvCommand {
             // The fleet's bucket in Redis: the cache directory is not used.
             (Some(url), _) => {
                 validate_namespace_name(&self.namespace)?;
-                let mut remote = RemoteOptions::new(url.clone());
-                remote.fleet_key = self.remote_key_file.as_deref().map(read_fleet_key).transpose()?;
-                if let Some(timeout) = self.remote_timeout {
-                    remote.connect_timeout = timeout;
-                    remote.op_timeout = timeout;
-                }
+                let remote = remote_options(url, self.remote_key_file.as_deref(), self.remote_timeout)?;
                 let engine = RedisEngine::new(RemoteTier::new(remote)?, &self.namespace, &options.read_only(read_only))
                     .map_err(|e| anyhow::anyhow!("{}", e.full_message()))?;
                 Some(Bucket::from_engine(Arc::new(engine)))

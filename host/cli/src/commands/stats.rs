@@ -7,10 +7,10 @@ use anyhow::{Result, anyhow};
 use clap::Args;
 use filecache_host::compiled;
 use filecache_host::kv::{RedisEngine, Usage};
-use filecache_host::remote::{RemoteOptions, RemoteTier};
+use filecache_host::remote::RemoteTier;
 use filecache_host::size::format_size;
 
-use crate::commands::plugin::parse_remote_timeout;
+use crate::commands::plugin::{parse_remote_timeout, remote_options};
 use crate::common::{CacheDirArg, count};
 
 #[derive(Args)]
@@ -32,12 +32,7 @@ pub struct StatsCommand {
 
 /// The buckets in the Redis server at `url`, and the server as shown (without credentials).
 fn remote_buckets(url: &str, timeout: Option<Duration>) -> Result<(String, Vec<(String, Usage)>)> {
-    let mut options = RemoteOptions::new(url);
-    if let Some(timeout) = timeout {
-        options.connect_timeout = timeout;
-        options.op_timeout = timeout;
-    }
-    let tier = RemoteTier::new(options)?;
+    let tier = RemoteTier::new(remote_options(url, None, timeout)?)?;
     let buckets = RedisEngine::buckets(&tier)
         .map_err(|e| anyhow!("cannot list the key-value buckets in Redis: {}", e.full_message()))?;
     Ok((tier.shown_url().to_string(), buckets))

@@ -148,19 +148,27 @@ pub fn parse_remote_timeout(text: &str) -> std::result::Result<Duration, String>
     parse_duration(text)
 }
 
+/// The options of the remote at `url` with `--remote-key-file` and `--remote-timeout` applied:
+/// what `run`, `serve`, `kv --remote` and `stats --remote` connect with (the timeout is both the
+/// connect and the per-operation one).
+pub fn remote_options(url: &str, key_file: Option<&Path>, timeout: Option<Duration>) -> Result<RemoteOptions> {
+    let mut options = RemoteOptions::new(url);
+    options.fleet_key = key_file.map(read_fleet_key).transpose()?;
+    if let Some(timeout) = timeout {
+        options.connect_timeout = timeout;
+        options.op_timeout = timeout;
+    }
+    Ok(options)
+}
+
 impl RemoteArgs {
     /// The remote tier asked for, checked; a required one must answer now.
     fn tier(&self) -> Result<Option<RemoteTier>> {
         let Some(url) = &self.remote else { return Ok(None) };
-        let mut options = RemoteOptions::new(url.clone());
-        options.fleet_key = self.remote_key_file.as_deref().map(read_fleet_key).transpose()?;
+        let mut options = remote_options(url, self.remote_key_file.as_deref(), self.remote_timeout)?;
         options.read_only = self.remote_read_only;
         options.required = self.remote_required;
         options.ttl = self.remote_ttl;
-        if let Some(timeout) = self.remote_timeout {
-            options.connect_timeout = timeout;
-            options.op_timeout = timeout;
-        }
         let tier = RemoteTier::new(options)?;
         if self.remote_required {
             tier.ping()

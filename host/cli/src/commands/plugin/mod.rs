@@ -20,7 +20,7 @@ use filecache_host::{FileCache, NamespaceOptions};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-pub use self::args::{PluginArgs, parse_duration, parse_remote_timeout};
+pub use self::args::{PluginArgs, parse_duration, parse_remote_timeout, remote_options};
 pub use self::load::{Role, expect_role};
 pub use self::storage::{Instance, Storage, add_to_linker_async, add_to_linker_sync};
 
