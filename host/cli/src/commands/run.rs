@@ -33,10 +33,6 @@ pub struct RunCommand {
 /// One run's store data: the instance's, with nothing added.
 pub type Host = Instance;
 
-/// How long a run stopped by `-W timeout` waits for WASI work already handed to a blocking thread
-/// (a read or write of a `--dir` file) before the process exits without it.
-const GRACE: Duration = Duration::from_secs(1);
-
 impl RunCommand {
     pub fn execute(self) -> Result<ExitCode> {
         // Options: everything the user gave is checked before anything is created.
@@ -65,7 +61,7 @@ impl RunCommand {
             // under way: they run on this thread, and the timer fires only while the guest waits
             // in WASI); WASI work already on a blocking thread gets a moment to finish. The
             // storage is then dropped as after any run, which flushes the namespace's counters.
-            runtime.shutdown_timeout(GRACE);
+            runtime.shutdown_timeout(plugin::BLOCKING_WORK_GRACE);
         }
         Ok(code)
     }

@@ -24,6 +24,11 @@ pub use self::args::{PluginArgs, parse_duration, parse_remote_timeout, remote_op
 pub use self::load::{Role, expect_role};
 pub use self::storage::{Instance, Storage, add_to_linker_async, add_to_linker_sync};
 
+/// How long a run stopped by its timeout, or a server shutting down, waits for WASI work already
+/// handed to tokio's blocking pool (a read of a FIFO or of a hung network file in a `--dir`
+/// cannot be cancelled) before the process goes on without it.
+pub const BLOCKING_WORK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The options, checked; nothing created yet.
 pub struct Plugin {
     args: PluginArgs,

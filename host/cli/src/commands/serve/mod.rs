@@ -30,10 +30,6 @@ use super::plugin::{self, PluginArgs, Role, parse_duration};
 /// `wasmtime serve`'s default address.
 const DEFAULT_ADDR: &str = "0.0.0.0:8080";
 
-/// How long the shutdown waits, once the requests are over, for work left on tokio's blocking
-/// pool.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
 #[derive(Args)]
 pub struct ServeCommand {
     /// The address to listen on (port 0: any free port; the start-up line says which)
@@ -87,7 +83,7 @@ impl ServeCommand {
         // stuck for good: a request cut by its timeout while WASI read a FIFO or a hung network
         // file of a --dir (a blocking read cannot be cancelled). The requests are over by now;
         // what is left gets a moment, then the process exits without it.
-        runtime.shutdown_timeout(SHUTDOWN_GRACE);
+        runtime.shutdown_timeout(plugin::BLOCKING_WORK_GRACE);
         result
     }
 
