@@ -240,6 +240,9 @@ impl NamespaceOptions {
 /// The name of the namespace a plugin gets when none is chosen.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// The longest namespace name, in bytes (every character of one is ASCII).
+pub const MAX_NAMESPACE_NAME_LEN: usize = 64;
+
 /// Checks a plugin namespace name: 1–64 characters of `[a-z0-9._-]`, not starting with `.`
 /// (such names are reserved for the host's own use).
 ///
@@ -278,7 +281,7 @@ fn validate_chars(name: &str) -> std::result::Result<(), &'static str> {
     if name.is_empty() {
         return Err("a name has 1 to 64 characters, this one is empty");
     }
-    if name.len() > 64 {
+    if name.len() > MAX_NAMESPACE_NAME_LEN {
         return Err("a name has 1 to 64 characters");
     }
     if !name

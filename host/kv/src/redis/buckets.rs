@@ -4,9 +4,10 @@
 use std::io;
 
 use filecache_store::NamespaceOptions;
-use filecache_store::remote::{RemoteTier, Reply};
+use filecache_store::remote::RemoteTier;
 
-use super::RedisEngine;
+use super::scan::{ScanError, scan_step};
+use super::{KEY_HEAD, META_TAIL, RedisEngine};
 use crate::{Result, Usage};
 
 /// The most buckets [`RedisEngine::buckets`] lists: more is refused rather than held.
@@ -15,51 +16,29 @@ pub const MAX_BUCKETS_LISTED: usize = 100_000;
 /// `SCAN`'s `COUNT` hint per step.
 const SCAN_STEP: usize = 1000;
 
-/// `filecache:kv1:{`, before a bucket's namespace; `}:meta` after it, for its usage hash.
-const META_HEAD: &[u8] = b"filecache:kv1:{";
-const META_TAIL: &[u8] = b"}:meta";
-
 impl RedisEngine {
     /// Every bucket on `tier`'s server that was ever written (its usage hash exists), sorted
     /// by namespace, with its keys and the bytes charged to its namespace's quota. A `SCAN` of
     /// the keyspace: a bucket created or removed meanwhile may or may not be listed. Usage is
     /// the server's count, not checked against the fleet key (it holds no values).
     pub fn buckets(tier: &RemoteTier) -> Result<Vec<(String, Usage)>> {
-        let mut pattern = META_HEAD.to_vec();
-        pattern.push(b'*');
-        pattern.extend_from_slice(META_TAIL);
-        let count = SCAN_STEP.to_string();
-        // SCAN's COUNT is a hint: allow four times as many keys as asked, of the longest name.
-        let bound = (SCAN_STEP as u64 * 4 + 16) * (META_HEAD.len() + META_TAIL.len() + 64 + 16) as u64 + 64;
+        let pattern = format!("{KEY_HEAD}*{META_TAIL}");
+        let longest = KEY_HEAD.len() + filecache_store::MAX_NAMESPACE_NAME_LEN + META_TAIL.len();
         let mut names = Vec::new();
-        let mut cursor = "0".to_string();
+        let mut cursor = 0;
         loop {
-            let reply = tier.command(
-                "list buckets",
-                &[
-                    b"SCAN",
-                    cursor.as_bytes(),
-                    b"MATCH",
-                    &pattern,
-                    b"COUNT",
-                    count.as_bytes(),
-                ],
-                bound,
-            )?;
-            let (next, keys) = match reply {
-                Reply::Array(mut parts) if parts.len() == 2 => match (parts.pop(), parts.pop()) {
-                    (Some(Reply::Array(keys)), Some(Reply::Bulk(Some(next)))) => (next, keys),
-                    _ => return Err(unexpected(tier, "a SCAN reply of another shape")),
-                },
-                _ => return Err(unexpected(tier, "a SCAN reply of another shape")),
-            };
+            let (next, keys) = scan_step(tier, "list buckets", cursor, pattern.as_bytes(), SCAN_STEP, longest)
+                .map_err(|e| match e {
+                    ScanError::Remote(e) => e.into(),
+                    ScanError::Unexpected(reply) => unexpected(
+                        tier,
+                        &format!("a SCAN reply of another shape: {:.80}", format!("{reply:?}")),
+                    ),
+                })?;
             for key in keys {
-                let Reply::Bulk(Some(key)) = key else {
-                    return Err(unexpected(tier, "a SCAN key that is not a string"));
-                };
                 let name = key
-                    .strip_prefix(META_HEAD)
-                    .and_then(|rest| rest.strip_suffix(META_TAIL))
+                    .strip_prefix(KEY_HEAD.as_bytes())
+                    .and_then(|rest| rest.strip_suffix(META_TAIL.as_bytes()))
                     .and_then(|name| std::str::from_utf8(name).ok())
                     .filter(|name| filecache_store::validate_namespace_name(name).is_ok());
                 match name {
@@ -74,8 +53,8 @@ impl RedisEngine {
                     &format!("more than {MAX_BUCKETS_LISTED} buckets; not listed"),
                 ));
             }
-            cursor = String::from_utf8(next).map_err(|_| unexpected(tier, "a SCAN cursor that is not text"))?;
-            if cursor == "0" {
+            cursor = next;
+            if cursor == 0 {
                 break;
             }
         }

@@ -118,6 +118,13 @@ impl std::fmt::Debug for RedisEngine {
     }
 }
 
+/// Every key of a bucket starts with this and its namespace (`filecache:kv1:{NS`), …
+const KEY_HEAD: &str = "filecache:kv1:{";
+/// … then a value's key goes on with this and the key (`}:k:<key>`), …
+const DATA_TAIL: &str = "}:k:";
+/// … and the usage hash ends with this (`}:meta`).
+const META_TAIL: &str = "}:meta";
+
 impl RedisEngine {
     /// The bucket of namespace `namespace` on the tier's server, with the namespace's limits
     /// (`max_entry_size`, `quota`) and read-only mode (the tier's
@@ -125,11 +132,10 @@ impl RedisEngine {
     /// Nothing is connected yet: the first call connects.
     pub fn new(tier: RemoteTier, namespace: &str, options: &NamespaceOptions) -> Result<RedisEngine> {
         filecache_store::validate_namespace_name(namespace)?;
-        let base = format!("filecache:kv1:{{{namespace}}}:");
         Ok(RedisEngine {
             read_only: options.read_only || tier.options().read_only,
-            prefix: format!("{base}k:").into_bytes(),
-            meta: format!("{base}meta").into_bytes(),
+            prefix: format!("{KEY_HEAD}{namespace}{DATA_TAIL}").into_bytes(),
+            meta: format!("{KEY_HEAD}{namespace}{META_TAIL}").into_bytes(),
             namespace: namespace.to_string(),
             max_value: options.max_entry_size,
             quota: options.quota,
@@ -140,7 +146,7 @@ impl RedisEngine {
 
     /// The Redis key of `key` in the bucket of `namespace` (for tests and tools).
     pub fn redis_key(namespace: &str, key: &str) -> Vec<u8> {
-        let mut k = format!("filecache:kv1:{{{namespace}}}:k:").into_bytes();
+        let mut k = format!("{KEY_HEAD}{namespace}{DATA_TAIL}").into_bytes();
         k.extend_from_slice(key.as_bytes());
         k
     }

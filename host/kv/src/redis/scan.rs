@@ -1,7 +1,7 @@
 //! Walking a Redis bucket: listing its keys with `SCAN`, and what goes over all of them
 //! (verifying, clearing).
 
-use filecache_store::remote::Reply;
+use filecache_store::remote::{RemoteTier, Reply};
 
 use super::RedisEngine;
 use super::frame::Read;
@@ -11,45 +11,84 @@ use crate::{Error, KeyPage, MAX_KEY_LEN, Result, VerifyReport, short};
 /// `SCAN` calls one page may take.
 const MAX_SCANS_PER_PAGE: usize = 32;
 
+/// Why one `SCAN` step failed, for its caller to say in its own terms.
+pub(super) enum ScanError {
+    /// The server could not be asked (see [`RemoteTier::command`]).
+    Remote(filecache_store::Error),
+    /// It answered something that is not a `SCAN` reply: this part of it.
+    Unexpected(Reply),
+}
+
+/// One `SCAN cursor MATCH pattern COUNT count` on `tier`'s server (`op` names it in messages):
+/// the next cursor and the keys it returned, as they are. COUNT is a hint, so the reply is
+/// bounded at four times as many keys as asked, each at most `longest_key` bytes.
+pub(super) fn scan_step(
+    tier: &RemoteTier,
+    op: &'static str,
+    cursor: u64,
+    pattern: &[u8],
+    count: usize,
+    longest_key: usize,
+) -> std::result::Result<(u64, Vec<Vec<u8>>), ScanError> {
+    let cursor = cursor.to_string();
+    let count_s = count.to_string();
+    let bound = ((count as u64).saturating_mul(4) + 16)
+        .saturating_mul(longest_key as u64 + 16)
+        .saturating_add(64);
+    let reply = tier
+        .command(
+            op,
+            &[
+                b"SCAN",
+                cursor.as_bytes(),
+                b"MATCH",
+                pattern,
+                b"COUNT",
+                count_s.as_bytes(),
+            ],
+            bound,
+        )
+        .map_err(ScanError::Remote)?;
+    let Reply::Array(mut parts) = reply else {
+        return Err(ScanError::Unexpected(reply));
+    };
+    let (Some(Reply::Array(keys)), Some(Reply::Bulk(Some(next))), None) = (parts.pop(), parts.pop(), parts.pop())
+    else {
+        return Err(ScanError::Unexpected(Reply::Array(parts)));
+    };
+    let next = std::str::from_utf8(&next)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| ScanError::Unexpected(Reply::Bulk(Some(next.clone()))))?;
+    let keys = keys
+        .into_iter()
+        .map(|k| match k {
+            Reply::Bulk(Some(k)) => Ok(k),
+            other => Err(ScanError::Unexpected(other)),
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    Ok((next, keys))
+}
+
 impl RedisEngine {
     /// One page of `SCAN`: the next cursor and the bucket's keys it returned.
     fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>)> {
         let mut pattern = self.prefix.clone();
         pattern.push(b'*');
-        let cursor = cursor.to_string();
-        let count_s = count.to_string();
-        // SCAN's COUNT is a hint: allow four times as many keys as asked, of the longest kind.
-        let bound = ((count as u64).saturating_mul(4) + 16)
-            .saturating_mul(self.prefix.len() as u64 + MAX_KEY_LEN as u64 + 16)
-            .saturating_add(64);
-        let reply = self.command(
+        let (next, keys) = scan_step(
+            &self.tier,
             "list-keys",
-            &[
-                b"SCAN",
-                cursor.as_bytes(),
-                b"MATCH",
-                &pattern,
-                b"COUNT",
-                count_s.as_bytes(),
-            ],
-            bound,
-        )?;
-        let Reply::Array(mut parts) = reply else {
-            return Err(self.unexpected("list-keys", &reply));
-        };
-        let (Some(Reply::Array(keys)), Some(Reply::Bulk(Some(next))), None) = (parts.pop(), parts.pop(), parts.pop())
-        else {
-            return Err(self.unexpected("list-keys", &Reply::Array(parts)));
-        };
-        let next = std::str::from_utf8(&next)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| self.unexpected("list-keys", &Reply::Bulk(Some(next.clone()))))?;
+            cursor,
+            &pattern,
+            count,
+            self.prefix.len() + MAX_KEY_LEN,
+        )
+        .map_err(|e| match e {
+            ScanError::Remote(e) => self.remote(e),
+            ScanError::Unexpected(reply) => self.unexpected("list-keys", &reply),
+        })?;
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            let Reply::Bulk(Some(k)) = k else {
-                return Err(self.unexpected("list-keys", &k));
-            };
             let Some(rest) = k.strip_prefix(&self.prefix[..]) else {
                 continue; // not ours (a server answering past its MATCH)
             };
