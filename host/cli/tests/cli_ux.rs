@@ -582,7 +582,6 @@ fn w_timeout_stops_a_run_waiting_in_a_host_call() {
         ("reading stdin", None, ["read-stdin", ""]),
         ("reading a FIFO", Some(dir.as_str()), ["read-file", "/data/fifo"]),
     ] {
-        let start = Instant::now();
         let mut run = filecache();
         run.arg("run")
             .arg("--cache-dir")
@@ -600,15 +599,9 @@ fn w_timeout_stops_a_run_waiting_in_a_host_call() {
             .spawn()
             .unwrap();
         let stdin = child.stdin.take();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                panic!("a run {what} under -W timeout=1s still running after 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let Some(status) = wait_within(&mut child, Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("a run {what} under -W timeout=1s still running after 30 s");
         };
         drop(stdin);
         let out = child.wait_with_output().unwrap();

@@ -2,7 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
 
 #[cfg(unix)]
 pub mod serve;
@@ -10,6 +10,20 @@ pub mod serve;
 pub use filecache_tests::{
     RedisServer, brotli_assets_wasm, contract_wasm, demo_assets_dir, hostile_wasm, markdown_wasm,
 };
+
+/// Waits (at most `within`) for `child` to end: its status, or `None` if it is still running.
+pub fn wait_within(child: &mut Child, within: std::time::Duration) -> Option<ExitStatus> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() >= within {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
 
 /// The `filecache` binary built for these tests.
 pub fn filecache() -> Command {

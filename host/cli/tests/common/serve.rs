@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use super::filecache;
+use super::{filecache, wait_within};
 
 /// A running `filecache serve`, killed when dropped.
 pub struct Server {
@@ -95,18 +95,8 @@ impl Server {
     pub fn signal_and_wait(&mut self, signal: i32, within: Duration) -> std::process::ExitStatus {
         // SAFETY: kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < within,
-                "serve still running {within:?} after signal {signal}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_within(&mut self.child, within)
+            .unwrap_or_else(|| panic!("serve still running {within:?} after signal {signal}:\n{}", self.log()))
     }
 }
 
