@@ -490,16 +490,8 @@ fn stop(child: &std::process::Child) {
 /// The usage counter of the namespace at `dir` (its `state` file), and what the entry files
 /// present and its key-value data cost, as the store charges them.
 fn usage_counter_and_present(dir: &std::path::Path) -> (u64, u64) {
-    let state = std::fs::read(dir.join("state")).unwrap();
-    assert_eq!(&state[..8], b"FCUSAGE1", "the state file starts with its magic");
-    let stored = u64::from_le_bytes(state[8..16].try_into().unwrap());
-    let entries: u64 = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().len() == 2 && p.is_dir())
-        .flat_map(|shard| files_under(&shard))
-        .map(|f| filecache_host::entry::charge_for_file(std::fs::metadata(f).unwrap().len()))
-        .sum();
+    let stored = usage_counter(dir);
+    let entries = entry_files_charge(dir);
     let data = std::fs::read(dir.join("data-bytes"))
         .ok()
         .and_then(|b| Some(u64::from_le_bytes(b.get(8..16)?.try_into().ok()?)))

@@ -451,15 +451,8 @@ fn writers_killed_at_random_points_leave_whole_entries_or_nothing() {
         // cost (each file charged as the store charges it: its size rounded up to 4 KiB): it may
         // be too high (a writer killed between counting its entry and renaming it into place),
         // never too low.
-        let state = std::fs::read(dir.join(CRASH_NS).join("state")).unwrap();
-        let stored = u64::from_le_bytes(state[8..16].try_into().unwrap());
-        let present: u64 = std::fs::read_dir(dir.join(CRASH_NS))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap().len() == 2 && p.is_dir())
-            .flat_map(|shard| files_under(&shard))
-            .map(|f| filecache_host::entry::charge_for_file(std::fs::metadata(f).unwrap().len()))
-            .sum();
+        let stored = usage_counter(&dir.join(CRASH_NS));
+        let present = entry_files_charge(&dir.join(CRASH_NS));
         assert!(
             stored >= present,
             "round {round}: usage counter {stored}, below the {present} bytes present"

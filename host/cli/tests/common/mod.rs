@@ -140,6 +140,25 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The usage counter in the `state` file of the namespace at `dir`, as the store left it.
+pub fn usage_counter(dir: &Path) -> u64 {
+    let state = std::fs::read(dir.join("state")).unwrap();
+    assert_eq!(&state[..8], b"FCUSAGE1", "the state file starts with its magic");
+    u64::from_le_bytes(state[8..16].try_into().unwrap())
+}
+
+/// What the entry files present in the namespace at `dir` cost, each charged as the store charges
+/// it (its size rounded up to 4 KiB).
+pub fn entry_files_charge(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().len() == 2 && p.is_dir())
+        .flat_map(|shard| files_under(&shard))
+        .map(|f| filecache_host::entry::charge_for_file(std::fs::metadata(f).unwrap().len()))
+        .sum()
+}
+
 /// A tmpfs mounted for a test (which needs root, as in CI), unmounted when dropped.
 pub struct Tmpfs(pub PathBuf);
 
